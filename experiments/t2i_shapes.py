@@ -1,0 +1,160 @@
+"""Text-to-image on ShapesWorld: the README's demo and the base of later stages.
+
+    python -m launch.train --config experiments/t2i_shapes.py --workdir runs/t2i
+    python -m launch.train --config experiments/t2i_shapes.py:smoke --workdir /tmp/s
+
+Options (`:a=1,b`): res (32 or 64), smoke (tiny CPU test variant),
+minutes (training time budget; 0 = run all steps).
+"""
+
+import ml_collections
+
+from imagen_jax.config_utils import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = parse_arg(arg, res=32, smoke=False, minutes=0.0)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Resume order: workdir checkpoint, else `resume` (a checkpoint dir to
+    # continue exactly), else `init_from` (params only, partial allowed).
+    c.resume = ""
+    c.init_from = ""
+
+    c.data = ml_collections.ConfigDict()
+    # Dataset name; only "shapes_world" is built in (real data: tfds builders).
+    c.data.name = "shapes_world"
+    c.data.data_dir = "data"
+    c.data.resolution = arg.res
+    # Objects per training scene; the demo trains on single objects.
+    c.data.max_objects = 1
+    c.data.batch_size = 64
+    c.data.max_text_len = 64
+    # grain threads decoding/tokenising ahead of the step.
+    c.data.num_threads = 2
+    c.data.prefetch = 4
+
+    c.text = ml_collections.ConfigDict()
+    # Tokenizer: "byte" (no vocabulary file) or "sentencepiece".
+    c.text.tokenizer = "byte"
+    c.text.vocab_path = ""
+    # Trained jointly (small, from scratch) or frozen (pretrained import).
+    c.text.frozen = False
+    c.text.d_model = 128
+    c.text.d_kv = 32
+    c.text.d_ff = 256
+    c.text.num_layers = 2
+    c.text.num_heads = 4
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "imagen"
+    # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
+    c.model.dtype = "float32"
+    c.model.base_channels = 48
+    c.model.channel_mults = (1, 2, 2)
+    c.model.num_res_blocks = 2
+    c.model.attn_levels = (False, False, True)
+    c.model.num_heads = 4
+    c.model.head_dim = 32
+    c.model.cond_dim = 192
+    c.model.dropout = 0.0
+    # A jax.checkpoint_policies name, or "none".
+    c.model.remat_policy = "none"
+
+    c.diffusion = ml_collections.ConfigDict()
+    # Schedule: "cosine" or "shifted_cosine".
+    c.diffusion.schedule = "cosine"
+    # Parameterisation: "v" (Instruct-Imagen), "eps" or "x0".
+    c.diffusion.param = "v"
+    # Min-SNR-gamma loss weighting; 0 disables it.
+    c.diffusion.min_snr_gamma = 5.0
+    # Probability of dropping the text (classifier-free guidance).
+    c.diffusion.text_drop = 0.1
+
+    c.optim = ml_collections.ConfigDict()
+    # Optimizer: "adamw" or "adafactor".
+    c.optim.name = "adamw"
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 200
+    # Schedule after warm-up: "constant" or "cosine".
+    c.optim.decay = "cosine"
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.99
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
+    # EMA decay; warmed up as min(decay, (1 + step) / (10 + step)).
+    c.optim.ema_decay = 0.999
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1, 1)
+    c.mesh.axes = ("data", "fsdp", "tensor")
+    # Logical axis -> mesh axes. Weights are sharded over fsdp (and tensor for
+    # wide projections); activations' batch over data and fsdp.
+    c.mesh.rules = (
+        ("act_batch", ("data", "fsdp")),
+        ("act_height", None),
+        ("act_width", None),
+        ("act_len", None),
+        ("act_channels", None),
+        ("embed", "fsdp"),
+        ("conv_in", "fsdp"),
+        ("conv_out", "tensor"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv", None),
+        ("vocab", "tensor"),
+        ("relpos_buckets", None),
+    )
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 12_000
+    # Stop early (with a checkpoint) after this many minutes; 0 = no limit.
+    c.train.time_budget_minutes = arg.minutes
+    c.train.log_every = 50
+    c.train.checkpoint_every = 1000
+    c.train.sample_every = 2000
+    c.train.keep_checkpoints = 2
+
+    c.sample = ml_collections.ConfigDict()
+    # Sampler: "ddpm", "ddim" or "dpmpp_2m".
+    c.sample.sampler = "ddim"
+    c.sample.steps = 50
+    c.sample.guidance = 3.0
+    # Thresholding of x0: "dynamic", "static" or "none".
+    c.sample.clip_x0 = "static"
+    c.sample.num_images = 16
+
+    c.evals = ml_collections.ConfigDict()
+    c.evals.held_out = ml_collections.ConfigDict()
+    # Evaluator type: "single_object" scores held-out single-object prompts.
+    c.evals.held_out.type = "single_object"
+    c.evals.held_out.num_prompts = 96
+    c.evals.held_out.batch_size = 48
+
+    if arg.smoke:
+        _smoke(c)
+    return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrinks everything so a run takes seconds on CPU."""
+    c.data.batch_size = 8
+    c.data.max_text_len = 32
+    c.text.d_model = 32
+    c.text.d_kv = 8
+    c.text.d_ff = 64
+    c.text.num_layers = 1
+    c.model.base_channels = 16
+    c.model.num_res_blocks = 1
+    c.model.num_heads = 2
+    c.model.head_dim = 8
+    c.model.cond_dim = 32
+    c.train.num_steps = 6
+    c.train.log_every = 2
+    c.train.checkpoint_every = 3
+    c.train.sample_every = 6
+    c.optim.warmup_steps = 2
+    c.sample.steps = 4
+    c.sample.num_images = 4
+    c.evals.held_out.num_prompts = 8
+    c.evals.held_out.batch_size = 8

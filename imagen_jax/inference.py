@@ -1,0 +1,43 @@
+"""Loading a trained model from a workdir for sampling, evaluation and export."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from imagen_jax import checkpointing, sharding, train
+from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.text.tokenizers import Tokenizer
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model ready to sample: config, tokenizer, module, (EMA) params, step."""
+
+    config: ml_collections.ConfigDict
+    tokenizer: Tokenizer
+    model: Imagen
+    params: Any
+    step: int
+
+
+def load(
+    workdir: str,
+    config: ml_collections.ConfigDict | None = None,
+    use_ema: bool = True,
+) -> Loaded:
+    """Rebuilds the model of `workdir` (config.json unless given) and its params.
+
+    Raises:
+      checkpointing.CheckpointError: no config or checkpoint, or a corrupt one.
+    """
+    config = config or checkpointing.load_config(workdir)
+    tokenizer = train.make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size)
+    rules = train.mesh_rules(config)
+    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    params_like = train.abstract_params(model, config, mesh, rules)
+    params, step = checkpointing.restore_params(workdir, params_like, use_ema=use_ema)
+    return Loaded(config, tokenizer, model, params, int(step))

@@ -1,0 +1,81 @@
+"""The text-to-image model: a T5 text encoder feeding the Efficient UNet.
+
+`setup()` is used because the model exposes several methods: sampling
+encodes the text once (`encode_text`) and calls `denoise` at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from imagen_jax.models import t5
+from imagen_jax.models.unet import UNet, UNetConfig
+
+Dtype = Any
+
+
+class Imagen(nn.Module):
+    """Text encoder + UNet; call = encode_text then denoise."""
+
+    unet_config: UNetConfig
+    text_config: t5.T5Config
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.text_encoder = t5.T5Encoder(self.text_config)
+        self.unet = UNet(self.unet_config, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def encode_text(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        """[B, L] int tokens and mask -> [B, L, D] embeddings (float32)."""
+        return self.text_encoder(tokens, mask).astype(jnp.float32)
+
+    def denoise(self, z, logsnr, text, text_mask, train: bool = False) -> jax.Array:
+        return self.unet(z, logsnr, text, text_mask, train).astype(jnp.float32)
+
+    def __call__(self, z, logsnr, tokens, mask, train: bool = False) -> jax.Array:
+        return self.denoise(z, logsnr, self.encode_text(tokens, mask), mask, train)
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype_from_name(name: str) -> Dtype:
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
+    """Builds the model named by `config.model.name` from the config."""
+    if config.model.name != "imagen":
+        raise ValueError(f"unknown config.model.name {config.model.name!r}; "
+                         "expected 'imagen'")
+    m, tx = config.model, config.text
+    dtype = dtype_from_name(m.dtype)
+    unet_config = UNetConfig(
+        base_channels=m.base_channels,
+        channel_mults=tuple(m.channel_mults),
+        num_res_blocks=m.num_res_blocks,
+        attn_levels=tuple(m.attn_levels),
+        num_heads=m.num_heads,
+        head_dim=m.head_dim,
+        cond_dim=m.cond_dim,
+        dropout=m.dropout,
+        remat_policy=m.remat_policy,
+    )
+    text_config = t5.T5Config(
+        vocab_size=vocab_size,
+        d_model=tx.d_model,
+        d_kv=tx.d_kv,
+        d_ff=tx.d_ff,
+        num_layers=tx.num_layers,
+        num_heads=tx.num_heads,
+        dtype=dtype,
+    )
+    return Imagen(unet_config, text_config, dtype=dtype)

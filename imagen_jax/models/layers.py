@@ -1,0 +1,205 @@
+"""Building blocks of the Imagen UNet: convs, norms, ResNet and attention blocks.
+
+Every parameter carries logical axis names (weights: `embed`, `mlp`, `heads`,
+`kv`, `conv_in`, `conv_out`); large activations are constrained with the
+activation vocabulary (`act_batch`, `act_height`, `act_width`, `act_len`,
+`act_channels`). Norm statistics and softmax run in float32 whatever `dtype`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+IMAGE_AXES = ("act_batch", "act_height", "act_width", "act_channels")
+TOKEN_AXES = ("act_batch", "act_len", "act_channels")
+
+
+def constrain_image(x: jax.Array) -> jax.Array:
+    """Annotates a [B, H, W, C] activation with logical axes."""
+    return nn.with_logical_constraint(x, IMAGE_AXES)
+
+
+def _init(base: nn.initializers.Initializer, axes: Sequence[str | None], zero: bool):
+    fn = nn.initializers.zeros_init() if zero else base
+    return nn.with_logical_partitioning(fn, tuple(axes))
+
+
+def dense(
+    features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str | None = None,
+    use_bias: bool = True,
+    zero_init: bool = False,
+) -> nn.Dense:
+    """A Dense layer with logical axes on kernel [in, out] and bias [out]."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=_init(nn.initializers.lecun_normal(), axes, zero_init),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+        name=name,
+    )
+
+
+def conv(
+    features: int,
+    kernel_size: int = 3,
+    *,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str | None = None,
+    strides: int = 1,
+    zero_init: bool = False,
+) -> nn.Conv:
+    """A same-padded NHWC conv with axes (None, None, conv_in, conv_out)."""
+    axes = (None, None, "conv_in", "conv_out")
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(strides, strides),
+        padding="SAME",
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=_init(nn.initializers.lecun_normal(), axes, zero_init),
+        bias_init=nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), ("conv_out",)
+        ),
+        name=name,
+    )
+
+
+def group_norm(
+    channels: int, *, param_dtype: Dtype, name: str | None = None
+) -> nn.GroupNorm:
+    """GroupNorm with float32 statistics and output (cast back by the caller)."""
+    return nn.GroupNorm(
+        num_groups=min(32, channels // 4) if channels >= 8 else 1,
+        dtype=jnp.float32,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(
+            nn.initializers.ones_init(), ("embed",)
+        ),
+        bias_init=nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), ("embed",)
+        ),
+        name=name,
+    )
+
+
+def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 1e4) -> jax.Array:
+    """Sinusoidal features of a [B] float array -> [B, dim] (float32)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = x.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv x2 with FiLM conditioning and a 1/sqrt(2) scaled skip."""
+
+    features: int
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(group_norm(x.shape[-1], param_dtype=self.param_dtype)(x))
+        h = conv(self.features, name="conv1", **kw)(h.astype(self.dtype))
+        # FiLM from the time + pooled-text embedding.
+        film = dense(2 * self.features, ("embed", "conv_out"), name="film", **kw)(
+            nn.silu(cond)
+        )
+        scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
+        h = group_norm(self.features, param_dtype=self.param_dtype)(h)
+        h = nn.silu(h * (1.0 + scale) + shift).astype(self.dtype)
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = conv(self.features, name="conv2", zero_init=True, **kw)(h)
+        if x.shape[-1] != self.features:
+            x = conv(self.features, 1, name="skip", **kw)(x)
+        return constrain_image((x + h) * (1.0 / math.sqrt(2.0)))
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
+) -> jax.Array:
+    """Multi-head attention; q [B,Q,N,D], k/v [B,K,N,D], mask [B,K] -> [B,Q,N,D]."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * scale
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnqk,bknd->bqnd", weights, v)
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head attention over the pixels of a feature map.
+
+    Without `context` it is self-attention. With `context` [B, L, D] (text
+    tokens or context-image memory) it is cross-attention; a learned null
+    key/value is always attended so fully masked rows (dropped conditions)
+    stay well defined. The output projection is zero-initialised, so adding
+    the layer to a trained model leaves its output unchanged.
+    """
+
+    num_heads: int
+    head_dim: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        b, h, w, c = x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        inner = self.num_heads * self.head_dim
+        xn = group_norm(c, param_dtype=self.param_dtype)(x).astype(self.dtype)
+        tokens = xn.reshape(b, h * w, c)
+        q = dense(inner, ("embed", "heads"), name="query", use_bias=False, **kw)(tokens)
+        source, mask = (tokens, None) if context is None else (context, context_mask)
+        k = dense(inner, ("embed", "heads"), name="key", use_bias=False, **kw)(source)
+        v = dense(inner, ("embed", "heads"), name="value", use_bias=False, **kw)(source)
+        if context is not None:
+            k, v, mask = self._with_null(k, v, mask)
+        split = lambda t: t.reshape(b, t.shape[1], self.num_heads, self.head_dim)  # noqa: E731
+        out = attention(split(q), split(k), split(v), mask).reshape(b, h * w, inner)
+        out = dense(c, ("heads", "embed"), name="out", zero_init=True, **kw)(out)
+        return constrain_image(x + out.reshape(b, h, w, c))
+
+    def _with_null(self, k, v, mask):
+        inner = k.shape[-1]
+        null = self.param(
+            "null_kv",
+            nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), (None, None, "heads")
+            ),
+            (2, 1, inner),
+            self.param_dtype,
+        ).astype(k.dtype)
+        b = k.shape[0]
+        k = jnp.concatenate([jnp.broadcast_to(null[0], (b, 1, inner)), k], axis=1)
+        v = jnp.concatenate([jnp.broadcast_to(null[1], (b, 1, inner)), v], axis=1)
+        if mask is None:
+            mask = jnp.ones(k.shape[:2], bool)
+        else:
+            mask = jnp.concatenate([jnp.ones((b, 1), bool), mask.astype(bool)], axis=1)
+        return k, v, mask

@@ -1,0 +1,179 @@
+"""Imagen's Efficient UNet in Flax Linen (pixel space, NHWC).
+
+ResNet blocks at every level, one scaled skip per level, self-attention and
+text cross-attention only at the levels named in `attn_levels` (the lowest
+resolutions) and in the middle block, timestep (log-SNR) + pooled-text
+conditioning through FiLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from imagen_jax.models import layers
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the UNet.
+
+    Attributes:
+      base_channels: channels of the first level.
+      channel_mults: per-level multipliers of `base_channels`; one down-sampling
+        between consecutive levels.
+      num_res_blocks: ResNet blocks per level (encoder and decoder alike).
+      attn_levels: per-level flags: self- and text cross-attention there.
+      num_heads: attention heads.
+      head_dim: width of one head.
+      cond_dim: width of the time + pooled-text embedding.
+      dropout: dropout rate inside ResNet blocks.
+      out_channels: channels predicted (3 for RGB).
+      remat_policy: name of a `jax.checkpoint_policies` policy applied to every
+        level, or "none".
+    """
+
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_levels: tuple[bool, ...] = (False, False, True)
+    num_heads: int = 4
+    head_dim: int = 32
+    cond_dim: int = 128
+    dropout: float = 0.0
+    out_channels: int = 3
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if len(self.attn_levels) != len(self.channel_mults):
+            raise ValueError(
+                f"attn_levels {self.attn_levels} must have one flag per level of "
+                f"channel_mults {self.channel_mults}"
+            )
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+class Level(nn.Module):
+    """`num_res_blocks` ResNet blocks, each followed by attention when asked."""
+
+    features: int
+    config: UNetConfig
+    attend: bool
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, h, cond, text, text_mask, train: bool):
+        cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        for _ in range(cfg.num_res_blocks):
+            h = layers.ResBlock(self.features, cfg.dropout, **kw)(h, cond, train)
+            if self.attend:
+                h = _attend(h, text, text_mask, cfg, kw)
+        return h
+
+
+def _attend(h, text, text_mask, cfg: UNetConfig, kw) -> jax.Array:
+    h = layers.Attention(cfg.num_heads, cfg.head_dim, **kw)(h)
+    return layers.Attention(cfg.num_heads, cfg.head_dim, **kw)(h, text, text_mask)
+
+
+class UNet(nn.Module):
+    """Predicts the diffusion target for a noisy image given log-SNR and text.
+
+    Call: `(z [B,H,W,C], logsnr [B], text [B,L,D], text_mask [B,L], train)`
+    -> `[B,H,W,out_channels]` in `dtype`.
+    """
+
+    config: UNetConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z, logsnr, text, text_mask, train: bool = False):
+        cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        _check_resolution(z.shape, cfg.downsample_factor)
+        cond = self._conditioning(logsnr, text, text_mask)
+        level_cls = _maybe_remat(Level, cfg.remat_policy)
+        h = layers.conv(cfg.base_channels, name="conv_in", **kw)(z.astype(self.dtype))
+        skips = []
+        for i, mult in enumerate(cfg.channel_mults):
+            ch = cfg.base_channels * mult
+            if i > 0:
+                h = layers.conv(ch, strides=2, name=f"down_{i}", **kw)(h)
+            h = level_cls(ch, cfg, cfg.attn_levels[i], name=f"enc_{i}", **kw)(
+                h, cond, text, text_mask, train
+            )
+            skips.append(h)
+        h = self._middle(h, cond, text, text_mask, train)
+        for i, mult in reversed(list(enumerate(cfg.channel_mults))):
+            ch = cfg.base_channels * mult
+            h = jnp.concatenate([h, skips.pop()], axis=-1)
+            h = level_cls(ch, cfg, cfg.attn_levels[i], name=f"dec_{i}", **kw)(
+                h, cond, text, text_mask, train
+            )
+            if i > 0:
+                h = _upsample(h)
+        h = nn.silu(layers.group_norm(h.shape[-1], param_dtype=self.param_dtype)(h))
+        out = layers.conv(cfg.out_channels, name="conv_out", zero_init=True, **kw)(
+            h.astype(self.dtype)
+        )
+        return out
+
+    def _conditioning(self, logsnr, text, text_mask) -> jax.Array:
+        cfg, kw = self.config, dict(dtype=jnp.float32, param_dtype=self.param_dtype)
+        # log-SNR spans about [-20, 20]; scaled so the sinusoids resolve it.
+        t_emb = layers.sinusoidal_embedding(logsnr * 50.0, cfg.cond_dim)
+        t_emb = layers.dense(cfg.cond_dim, ("embed", "mlp"), name="time_1", **kw)(t_emb)
+        t_emb = layers.dense(cfg.cond_dim, ("mlp", "embed"), name="time_2", **kw)(
+            nn.silu(t_emb)
+        )
+        pooled = masked_mean(text, text_mask)
+        pooled = layers.dense(cfg.cond_dim, ("embed", "mlp"), name="pooled_text", **kw)(
+            pooled
+        )
+        return t_emb + pooled
+
+    def _middle(self, h, cond, text, text_mask, train):
+        cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ch = h.shape[-1]
+        h = layers.ResBlock(ch, cfg.dropout, name="mid_1", **kw)(h, cond, train)
+        h = _attend(h, text, text_mask, cfg, kw)
+        return layers.ResBlock(ch, cfg.dropout, name="mid_2", **kw)(h, cond, train)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of [B, L, D] over valid positions; all-masked rows give zeros."""
+    m = mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(x.astype(jnp.float32) * m, axis=1)
+    return total / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+def _upsample(h: jax.Array) -> jax.Array:
+    b, hh, ww, c = h.shape
+    return jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
+
+
+def _check_resolution(shape, factor: int) -> None:
+    if len(shape) != 4 or shape[1] % factor or shape[2] % factor:
+        raise ValueError(
+            f"UNet input must be [B, H, W, C] with H and W divisible by {factor}; "
+            f"got shape {tuple(shape)}"
+        )
+
+
+def _maybe_remat(cls, policy_name: str):
+    if policy_name == "none":
+        return cls
+    policy = getattr(jax.checkpoint_policies, policy_name, None)
+    if policy is None:
+        raise ValueError(f"unknown remat policy {policy_name!r}")
+    return nn.remat(cls, policy=policy, static_argnums=(5,))

@@ -1,0 +1,295 @@
+"""Training: TrainState, the pure sharded train_step, and the training loop."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from imagen_jax import checkpointing, config_utils, sampling, sharding
+from imagen_jax.data import pipeline
+from imagen_jax.diffusion import losses, schedules
+from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.text.tokenizers import Tokenizer, get_tokenizer
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    kwargs = {"model_path": config.text.vocab_path} if config.text.vocab_path else {}
+    return get_tokenizer(config.text.tokenizer, **kwargs)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> Any:
+    """Warm-up then constant or cosine LR; AdamW or Adafactor; clipping."""
+    decay_steps = max(num_steps - optim.warmup_steps, 1)
+    after = {
+        "constant": optax.constant_schedule(optim.lr),
+        "cosine": optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=0.05),
+    }
+    if optim.decay not in after:
+        raise ValueError(f"unknown optim.decay {optim.decay!r}; use {sorted(after)}")
+    lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, optim.lr, optim.warmup_steps), after[optim.decay]],
+        [optim.warmup_steps],
+    )
+    if optim.name == "adamw":
+        opt = optax.adamw(lr, optim.b1, optim.b2, weight_decay=optim.weight_decay)
+    elif optim.name == "adafactor":
+        opt = optax.adafactor(lr, momentum=optim.b1, decay_rate=optim.b2)
+    else:
+        raise ValueError(f"unknown optim.name {optim.name!r}; use 'adamw' or 'adafactor'")
+    return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt), lr
+
+
+def _text_encoder_mask(params, frozen_value: bool):
+    """Per-leaf flag: `frozen_value` under `text_encoder`, the opposite elsewhere."""
+
+    def flag(path, _):
+        in_text = bool(path) and getattr(path[0], "key", None) == "text_encoder"
+        return frozen_value if in_text else not frozen_value
+
+    return jax.tree_util.tree_map_with_path(flag, params)
+
+
+def build_optimizer(config):
+    """The optimizer; a frozen text encoder gets zero updates (and no state)."""
+    opt, lr = make_optimizer(config.optim, config.train.num_steps)
+    if not config.text.frozen:
+        return opt, lr
+    trained = functools.partial(_text_encoder_mask, frozen_value=False)
+    frozen = functools.partial(_text_encoder_mask, frozen_value=True)
+    return optax.chain(optax.masked(opt, trained),
+                       optax.masked(optax.set_to_zero(), frozen)), lr
+
+
+def init_params(model: Imagen, config) -> Any:
+    """Boxed (logically annotated) initial params; call under jit or eval_shape."""
+    res, max_len = config.data.resolution, config.data.max_text_len
+    z = jnp.zeros((1, res, res, 3), jnp.float32)
+    tokens = jnp.zeros((1, max_len), jnp.int32)
+    mask = jnp.ones((1, max_len), bool)
+    return model.init(jax.random.PRNGKey(config.seed), z, jnp.zeros((1,)), tokens,
+                      mask)["params"]
+
+
+def abstract_params(model: Imagen, config, mesh, rules) -> Any:
+    """ShapeDtypeStructs of the params with their mesh shardings (no allocation)."""
+    boxed = jax.eval_shape(lambda: init_params(model, config))
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        nn.meta.unbox(boxed), shardings)
+
+
+def init_state(model: Imagen, tx, config, mesh, rules) -> tuple[TrainState, Any]:
+    """TrainState born sharded; returns it and its shardings."""
+
+    def init():
+        params = init_params(model, config)
+        # Boxed params give the optimizer state the same logical axes.
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          ema_params=params, opt_state=tx.init(params))
+
+    return sharding.sharded_init(init, mesh, rules)
+
+
+def ema_decay(step: jax.Array, decay: float) -> jax.Array:
+    """EMA decay warmed up with the step, so short runs are not the random init."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> tuple:
+    """One optimisation step. Pure; RNG from fold_in(seed, step)."""
+    d = config.diffusion
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+    drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
+    x = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3]
+    keep = jax.random.bernoulli(drop_rng, 1.0 - d.text_drop, (x.shape[0],))
+    mask = batch["text_mask"] & keep[:, None]
+
+    def loss_fn(params):
+        variables = {"params": params}
+        text = model.apply(variables, batch["text_tokens"], mask, method=Imagen.encode_text)
+
+        def apply_fn(z, logsnr):
+            return model.apply(variables, z, logsnr, text, mask, train=True,
+                               method=Imagen.denoise, rngs={"dropout": dropout_rng})
+
+        return losses.diffusion_loss(
+            apply_fn, x, loss_rng, schedule_fn=schedules.get_schedule(d.schedule),
+            param=d.param, min_snr_gamma=d.min_snr_gamma or None)
+
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay(state.step, config.optim.ema_decay)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(params),
+        "update_norm": optax.global_norm(updates),
+        "ema_decay": decay,
+    }
+    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema,
+                           opt_state=opt_state)
+    return new_state, metrics
+
+
+def mesh_rules(config) -> tuple:
+    """Logical axis rules from the config as tuples (JSON turns them to lists)."""
+    return tuple(
+        (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+        for name, axes in config.mesh.rules
+    )
+
+
+def compile_train_step(model, tx, config, mesh, state_shardings):
+    data_axes = tuple(a for a in ("data", "fsdp") if a in config.mesh.axes)
+    batch_sharding = sharding.batch_sharding(mesh, data_axes)
+    step_fn = functools.partial(train_step, model=model, tx=tx, config=config)
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                     out_shardings=(state_shardings, None), donate_argnums=(0,))
+    return jitted, batch_sharding
+
+
+def restore_or_init(config, workdir, state, mngr, data_iter):
+    """The one place that decides where training starts.
+
+    Order: a checkpoint in the workdir (resume this run), else `config.resume`
+    (continue another run exactly), else `config.init_from` (fine-tune: params
+    and EMA only, missing parameters keep their init), else scratch.
+    """
+    if mngr.latest_step() is not None:
+        state, data_state = checkpointing.restore(mngr, state)
+        source = f"resumed {workdir} at step {int(state.step)}"
+    elif config.resume:
+        other = checkpointing.manager(checkpointing._checkpoint_dir(config.resume))
+        state, data_state = checkpointing.restore(other, state)
+        source = f"resumed from {config.resume} at step {int(state.step)}"
+    elif config.init_from:
+        params, step = checkpointing.restore_params(config.init_from, state.params)
+        state = state.replace(params=params, ema_params=params)
+        data_state, source = None, f"initialised from {config.init_from} (step {step})"
+    else:
+        data_state, source = None, "from scratch"
+    if data_state is not None:
+        data_iter.set_state(data_state)
+    logging.info("Training %s.", source)
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains per `config`, checkpointing, logging and sampling into `workdir`."""
+    config_utils.validate(config)
+    checkpointing.save_config(workdir, config)
+    tokenizer = make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size)
+    rules = mesh_rules(config)
+    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    data_iter = iter(pipeline.train_dataset(
+        config, tokenizer, process_index=jax.process_index(),
+        process_count=jax.process_count()))
+    tx, lr_fn = build_optimizer(config)
+    state, state_shardings = init_state(model, tx, config, mesh, rules)
+    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"),
+                                 config.train.keep_checkpoints)
+    state = restore_or_init(config, workdir, state, mngr, data_iter)
+    step_fn, batch_sharding = compile_train_step(model, tx, config, mesh, state_shardings)
+    loop = _Loop(config, workdir, model, tokenizer, mngr, lr_fn)
+    with mesh, nn.logical_axis_rules(rules):
+        state = loop.run(state, data_iter, step_fn, batch_sharding)
+    return state
+
+
+class _Loop:
+    """The host-side loop: metrics, progress, sample grids, checkpoints."""
+
+    def __init__(self, config, workdir, model, tokenizer, mngr, lr_fn):
+        self.config, self.workdir, self.mngr, self.lr_fn = config, workdir, mngr, lr_fn
+        self.writer = metric_writers.create_default_writer(
+            workdir, just_logging=jax.process_index() > 0)
+        self.progress = periodic_actions.ReportProgress(
+            num_train_steps=config.train.num_steps, writer=self.writer)
+        self.model, self.tokenizer = model, tokenizer
+        self._generate = None
+
+    def run(self, state, data_iter, step_fn, batch_sharding):
+        t = self.config.train
+        start, first = time.time(), int(state.step)
+        budget = t.time_budget_minutes * 60.0
+        step, pending = first, []
+        while step < t.num_steps:
+            batch = sharding.global_batch(next(data_iter), batch_sharding)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            self.progress(step)
+            pending.append(metrics)
+            if step % t.log_every == 0 or step == t.num_steps:
+                self._log(step, pending, start, first)
+                pending = []
+            if step % t.sample_every == 0:
+                self.write_samples(state, step)
+            out_of_time = budget and time.time() - start > budget
+            if step % t.checkpoint_every == 0 or step == t.num_steps or out_of_time:
+                checkpointing.save(self.mngr, step, state, data_iter.get_state())
+            if out_of_time:
+                logging.info("Time budget of %.1f min reached at step %d.",
+                             t.time_budget_minutes, step)
+                break
+        self.mngr.wait_until_finished()
+        self.writer.flush()
+        return state
+
+    def _log(self, step, pending, start, first):
+        metrics = jax.device_get(pending)
+        mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+        if not np.isfinite(mean["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss {mean['loss']} at step {step}; stopping. The last "
+                f"checkpoint in {self.workdir}/checkpoints is intact.")
+        mean["lr"] = float(self.lr_fn(step))
+        self.writer.write_scalars(step, mean)
+        rate = (step - first) / max(time.time() - start, 1e-9)
+        eta = (self.config.train.num_steps - step) / max(rate, 1e-9)
+        print(f"step {step}/{self.config.train.num_steps}  loss {mean['loss']:.4f}  "
+              f"{rate:.2f} steps/s  {rate * self.config.data.batch_size:.1f} img/s  "
+              f"ETA {eta / 60:.1f} min", flush=True)
+
+    def write_samples(self, state, step):
+        from imagen_jax.data import shapes_world
+        from imagen_jax.evaluation import grids
+        s = self.config.sample
+        prompts = [p["caption"] for p in shapes_world.eval_prompts(
+            s.num_images, seed=0, resolution=self.config.data.resolution)]
+        if self._generate is None:
+            self._generate = sampling.make_generate_fn(self.model, self.config)
+        tokens, mask = self.tokenizer.encode_batch(prompts, self.config.data.max_text_len)
+        images = self._generate(state.ema_params, tokens, mask, jax.random.PRNGKey(step),
+                                s.steps, s.guidance)
+        path = grids.save_grid(sampling.to_uint8(images),
+                               os.path.join(self.workdir, "samples", f"step_{step}.png"))
+        self.writer.write_images(step, {"samples": sampling.to_uint8(images)[:8]})
+        logging.info("Wrote samples to %s", path)

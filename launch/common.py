@@ -1,0 +1,51 @@
+"""What every entry point shares: multi-host start-up and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import flags, logging  # noqa: E402
+
+flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() (TPU pods and SLURM find their peers; "
+    "elsewhere pass the three flags below).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+
+FLAGS = flags.FLAGS
+
+# Errors that mean the user asked for something wrong: one line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def initialize() -> None:
+    """Starts multi-host JAX when asked and logs the process/device counts."""
+    import jax
+
+    if FLAGS.distributed or FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    logging.info(
+        "process %d/%d, %d local / %d global devices (%s)",
+        jax.process_index(), jax.process_count(), jax.local_device_count(),
+        jax.device_count(), jax.devices()[0].platform,
+    )
+
+
+def run_main(fn: Callable[[], None]) -> None:
+    """Runs `fn`; a user error exits with status 2 and one line naming it."""
+    try:
+        fn()
+    except USER_ERRORS as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,52 @@
+"""Typed :arg options, config validation and every experiment config."""
+
+import glob
+import importlib.util
+
+import pytest
+
+from imagen_jax import config_utils
+
+
+def test_parse_arg_types():
+    out = config_utils.parse_arg("res=64,smoke,minutes=2.5", res=32, smoke=False,
+                                 minutes=0.0)
+    assert out.res == 64 and out.smoke is True and out.minutes == 2.5
+    assert config_utils.parse_arg(None, res=32).res == 32
+
+
+@pytest.mark.parametrize("arg,match", [("bogus=1", "unknown config option"),
+                                       ("res=abc", "is not a int"),
+                                       ("res", "needs a value"),
+                                       ("smoke=maybe", "not a boolean")])
+def test_parse_arg_errors(arg, match):
+    with pytest.raises(ValueError, match=match):
+        config_utils.parse_arg(arg, res=32, smoke=False)
+
+
+def _experiment_configs():
+    for path in sorted(glob.glob("experiments/*.py")):
+        spec = importlib.util.spec_from_file_location("exp", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if hasattr(module, "get_config"):
+            yield path, module
+
+
+@pytest.mark.parametrize("path,module", list(_experiment_configs()))
+def test_every_experiment_config_validates(path, module):
+    config_utils.validate(module.get_config())
+    config_utils.validate(module.get_config("smoke"))
+
+
+def test_validate_names_the_bad_value():
+    from experiments import t2i_shapes
+
+    c = t2i_shapes.get_config("smoke")
+    c.optim.name = "sgdx"
+    with pytest.raises(ValueError, match=r"config.optim.name='sgdx'"):
+        config_utils.validate(c)
+    c = t2i_shapes.get_config("smoke")
+    c.diffusion.text_drop = 1.5
+    with pytest.raises(ValueError, match="text_drop"):
+        config_utils.validate(c)
