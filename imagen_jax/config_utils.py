@@ -56,9 +56,16 @@ CHOICES = {
     "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
     "sample.clip_x0": ("dynamic", "static", "none"),
 }
-POSITIVE = ("data.batch_size", "data.max_text_len", "train.num_steps",
-            "train.log_every", "train.checkpoint_every", "train.sample_every",
-            "optim.lr", "sample.steps")
+POSITIVE = (
+    "data.batch_size",
+    "data.max_text_len",
+    "train.num_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.sample_every",
+    "optim.lr",
+    "sample.steps",
+)
 PROBABILITIES = ("diffusion.text_drop",)
 
 
@@ -82,4 +89,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field}={_get(config, field)!r} must be > 0")
     for field in PROBABILITIES:
         if not 0.0 <= _get(config, field) <= 1.0:
-            raise ValueError(f"config.{field}={_get(config, field)!r} must be in [0, 1]")
+            raise ValueError(
+                f"config.{field}={_get(config, field)!r} must be in [0, 1]"
+            )

@@ -18,17 +18,27 @@ def generate_images(loaded: inference.Loaded, request: Request) -> np.ndarray:
     if request.context or request.image:
         raise ValueError(
             "this model is a text-to-image model: requests with 'context' items or "
-            "an input 'image' need an instruction-tuned (stage-2) model")
+            "an input 'image' need an instruction-tuned (stage-2) model"
+        )
     unknown = sorted(set(request.guidance) - {"text"})
     if unknown:
-        raise ValueError(f"guidance for {unknown} is not supported by a text-to-image "
-                         "model; use {'text': scale}")
+        raise ValueError(
+            f"guidance for {unknown} is not supported by a text-to-image "
+            "model; use {'text': scale}"
+        )
     cfg = loaded.config.sample
-    generate = sampling.make_generate_fn(loaded.model, loaded.config,
-                                         request.sampler or cfg.sampler)
+    generate = sampling.make_generate_fn(
+        loaded.model, loaded.config, request.sampler or cfg.sampler
+    )
     tokens, mask = loaded.tokenizer.encode_batch(
-        [request.text] * request.num_images, loaded.config.data.max_text_len)
-    images = generate(loaded.params, tokens, mask, jax.random.PRNGKey(request.seed),
-                      request.steps or cfg.steps,
-                      request.guidance.get("text", cfg.guidance))
+        [request.text] * request.num_images, loaded.config.data.max_text_len
+    )
+    images = generate(
+        loaded.params,
+        tokens,
+        mask,
+        jax.random.PRNGKey(request.seed),
+        request.steps or cfg.steps,
+        request.guidance.get("text", cfg.guidance),
+    )
     return sampling.to_uint8(images)

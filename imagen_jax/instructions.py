@@ -11,8 +11,16 @@ import dataclasses
 import json
 from typing import Any
 
-_FIELDS = ("text", "context", "image", "sampler", "steps", "guidance", "seed",
-           "num_images")
+_FIELDS = (
+    "text",
+    "context",
+    "image",
+    "sampler",
+    "steps",
+    "guidance",
+    "seed",
+    "num_images",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +37,9 @@ class Request:
 
 def _positive_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"request field {name!r} must be a positive integer, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"request field {name!r} must be a positive integer, got {value!r}"
+        )
     return value
 
 
@@ -40,8 +49,10 @@ def _guidance(value: Any) -> dict[str, float]:
     if not isinstance(value, dict) or not all(
         isinstance(v, (int, float)) for v in value.values()
     ):
-        raise ValueError(f"request field 'guidance' must be a number or a mapping "
-                         f"condition -> scale, got {value!r}")
+        raise ValueError(
+            f"request field 'guidance' must be a number or a mapping "
+            f"condition -> scale, got {value!r}"
+        )
     return {str(k): float(v) for k, v in value.items()}
 
 
@@ -58,7 +69,9 @@ def parse_request(obj: Any) -> Request:
         raise ValueError(f"unknown request fields {unknown}; known: {list(_FIELDS)}")
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"request field 'text' must be a non-empty string, got {text!r}")
+        raise ValueError(
+            f"request field 'text' must be a non-empty string, got {text!r}"
+        )
     context = obj.get("context") or []
     if not isinstance(context, list):
         raise ValueError("request field 'context' must be a list of items")
@@ -67,7 +80,9 @@ def parse_request(obj: Any) -> Request:
         context=tuple(context),
         image=obj.get("image"),
         sampler=obj.get("sampler"),
-        steps=None if obj.get("steps") is None else _positive_int("steps", obj["steps"]),
+        steps=None
+        if obj.get("steps") is None
+        else _positive_int("steps", obj["steps"]),
         guidance=_guidance(obj.get("guidance", {})),
         seed=int(obj.get("seed", 0)),
         num_images=_positive_int("num_images", obj.get("num_images", 4)),

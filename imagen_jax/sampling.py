@@ -26,10 +26,9 @@ def make_generate_fn(
     """
     d = config.diffusion
     sampler = sampler or config.sample.sampler
-    if sampler not in samplers.get_sampler_names():
-        raise ValueError(
-            f"unknown sampler {sampler!r}; expected one of {samplers.get_sampler_names()}"
-        )
+    names = samplers.get_sampler_names()
+    if sampler not in names:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {names}")
     schedule_fn = schedules.get_schedule(d.schedule)
     res = config.data.resolution
 

@@ -61,9 +61,7 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for a tree of (possibly logically boxed) abstract arrays."""
     specs = nn.get_partition_spec(abstract_tree)
     mesh_specs = nn.logical_to_mesh(specs, rules)
-    shapes = jax.tree.map(
-        lambda x: x.shape, nn.meta.unbox(abstract_tree)
-    )
+    shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_tree))
     return jax.tree.map(
         lambda spec, shape: NamedSharding(mesh, _fit_spec(spec, shape, mesh)),
         mesh_specs,

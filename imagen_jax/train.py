@@ -59,7 +59,9 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> Any:
     elif optim.name == "adafactor":
         opt = optax.adafactor(lr, momentum=optim.b1, decay_rate=optim.b2)
     else:
-        raise ValueError(f"unknown optim.name {optim.name!r}; use 'adamw' or 'adafactor'")
+        raise ValueError(
+            f"unknown optim.name {optim.name!r}; use 'adamw' or 'adafactor'"
+        )
     return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt), lr
 
 
@@ -80,8 +82,9 @@ def build_optimizer(config):
         return opt, lr
     trained = functools.partial(_text_encoder_mask, frozen_value=False)
     frozen = functools.partial(_text_encoder_mask, frozen_value=True)
-    return optax.chain(optax.masked(opt, trained),
-                       optax.masked(optax.set_to_zero(), frozen)), lr
+    return optax.chain(
+        optax.masked(opt, trained), optax.masked(optax.set_to_zero(), frozen)
+    ), lr
 
 
 def init_params(model: Imagen, config) -> Any:
@@ -90,16 +93,20 @@ def init_params(model: Imagen, config) -> Any:
     z = jnp.zeros((1, res, res, 3), jnp.float32)
     tokens = jnp.zeros((1, max_len), jnp.int32)
     mask = jnp.ones((1, max_len), bool)
-    return model.init(jax.random.PRNGKey(config.seed), z, jnp.zeros((1,)), tokens,
-                      mask)["params"]
+    return model.init(
+        jax.random.PRNGKey(config.seed), z, jnp.zeros((1,)), tokens, mask
+    )["params"]
 
 
 def abstract_params(model: Imagen, config, mesh, rules) -> Any:
     """ShapeDtypeStructs of the params with their mesh shardings (no allocation)."""
     boxed = jax.eval_shape(lambda: init_params(model, config))
     shardings = sharding.logical_shardings(boxed, mesh, rules)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.meta.unbox(boxed), shardings)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.meta.unbox(boxed),
+        shardings,
+    )
 
 
 def init_state(model: Imagen, tx, config, mesh, rules) -> tuple[TrainState, Any]:
@@ -108,8 +115,12 @@ def init_state(model: Imagen, tx, config, mesh, rules) -> tuple[TrainState, Any]
     def init():
         params = init_params(model, config)
         # Boxed params give the optimizer state the same logical axes.
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          ema_params=params, opt_state=tx.init(params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=params,
+            opt_state=tx.init(params),
+        )
 
     return sharding.sharded_init(init, mesh, rules)
 
@@ -131,21 +142,38 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
 
     def loss_fn(params):
         variables = {"params": params}
-        text = model.apply(variables, batch["text_tokens"], mask, method=Imagen.encode_text)
+        text = model.apply(
+            variables, batch["text_tokens"], mask, method=Imagen.encode_text
+        )
 
         def apply_fn(z, logsnr):
-            return model.apply(variables, z, logsnr, text, mask, train=True,
-                               method=Imagen.denoise, rngs={"dropout": dropout_rng})
+            return model.apply(
+                variables,
+                z,
+                logsnr,
+                text,
+                mask,
+                train=True,
+                method=Imagen.denoise,
+                rngs={"dropout": dropout_rng},
+            )
 
         return losses.diffusion_loss(
-            apply_fn, x, loss_rng, schedule_fn=schedules.get_schedule(d.schedule),
-            param=d.param, min_snr_gamma=d.min_snr_gamma or None)
+            apply_fn,
+            x,
+            loss_rng,
+            schedule_fn=schedules.get_schedule(d.schedule),
+            param=d.param,
+            min_snr_gamma=d.min_snr_gamma or None,
+        )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(state.step, config.optim.ema_decay)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    ema = jax.tree.map(
+        lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params
+    )
     metrics = {
         "loss": loss,
         "grad_norm": optax.global_norm(grads),
@@ -153,8 +181,9 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
         "update_norm": optax.global_norm(updates),
         "ema_decay": decay,
     }
-    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema,
-                           opt_state=opt_state)
+    new_state = TrainState(
+        step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state
+    )
     return new_state, metrics
 
 
@@ -170,8 +199,12 @@ def compile_train_step(model, tx, config, mesh, state_shardings):
     data_axes = tuple(a for a in ("data", "fsdp") if a in config.mesh.axes)
     batch_sharding = sharding.batch_sharding(mesh, data_axes)
     step_fn = functools.partial(train_step, model=model, tx=tx, config=config)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                     out_shardings=(state_shardings, None), donate_argnums=(0,))
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
     return jitted, batch_sharding
 
 
@@ -209,15 +242,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     model = build_model(config, tokenizer.vocab_size)
     rules = mesh_rules(config)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-    data_iter = iter(pipeline.train_dataset(
-        config, tokenizer, process_index=jax.process_index(),
-        process_count=jax.process_count()))
+    data_iter = iter(
+        pipeline.train_dataset(
+            config,
+            tokenizer,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
     tx, lr_fn = build_optimizer(config)
     state, state_shardings = init_state(model, tx, config, mesh, rules)
-    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"),
-                                 config.train.keep_checkpoints)
+    mngr = checkpointing.manager(
+        os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints
+    )
     state = restore_or_init(config, workdir, state, mngr, data_iter)
-    step_fn, batch_sharding = compile_train_step(model, tx, config, mesh, state_shardings)
+    step_fn, batch_sharding = compile_train_step(
+        model, tx, config, mesh, state_shardings
+    )
     loop = _Loop(config, workdir, model, tokenizer, mngr, lr_fn)
     with mesh, nn.logical_axis_rules(rules):
         state = loop.run(state, data_iter, step_fn, batch_sharding)
@@ -230,9 +271,11 @@ class _Loop:
     def __init__(self, config, workdir, model, tokenizer, mngr, lr_fn):
         self.config, self.workdir, self.mngr, self.lr_fn = config, workdir, mngr, lr_fn
         self.writer = metric_writers.create_default_writer(
-            workdir, just_logging=jax.process_index() > 0)
+            workdir, just_logging=jax.process_index() > 0
+        )
         self.progress = periodic_actions.ReportProgress(
-            num_train_steps=config.train.num_steps, writer=self.writer)
+            num_train_steps=config.train.num_steps, writer=self.writer
+        )
         self.model, self.tokenizer = model, tokenizer
         self._generate = None
 
@@ -256,8 +299,11 @@ class _Loop:
             if step % t.checkpoint_every == 0 or step == t.num_steps or out_of_time:
                 checkpointing.save(self.mngr, step, state, data_iter.get_state())
             if out_of_time:
-                logging.info("Time budget of %.1f min reached at step %d.",
-                             t.time_budget_minutes, step)
+                logging.info(
+                    "Time budget of %.1f min reached at step %d.",
+                    t.time_budget_minutes,
+                    step,
+                )
                 break
         self.mngr.wait_until_finished()
         self.writer.flush()
@@ -269,27 +315,46 @@ class _Loop:
         if not np.isfinite(mean["loss"]):
             raise NonFiniteLossError(
                 f"non-finite loss {mean['loss']} at step {step}; stopping. The last "
-                f"checkpoint in {self.workdir}/checkpoints is intact.")
+                f"checkpoint in {self.workdir}/checkpoints is intact."
+            )
         mean["lr"] = float(self.lr_fn(step))
         self.writer.write_scalars(step, mean)
         rate = (step - first) / max(time.time() - start, 1e-9)
         eta = (self.config.train.num_steps - step) / max(rate, 1e-9)
-        print(f"step {step}/{self.config.train.num_steps}  loss {mean['loss']:.4f}  "
-              f"{rate:.2f} steps/s  {rate * self.config.data.batch_size:.1f} img/s  "
-              f"ETA {eta / 60:.1f} min", flush=True)
+        print(
+            f"step {step}/{self.config.train.num_steps}  loss {mean['loss']:.4f}  "
+            f"{rate:.2f} steps/s  {rate * self.config.data.batch_size:.1f} img/s  "
+            f"ETA {eta / 60:.1f} min",
+            flush=True,
+        )
 
     def write_samples(self, state, step):
         from imagen_jax.data import shapes_world
         from imagen_jax.evaluation import grids
+
         s = self.config.sample
-        prompts = [p["caption"] for p in shapes_world.eval_prompts(
-            s.num_images, seed=0, resolution=self.config.data.resolution)]
+        prompts = [
+            p["caption"]
+            for p in shapes_world.eval_prompts(
+                s.num_images, seed=0, resolution=self.config.data.resolution
+            )
+        ]
         if self._generate is None:
             self._generate = sampling.make_generate_fn(self.model, self.config)
-        tokens, mask = self.tokenizer.encode_batch(prompts, self.config.data.max_text_len)
-        images = self._generate(state.ema_params, tokens, mask, jax.random.PRNGKey(step),
-                                s.steps, s.guidance)
-        path = grids.save_grid(sampling.to_uint8(images),
-                               os.path.join(self.workdir, "samples", f"step_{step}.png"))
+        tokens, mask = self.tokenizer.encode_batch(
+            prompts, self.config.data.max_text_len
+        )
+        images = self._generate(
+            state.ema_params,
+            tokens,
+            mask,
+            jax.random.PRNGKey(step),
+            s.steps,
+            s.guidance,
+        )
+        path = grids.save_grid(
+            sampling.to_uint8(images),
+            os.path.join(self.workdir, "samples", f"step_{step}.png"),
+        )
         self.writer.write_images(step, {"samples": sampling.to_uint8(images)[:8]})
         logging.info("Wrote samples to %s", path)

@@ -11,9 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import flags, logging  # noqa: E402
 
 flags.DEFINE_bool(
-    "distributed", False,
+    "distributed",
+    False,
     "Call jax.distributed.initialize() (TPU pods and SLURM find their peers; "
-    "elsewhere pass the three flags below).")
+    "elsewhere pass the three flags below).",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -36,8 +38,11 @@ def initialize() -> None:
         )
     logging.info(
         "process %d/%d, %d local / %d global devices (%s)",
-        jax.process_index(), jax.process_count(), jax.local_device_count(),
-        jax.device_count(), jax.devices()[0].platform,
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
     )
 
 

@@ -8,8 +8,9 @@ from ml_collections import config_flags
 
 from launch import common
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Workdir of the training run.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS

@@ -9,16 +9,22 @@ from imagen_jax import config_utils
 
 
 def test_parse_arg_types():
-    out = config_utils.parse_arg("res=64,smoke,minutes=2.5", res=32, smoke=False,
-                                 minutes=0.0)
+    out = config_utils.parse_arg(
+        "res=64,smoke,minutes=2.5", res=32, smoke=False, minutes=0.0
+    )
     assert out.res == 64 and out.smoke is True and out.minutes == 2.5
     assert config_utils.parse_arg(None, res=32).res == 32
 
 
-@pytest.mark.parametrize("arg,match", [("bogus=1", "unknown config option"),
-                                       ("res=abc", "is not a int"),
-                                       ("res", "needs a value"),
-                                       ("smoke=maybe", "not a boolean")])
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("bogus=1", "unknown config option"),
+        ("res=abc", "is not a int"),
+        ("res", "needs a value"),
+        ("smoke=maybe", "not a boolean"),
+    ],
+)
 def test_parse_arg_errors(arg, match):
     with pytest.raises(ValueError, match=match):
         config_utils.parse_arg(arg, res=32, smoke=False)

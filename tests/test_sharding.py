@@ -15,16 +15,22 @@ def test_eight_fake_devices():
     assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize("shape,expected", [((-1, 1, 1), (8, 1, 1)),
-                                            ((2, -1, 2), (2, 2, 2)),
-                                            ((1, 8, 1), (1, 8, 1))])
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((-1, 1, 1), (8, 1, 1)), ((2, -1, 2), (2, 2, 2)), ((1, 8, 1), (1, 8, 1))],
+)
 def test_mesh_shape_fills_one_minus_one(shape, expected):
     assert sharding.mesh_shape(shape, 8) == expected
 
 
-@pytest.mark.parametrize("shape,match", [((-1, -1, 1), "at most one"),
-                                         ((3, -1, 1), "does not divide"),
-                                         ((2, 2, 1), "needs 4 devices")])
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((-1, -1, 1), "at most one"),
+        ((3, -1, 1), "does not divide"),
+        ((2, 2, 1), "needs 4 devices"),
+    ],
+)
 def test_mesh_shape_errors(shape, match):
     with pytest.raises(ValueError, match=match):
         sharding.mesh_shape(shape, 8)
@@ -33,10 +39,16 @@ def test_mesh_shape_errors(shape, match):
 class _Tiny(nn.Module):
     @nn.compact
     def __call__(self, x):
-        w = self.param("w", nn.with_logical_partitioning(
-            nn.initializers.normal(), ("embed", "mlp")), (x.shape[-1], 6))
-        odd = self.param("odd", nn.with_logical_partitioning(
-            nn.initializers.normal(), ("embed", None)), (3, 4))
+        w = self.param(
+            "w",
+            nn.with_logical_partitioning(nn.initializers.normal(), ("embed", "mlp")),
+            (x.shape[-1], 6),
+        )
+        odd = self.param(
+            "odd",
+            nn.with_logical_partitioning(nn.initializers.normal(), ("embed", None)),
+            (3, 4),
+        )
         return x @ w, odd
 
 
@@ -44,7 +56,9 @@ def test_sharded_init_places_params_on_their_shards():
     mesh = sharding.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
     params, shardings = sharding.sharded_init(
         lambda: _Tiny().init(jax.random.PRNGKey(0), jnp.ones((1, 8)))["params"],
-        mesh, RULES)
+        mesh,
+        RULES,
+    )
     # embed (8) over fsdp (2), mlp (6) over tensor (2).
     assert params["w"].sharding.spec == P("fsdp", "tensor")
     assert params["w"].addressable_shards[0].data.shape == (4, 3)
@@ -55,6 +69,7 @@ def test_sharded_init_places_params_on_their_shards():
 
 def test_global_batch_is_split_over_data_axes():
     import numpy as np
+
     mesh = sharding.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"))
     s = sharding.batch_sharding(mesh, ("data", "fsdp"))
     batch = sharding.global_batch({"x": np.arange(16 * 3).reshape(16, 3)}, s)

@@ -90,7 +90,9 @@ def train_dataset(
     if d.get("max_objects", 0) and d.name == "shapes_world":
         ds = ds.filter(_max_objects_filter(d.max_objects))
     ds = ds.map(Tokenize(tokenizer, d.max_text_len, d.resolution))
-    options = grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch)
+    options = grain.ReadOptions(
+        num_threads=d.num_threads, prefetch_buffer_size=d.prefetch
+    )
     # Filtered-out elements are skipped by the iterator before batching.
     ds = ds.to_iter_dataset(options)
     return ds.batch(d.batch_size // process_count, drop_remainder=True)

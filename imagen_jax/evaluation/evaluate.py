@@ -40,18 +40,33 @@ def single_object(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     prompts = shapes_world.eval_prompts(
         eval_cfg.num_prompts, seed=0, resolution=loaded.config.data.resolution
     )
-    generate = sampling.make_generate_fn(loaded.model, loaded.config, sample_cfg.sampler)
+    generate = sampling.make_generate_fn(
+        loaded.model, loaded.config, sample_cfg.sampler
+    )
     images = _sample_in_batches(
-        loaded, generate, [p["caption"] for p in prompts], eval_cfg.batch_size,
-        sample_cfg.steps, sample_cfg.guidance, seed=1234)
+        loaded,
+        generate,
+        [p["caption"] for p in prompts],
+        eval_cfg.batch_size,
+        sample_cfg.steps,
+        sample_cfg.guidance,
+        seed=1234,
+    )
     scores = [oracle.score_single(img, p["scene"]) for img, p in zip(images, prompts)]
     grids.save_grid(images, os.path.join(out_dir, "single_object.png"))
     metrics = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
     metrics["colour_and_shape"] = float(
         np.mean([s["colour"] * s["shape"] for s in scores])
     )
-    return [{"task": "text_to_image/held_out_single", "metric": k, "value": v,
-             "n": len(prompts)} for k, v in metrics.items()]
+    return [
+        {
+            "task": "text_to_image/held_out_single",
+            "metric": k,
+            "value": v,
+            "n": len(prompts),
+        }
+        for k, v in metrics.items()
+    ]
 
 
 EVALUATORS: dict[str, Callable] = {"single_object": single_object}
@@ -65,13 +80,21 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     rows = []
     for name, eval_cfg in config.evals.items():
         if eval_cfg.type not in EVALUATORS:
-            raise ValueError(f"config.evals.{name}.type={eval_cfg.type!r} is not one "
-                             f"of {sorted(EVALUATORS)}")
+            raise ValueError(
+                f"config.evals.{name}.type={eval_cfg.type!r} is not one "
+                f"of {sorted(EVALUATORS)}"
+            )
         print(f"eval {name} ({eval_cfg.type}) at step {loaded.step}", flush=True)
         for row in EVALUATORS[eval_cfg.type](loaded, eval_cfg, config.sample, out_dir):
-            rows.append({**row, "checkpoint_step": loaded.step,
-                         "sampler": config.sample.sampler, "steps": config.sample.steps,
-                         "guidance": config.sample.guidance})
+            rows.append(
+                {
+                    **row,
+                    "checkpoint_step": loaded.step,
+                    "sampler": config.sample.sampler,
+                    "steps": config.sample.steps,
+                    "guidance": config.sample.guidance,
+                }
+            )
     write_results(rows, out_dir)
     return rows
 
@@ -84,8 +107,16 @@ def write_results(rows: list[dict], out_dir: str) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    cols = ["task", "metric", "value", "n", "checkpoint_step", "sampler", "steps",
-            "guidance"]
+    cols = [
+        "task",
+        "metric",
+        "value",
+        "n",
+        "checkpoint_step",
+        "sampler",
+        "steps",
+        "guidance",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]

@@ -29,7 +29,9 @@ class Imagen(nn.Module):
 
     def setup(self):
         self.text_encoder = t5.T5Encoder(self.text_config)
-        self.unet = UNet(self.unet_config, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.unet = UNet(
+            self.unet_config, dtype=self.dtype, param_dtype=self.param_dtype
+        )
 
     def encode_text(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         """[B, L] int tokens and mask -> [B, L, D] embeddings (float32)."""
@@ -54,8 +56,9 @@ def dtype_from_name(name: str) -> Dtype:
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
     """Builds the model named by `config.model.name` from the config."""
     if config.model.name != "imagen":
-        raise ValueError(f"unknown config.model.name {config.model.name!r}; "
-                         "expected 'imagen'")
+        raise ValueError(
+            f"unknown config.model.name {config.model.name!r}; expected 'imagen'"
+        )
     m, tx = config.model, config.text
     dtype = dtype_from_name(m.dtype)
     unet_config = UNetConfig(

@@ -9,8 +9,15 @@ import pytest
 from imagen_jax.models import layers
 from imagen_jax.models.unet import UNet, UNetConfig
 
-CFG = UNetConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
-                 attn_levels=(False, True), num_heads=2, head_dim=8, cond_dim=32)
+CFG = UNetConfig(
+    base_channels=16,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attn_levels=(False, True),
+    num_heads=2,
+    head_dim=8,
+    cond_dim=32,
+)
 
 
 def _inputs(batch=2, res=16, length=5, dim=12):
@@ -83,8 +90,12 @@ def test_attention_matches_numpy():
     rng = np.random.default_rng(0)
     q, k, v = (rng.normal(size=s) for s in [(2, 3, 2, 4), (2, 5, 2, 4), (2, 5, 2, 4)])
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-    out = layers.attention(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                           jnp.asarray(v, jnp.float32), jnp.asarray(mask))
+    out = layers.attention(
+        jnp.asarray(q, jnp.float32),
+        jnp.asarray(k, jnp.float32),
+        jnp.asarray(v, jnp.float32),
+        jnp.asarray(mask),
+    )
     logits = np.einsum("bqnd,bknd->bnqk", q, k) / 2.0
     logits = np.where(mask[:, None, None], logits, -np.inf)
     w = np.exp(logits - logits.max(-1, keepdims=True))
@@ -97,9 +108,14 @@ def test_remat_policy_gives_same_output():
     inputs = _inputs()
     params = _init_perturbed(UNet(CFG), inputs)
     import dataclasses
+
     remat = UNet(dataclasses.replace(CFG, remat_policy="nothing_saveable"))
-    np.testing.assert_allclose(remat.apply({"params": params}, *inputs),
-                               UNet(CFG).apply({"params": params}, *inputs), atol=1e-5)
+    np.testing.assert_allclose(
+        remat.apply({"params": params}, *inputs),
+        UNet(CFG).apply({"params": params}, *inputs),
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="unknown remat policy"):
         UNet(dataclasses.replace(CFG, remat_policy="bogus")).init(
-            jax.random.PRNGKey(0), *inputs)
+            jax.random.PRNGKey(0), *inputs
+        )

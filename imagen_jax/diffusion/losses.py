@@ -1,0 +1,184 @@
+"""Parameterisations of the denoiser output and the diffusion training loss.
+
+With z = alpha x + sigma eps (see `schedules`), a network output `out` is read
+as one of
+
+    "x0":  out = x                     (data prediction)
+    "eps": out = eps                   (noise prediction)
+    "v":   out = alpha eps - sigma x   (velocity; Salimans & Ho 2022)
+
+and each converts to the others given (z, logsnr):
+
+    x = (z - sigma eps) / alpha = alpha z - sigma v
+    eps = (z - alpha x) / sigma = sigma z + alpha v
+
+Every conversion is affine in `out` for fixed (z, logsnr).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from imagen_jax.diffusion import schedules
+
+PARAMETERISATIONS = ("v", "eps", "x0")
+
+ApplyFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _check_param(param: str) -> None:
+    if param not in PARAMETERISATIONS:
+        raise ValueError(
+            f"Unknown parameterisation {param!r}; expected one of {PARAMETERISATIONS}."
+        )
+
+
+def _per_example(logsnr: jax.Array, like: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """alpha, sigma of a [B] logsnr, shaped [B, 1, ..., 1] to broadcast on `like`."""
+    logsnr = jnp.reshape(logsnr, jnp.shape(logsnr) + (1,) * (like.ndim - 1))
+    return schedules.alpha_sigma(logsnr)
+
+
+def predict_x0(
+    out: jax.Array, z: jax.Array, logsnr: jax.Array, param: str
+) -> jax.Array:
+    """Reads the network output `out` [B, ...] at (z [B, ...], logsnr [B]) as x."""
+    _check_param(param)
+    out = out.astype(jnp.float32)
+    alpha, sigma = _per_example(logsnr, z)
+    if param == "x0":
+        return out
+    if param == "eps":
+        return (z - sigma * out) / alpha
+    return alpha * z - sigma * out
+
+
+def predict_eps(
+    out: jax.Array, z: jax.Array, logsnr: jax.Array, param: str
+) -> jax.Array:
+    """Reads the network output `out` [B, ...] at (z [B, ...], logsnr [B]) as eps."""
+    _check_param(param)
+    out = out.astype(jnp.float32)
+    alpha, sigma = _per_example(logsnr, z)
+    if param == "eps":
+        return out
+    if param == "x0":
+        return (z - alpha * out) / sigma
+    return sigma * z + alpha * out
+
+
+def predict_v(out: jax.Array, z: jax.Array, logsnr: jax.Array, param: str) -> jax.Array:
+    """Reads the network output `out` [B, ...] at (z [B, ...], logsnr [B]) as v."""
+    _check_param(param)
+    if param == "v":
+        return out.astype(jnp.float32)
+    alpha, sigma = _per_example(logsnr, z)
+    x0 = predict_x0(out, z, logsnr, param)
+    eps = predict_eps(out, z, logsnr, param)
+    return alpha * eps - sigma * x0
+
+
+def target(x: jax.Array, eps: jax.Array, logsnr: jax.Array, param: str) -> jax.Array:
+    """The regression target of parameterisation `param` for data x and noise eps."""
+    _check_param(param)
+    if param == "x0":
+        return x
+    if param == "eps":
+        return eps
+    alpha, sigma = _per_example(logsnr, x)
+    return alpha * eps - sigma * x
+
+
+def min_snr_weight(logsnr: jax.Array, gamma: float | None, param: str) -> jax.Array:
+    """Min-SNR-gamma loss weight (Hang et al. 2023) on the `param` target's MSE.
+
+    The min-SNR weighting of the x0 error is min(snr, gamma). Since
+    |eps - eps_hat|^2 = snr |x - x_hat|^2 and |v - v_hat|^2 = (1 + snr) |x - x_hat|^2,
+    the same weighting on the eps and v errors is min(snr, gamma) / snr and
+    min(snr, gamma) / (1 + snr).
+
+    Args:
+      logsnr: [B] log-SNR of each example.
+      gamma: the clip value; None gives weight 1 (plain L2 on the target).
+      param: parameterisation of the error being weighted.
+
+    Returns:
+      [B] float32 weights.
+    """
+    _check_param(param)
+    logsnr = jnp.asarray(logsnr, jnp.float32)
+    if gamma is None:
+        return jnp.ones_like(logsnr)
+    if isinstance(gamma, int | float) and gamma <= 0:
+        raise ValueError(f"min_snr_gamma must be positive or None, got {gamma}.")
+    snr = jnp.exp(logsnr)
+    if param == "x0":
+        return jnp.minimum(snr, gamma)
+    if param == "eps":
+        return jnp.minimum(1.0, gamma * jnp.exp(-logsnr))  # = min(snr, gamma) / snr
+    return jnp.minimum(snr, gamma) * jax.nn.sigmoid(-logsnr)  # 1/(1+snr) = sigm(-l)
+
+
+def stratified_uniform(rng: jax.Array, batch_size: int) -> jax.Array:
+    """[B] times in [0, 1): one uniform offset plus the grid i / B, wrapped (VDM).
+
+    Every example is marginally U(0, 1) while the batch covers [0, 1) evenly,
+    which lowers the variance of the batch loss.
+    """
+    u = jax.random.uniform(rng, (), jnp.float32)
+    return jnp.mod(u + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
+
+
+def _mean_over_example(x: jax.Array) -> jax.Array:
+    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def diffusion_loss(
+    apply_fn: ApplyFn,
+    x: jax.Array,
+    rng: jax.Array,
+    *,
+    schedule_fn: schedules.ScheduleFn,
+    param: str = "v",
+    min_snr_gamma: float | None = 5.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Denoising loss: L2 between the network output and the `param` target.
+
+    Args:
+      apply_fn: the network, (z [B, ...], logsnr [B] float32) -> out [B, ...].
+      x: clean data [B, H, W, C] in [-1, 1].
+      rng: PRNG key for times and noise.
+      schedule_fn: t -> logsnr (see `schedules.get_schedule`).
+      param: how the network output is read: "v", "eps" or "x0".
+      min_snr_gamma: min-SNR-gamma weighting; None for uniform weights.
+
+    Returns:
+      (loss, aux): the float32 scalar batch mean of the weighted loss, and [B]
+      arrays "loss" (weighted, per example), "mse" (unweighted error of the
+      target), "x0_mse" (error of the implied x0), "weight", "t" and "logsnr".
+    """
+    _check_param(param)
+    x = x.astype(jnp.float32)
+    t_rng, eps_rng = jax.random.split(rng)
+    t = stratified_uniform(t_rng, x.shape[0])  # [B]
+    logsnr = jnp.asarray(schedule_fn(t), jnp.float32)  # [B]
+    eps = jax.random.normal(eps_rng, x.shape, jnp.float32)
+    alpha, sigma = _per_example(logsnr, x)
+    z = alpha * x + sigma * eps  # [B, H, W, C]
+    out = apply_fn(z, logsnr).astype(jnp.float32)
+    mse = _mean_over_example(jnp.square(out - target(x, eps, logsnr, param)))
+    weight = min_snr_weight(logsnr, min_snr_gamma, param)
+    x0_mse = _mean_over_example(jnp.square(predict_x0(out, z, logsnr, param) - x))
+    per_example = weight * mse
+    aux = {
+        "loss": per_example,
+        "mse": mse,
+        "x0_mse": x0_mse,
+        "weight": weight,
+        "t": t,
+        "logsnr": logsnr,
+    }
+    return jnp.mean(per_example), aux

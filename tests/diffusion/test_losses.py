@@ -1,0 +1,153 @@
+"""Tests of the parameterisations, min-SNR weights and the diffusion loss."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imagen_jax.diffusion import losses, schedules
+
+PARAMS = ("v", "eps", "x0")
+
+
+def _np_alpha_sigma(logsnr):
+    logsnr = np.asarray(logsnr, np.float64)[:, None, None, None]
+    return np.sqrt(1 / (1 + np.exp(-logsnr))), np.sqrt(1 / (1 + np.exp(logsnr)))
+
+
+def _problem(seed=0, batch=6, lo=-6.0, hi=6.0):
+    """x, eps, logsnr, z in float64, and the float64 v."""
+    r = np.random.default_rng(seed)
+    x = r.uniform(-1, 1, (batch, 4, 4, 3))
+    eps = r.standard_normal(x.shape)
+    logsnr = r.uniform(lo, hi, batch)
+    alpha, sigma = _np_alpha_sigma(logsnr)
+    return x, eps, logsnr, alpha * x + sigma * eps, alpha * eps - sigma * x
+
+
+def _f32(*arrays):
+    return [jnp.asarray(a, jnp.float32) for a in arrays]
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_conversions_are_mutually_consistent(param):
+    x, eps, logsnr, z, v = _problem()
+    x32, eps32, l32, z32 = _f32(x, eps, logsnr, z)
+    out = losses.target(x32, eps32, l32, param)
+    np.testing.assert_allclose(out, {"x0": x, "eps": eps, "v": v}[param], atol=1e-5)
+    # |logsnr| <= 6 keeps 1/alpha, 1/sigma <= 20, so float32 errors stay ~1e-5.
+    np.testing.assert_allclose(losses.predict_x0(out, z32, l32, param), x, atol=2e-5)
+    np.testing.assert_allclose(losses.predict_eps(out, z32, l32, param), eps, atol=2e-5)
+    np.testing.assert_allclose(losses.predict_v(out, z32, l32, param), v, atol=2e-5)
+
+
+def test_unknown_param_raises():
+    x = jnp.zeros((2, 1))
+    with pytest.raises(ValueError, match="'epsilon'"):
+        losses.predict_x0(x, x, jnp.zeros(2), "epsilon")
+    with pytest.raises(ValueError, match="'velocity'"):
+        losses.diffusion_loss(
+            lambda z, logsnr: z,
+            x,
+            jax.random.key(0),
+            schedule_fn=schedules.cosine_logsnr,
+            param="velocity",
+        )
+
+
+@pytest.mark.parametrize("gamma", [5.0, 1.0, None])
+def test_min_snr_weights_match_formula(gamma):
+    logsnr = np.linspace(-20.0, 20.0, 41)
+    snr = np.exp(logsnr)
+    clipped = snr if gamma is None else np.minimum(snr, gamma)
+    expected = {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}
+    for param in PARAMS:
+        got = losses.min_snr_weight(jnp.asarray(logsnr, jnp.float32), gamma, param)
+        want = np.ones_like(logsnr) if gamma is None else expected[param]
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=param)
+
+
+def test_min_snr_weighting_is_the_same_loss_in_every_parameterisation():
+    """weight * |target error|^2 is min(snr, gamma) |x - x_hat|^2 for all three."""
+    x, eps, logsnr, z, v = _problem(seed=1)
+    alpha, sigma = _np_alpha_sigma(logsnr)
+    x_hat = x + 0.1 * np.random.default_rng(2).standard_normal(x.shape)
+    eps_hat = (z - alpha * x_hat) / sigma
+    v_hat = alpha * eps_hat - sigma * x_hat
+    preds = {"x0": (x_hat, x), "eps": (eps_hat, eps), "v": (v_hat, v)}
+    x_err = np.mean((x - x_hat) ** 2, axis=(1, 2, 3))
+    expected = np.minimum(np.exp(logsnr), 5.0) * x_err
+    for param, (pred, tgt) in preds.items():
+        w = losses.min_snr_weight(jnp.asarray(logsnr, jnp.float32), 5.0, param)
+        got = np.asarray(w, np.float64) * np.mean((pred - tgt) ** 2, axis=(1, 2, 3))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=param)
+
+
+def test_gamma_must_be_positive():
+    with pytest.raises(ValueError, match="-1.0"):
+        losses.min_snr_weight(jnp.zeros(2), -1.0, "v")
+
+
+def test_stratified_times_cover_the_unit_interval():
+    t = np.sort(np.asarray(losses.stratified_uniform(jax.random.key(3), 16)))
+    assert np.all((t >= 0) & (t < 1))
+    np.testing.assert_allclose(np.diff(t), 1 / 16, atol=1e-6)
+    offsets = [
+        float(losses.stratified_uniform(jax.random.key(i), 4)[0]) for i in range(200)
+    ]
+    assert abs(np.mean(offsets) - 0.5) < 0.06  # marginally U(0, 1)
+
+
+def _oracle(x, param):
+    """A network that knows x: recovers eps from z exactly and returns the target."""
+
+    def apply_fn(z, logsnr):
+        alpha, sigma = schedules.alpha_sigma(logsnr[:, None, None, None])
+        eps = (z - alpha * x) / sigma
+        return losses.target(x, eps, logsnr, param)
+
+    return apply_fn
+
+
+SCHEDULE = functools.partial(schedules.linear_logsnr, logsnr_min=-6.0, logsnr_max=6.0)
+
+
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("gamma", [5.0, None])
+def test_oracle_model_has_zero_loss(param, gamma):
+    x = jnp.asarray(_problem()[0], jnp.float32)
+    loss, aux = losses.diffusion_loss(
+        _oracle(x, param),
+        x,
+        jax.random.key(0),
+        schedule_fn=SCHEDULE,
+        param=param,
+        min_snr_gamma=gamma,
+    )
+    assert loss.dtype == jnp.float32 and loss.shape == ()
+    assert float(loss) < 1e-9
+    assert float(jnp.max(aux["x0_mse"])) < 1e-9
+    for key in ("loss", "mse", "x0_mse", "weight", "t", "logsnr"):
+        assert aux[key].shape == (x.shape[0],), key
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_zero_output_loss_is_the_weighted_target_energy(param):
+    x = jnp.asarray(_problem()[0], jnp.float32).astype(jnp.bfloat16)
+    loss, aux = jax.jit(
+        functools.partial(
+            losses.diffusion_loss, schedule_fn=SCHEDULE, param=param, min_snr_gamma=5.0
+        ),
+        static_argnums=0,
+    )(lambda z, logsnr: jnp.zeros_like(z, jnp.bfloat16), x, jax.random.key(1))
+    assert loss.dtype == jnp.float32
+    np.testing.assert_allclose(aux["logsnr"], SCHEDULE(aux["t"]), rtol=1e-6)
+    w = losses.min_snr_weight(aux["logsnr"], 5.0, param)
+    np.testing.assert_allclose(aux["weight"], w, rtol=1e-6)
+    np.testing.assert_allclose(loss, jnp.mean(aux["weight"] * aux["mse"]), rtol=1e-6)
+    if param == "x0":  # the x0 target does not depend on the noise
+        x32 = np.asarray(x, np.float64)
+        np.testing.assert_allclose(aux["mse"], np.mean(x32**2, axis=(1, 2, 3)), 1e-6)
+    assert float(loss) > 1e-3

@@ -1,0 +1,130 @@
+"""Train step, optimizer, EMA, checkpoints, resume order."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import t2i_shapes
+from imagen_jax import checkpointing, sharding, train
+from imagen_jax.data import shapes_world
+
+
+def _setup(mesh_shape=(2, 2, 2), **overrides):
+    cfg = t2i_shapes.get_config("smoke")
+    cfg.mesh.shape = mesh_shape
+    for k, v in overrides.items():
+        node, *rest = k.split(".")
+        cfg[node][rest[0]] = v
+    tok = train.make_tokenizer(cfg)
+    model = train.build_model(cfg, tok.vocab_size)
+    rules = train.mesh_rules(cfg)
+    mesh = sharding.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
+    tx, _ = train.build_optimizer(cfg)
+    state, shardings = train.init_state(model, tx, cfg, mesh, rules)
+    step_fn, bs = train.compile_train_step(model, tx, cfg, mesh, shardings)
+    return cfg, tok, mesh, rules, state, step_fn, bs
+
+
+def _batch(cfg, tok, n=8, seed=0):
+    exs = [shapes_world.make_example("train", i, seed, 32, 1, 1) for i in range(n)]
+    ids, mask = tok.encode_batch([e["caption"] for e in exs], cfg.data.max_text_len)
+    return {
+        "image": np.stack([e["image"] for e in exs]),
+        "text_tokens": ids,
+        "text_mask": mask,
+    }
+
+
+def test_training_steps_lower_the_loss():
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup(
+        **{"optim.lr": 3e-3, "optim.decay": "constant"}
+    )
+    batch = sharding.global_batch(_batch(cfg, tok), bs)
+    losses = []
+    with mesh, nn.logical_axis_rules(rules):
+        for _ in range(40):
+            state, metrics = step_fn(state, batch)
+            losses.append(float(metrics["loss"]))
+    # Noise levels are random per step: compare averages of 10 steps.
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
+    assert int(state.step) == 40
+
+
+def test_step_keeps_shardings_and_moves_ema():
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup()
+    before = jax.tree.map(lambda x: x.sharding, state.params)
+    ema0 = jax.tree.map(np.array, state.ema_params)
+    with mesh, nn.logical_axis_rules(rules):
+        # The zero-initialised output conv passes gradients on from step 2 on.
+        for _ in range(4):
+            state, _ = step_fn(state, sharding.global_batch(_batch(cfg, tok), bs))
+    assert jax.tree.map(lambda x: x.sharding, state.params) == before
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.ema_params, ema0)
+    assert sum(jax.tree.leaves(moved)) > len(jax.tree.leaves(moved)) // 2
+
+
+def test_ema_decay_warms_up():
+    d = [float(train.ema_decay(jnp.asarray(s), 0.999)) for s in (0, 10, 100, 10**6)]
+    assert d[0] == pytest.approx(0.1) and d[1] == pytest.approx(11 / 20)
+    assert d[2] == pytest.approx(101 / 110) and d[3] == pytest.approx(0.999)
+
+
+def test_frozen_text_encoder_does_not_move():
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup(**{"text.frozen": True})
+    text0 = jax.tree.map(np.asarray, state.params["text_encoder"])
+    unet0 = jax.tree.leaves(state.params["unet"])[3].copy()
+    with mesh, nn.logical_axis_rules(rules):
+        for _ in range(4):
+            state, _ = step_fn(state, sharding.global_batch(_batch(cfg, tok), bs))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        text0,
+        jax.tree.map(np.asarray, state.params["text_encoder"]),
+    )
+    assert not np.allclose(jax.tree.leaves(state.params["unet"])[3], unet0)
+
+
+def test_checkpoint_round_trip_onto_another_mesh(tmp_path):
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup()
+    with mesh, nn.logical_axis_rules(rules):
+        state, _ = step_fn(state, sharding.global_batch(_batch(cfg, tok), bs))
+    mngr = checkpointing.manager(str(tmp_path / "ckpt"))
+    checkpointing.save(mngr, 1, state, {"next_index": 7})
+    mngr.wait_until_finished()
+    # Restore onto a different mesh layout.
+    _, _, _, _, fresh, _, _ = _setup(mesh_shape=(1, 8, 1))
+    restored, data_state = checkpointing.restore(
+        checkpointing.manager(str(tmp_path / "ckpt")), fresh
+    )
+    assert data_state == {"next_index": 7}
+    assert int(restored.step) == 1
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+        restored.params,
+        state.params,
+    )
+    leaf = jax.tree.leaves(restored.params)[0]
+    assert leaf.sharding == jax.tree.leaves(fresh.params)[0].sharding
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup()
+    mngr = checkpointing.manager(str(tmp_path / "ckpt"))
+    checkpointing.save(mngr, 1, state, None)
+    mngr.wait_until_finished()
+    for f in (tmp_path / "ckpt" / "1" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+            f.write_bytes(b"garbage")
+    with pytest.raises(checkpointing.CheckpointError, match="cannot be restored"):
+        checkpointing.restore(checkpointing.manager(str(tmp_path / "ckpt")), state)
+    with pytest.raises(checkpointing.CheckpointError, match="no checkpoint"):
+        checkpointing.restore(checkpointing.manager(str(tmp_path / "empty")), state)
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    cfg = t2i_shapes.get_config("smoke")
+    cfg.optim.name = "sgdx"
+    with pytest.raises(ValueError, match="sgdx"):
+        train.build_optimizer(cfg)
