@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.head_dim = 32
     c.model.cond_dim = 192
     c.model.dropout = 0.0
+    # Space-to-depth stem: 1 (none) or 2 (the UNet runs on 2x2 patches).
+    c.model.patch_size = 1
     # A jax.checkpoint_policies name, or "none".
     c.model.remat_policy = "none"
 

@@ -71,6 +71,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         cond_dim=m.cond_dim,
         dropout=m.dropout,
         remat_policy=m.remat_policy,
+        patch_size=m.patch_size,
     )
     text_config = t5.T5Config(
         vocab_size=vocab_size,

@@ -86,7 +86,8 @@ def group_norm(
 ) -> nn.GroupNorm:
     """GroupNorm with float32 statistics and output (cast back by the caller)."""
     return nn.GroupNorm(
-        num_groups=min(32, channels // 4) if channels >= 8 else 1,
+        # The most groups (up to 32) that divide the channels.
+        num_groups=math.gcd(32, channels),
         dtype=jnp.float32,
         param_dtype=param_dtype,
         scale_init=nn.with_logical_partitioning(

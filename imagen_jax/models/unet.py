@@ -37,6 +37,9 @@ class UNetConfig:
       out_channels: channels predicted (3 for RGB).
       remat_policy: name of a `jax.checkpoint_policies` policy applied to every
         level, or "none".
+      patch_size: space-to-depth factor of the stem (1 = none). With 2 the UNet
+        runs at half resolution on 2x2 patches (as in "simple diffusion"),
+        about 4x cheaper at the top level.
     """
 
     base_channels: int = 32
@@ -49,6 +52,7 @@ class UNetConfig:
     dropout: float = 0.0
     out_channels: int = 3
     remat_policy: str = "none"
+    patch_size: int = 1
 
     def __post_init__(self):
         if len(self.attn_levels) != len(self.channel_mults):
@@ -59,7 +63,7 @@ class UNetConfig:
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
+        return self.patch_size * 2 ** (len(self.channel_mults) - 1)
 
 
 class Level(nn.Module):
@@ -103,7 +107,8 @@ class UNet(nn.Module):
         _check_resolution(z.shape, cfg.downsample_factor)
         cond = self._conditioning(logsnr, text, text_mask)
         level_cls = _maybe_remat(Level, cfg.remat_policy)
-        h = layers.conv(cfg.base_channels, name="conv_in", **kw)(z.astype(self.dtype))
+        x = space_to_depth(z.astype(self.dtype), cfg.patch_size)
+        h = layers.conv(cfg.base_channels, name="conv_in", **kw)(x)
         skips = []
         for i, mult in enumerate(cfg.channel_mults):
             ch = cfg.base_channels * mult
@@ -123,10 +128,11 @@ class UNet(nn.Module):
             if i > 0:
                 h = _upsample(h)
         h = nn.silu(layers.group_norm(h.shape[-1], param_dtype=self.param_dtype)(h))
-        out = layers.conv(cfg.out_channels, name="conv_out", zero_init=True, **kw)(
-            h.astype(self.dtype)
-        )
-        return out
+        p2 = cfg.patch_size**2
+        out = layers.conv(
+            cfg.out_channels * p2, name="conv_out", zero_init=True, **kw
+        )(h.astype(self.dtype))
+        return depth_to_space(out, cfg.patch_size)
 
     def _conditioning(self, logsnr, text, text_mask) -> jax.Array:
         cfg, kw = self.config, dict(dtype=jnp.float32, param_dtype=self.param_dtype)
@@ -155,6 +161,24 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     m = mask.astype(jnp.float32)[..., None]
     total = jnp.sum(x.astype(jnp.float32) * m, axis=1)
     return total / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+    """[B, H, W, C] -> [B, H/p, W/p, p*p*C] (non-overlapping p x p patches)."""
+    if p == 1:
+        return x
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+    """Inverse of `space_to_depth`."""
+    if p == 1:
+        return x
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, p, p, c // (p * p)).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * p, w * p, c // (p * p))
 
 
 def _upsample(h: jax.Array) -> jax.Array:
