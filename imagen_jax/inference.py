@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import ml_collections
+from absl import logging
 
 from imagen_jax import checkpointing, sharding, train
 from imagen_jax.models.imagen import Imagen, build_model
@@ -37,7 +39,22 @@ def load(
     tokenizer = train.make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size)
     rules = train.mesh_rules(config)
-    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    mesh = sharding.make_mesh(_mesh_shape(config), config.mesh.axes)
     params_like = train.abstract_params(model, config, mesh, rules)
     params, step = checkpointing.restore_params(workdir, params_like, use_ema=use_ema)
     return Loaded(config, tokenizer, model, params, int(step))
+
+
+def _mesh_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The training mesh if it fits these devices, else all devices on `data`."""
+    try:
+        return sharding.mesh_shape(config.mesh.shape, jax.device_count())
+    except ValueError:
+        shape = (-1,) + (1,) * (len(config.mesh.axes) - 1)
+        logging.warning(
+            "mesh %s does not fit %d devices; using %s",
+            tuple(config.mesh.shape),
+            jax.device_count(),
+            shape,
+        )
+        return shape

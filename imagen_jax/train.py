@@ -281,13 +281,18 @@ class _Loop:
 
     def run(self, state, data_iter, step_fn, batch_sharding):
         t = self.config.train
-        start, first = time.time(), int(state.step)
-        budget = t.time_budget_minutes * 60.0
-        step, pending = first, []
+        first = step = int(state.step)
+        start = t0 = time.time()
+        budget, pending = t.time_budget_minutes * 60.0, []
         while step < t.num_steps:
             batch = sharding.global_batch(next(data_iter), batch_sharding)
             state, metrics = step_fn(state, batch)
             step += 1
+            if pending:  # the previous step is done by now: no pipeline stall
+                self._check_finite(pending[-1], step - 1)
+            if step == first + 1:  # rates exclude compilation
+                jax.block_until_ready(metrics)
+                start = time.time()
             self.progress(step)
             pending.append(metrics)
             if step % t.log_every == 0 or step == t.num_steps:
@@ -295,31 +300,35 @@ class _Loop:
                 pending = []
             if step % t.sample_every == 0:
                 self.write_samples(state, step)
-            out_of_time = budget and time.time() - start > budget
+            out_of_time = budget and time.time() - t0 > budget
             if step % t.checkpoint_every == 0 or step == t.num_steps or out_of_time:
+                self._check_finite(metrics, step)
                 checkpointing.save(self.mngr, step, state, data_iter.get_state())
             if out_of_time:
-                logging.info(
-                    "Time budget of %.1f min reached at step %d.",
-                    t.time_budget_minutes,
-                    step,
+                print(
+                    f"time budget of {t.time_budget_minutes} min reached at step "
+                    f"{step}",
+                    flush=True,
                 )
                 break
         self.mngr.wait_until_finished()
         self.writer.flush()
         return state
 
+    def _check_finite(self, metrics, step):
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss {loss} at step {step}; stopped without saving it. "
+                f"The last checkpoint in {self.workdir}/checkpoints is intact."
+            )
+
     def _log(self, step, pending, start, first):
         metrics = jax.device_get(pending)
         mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
-        if not np.isfinite(mean["loss"]):
-            raise NonFiniteLossError(
-                f"non-finite loss {mean['loss']} at step {step}; stopping. The last "
-                f"checkpoint in {self.workdir}/checkpoints is intact."
-            )
         mean["lr"] = float(self.lr_fn(step))
         self.writer.write_scalars(step, mean)
-        rate = (step - first) / max(time.time() - start, 1e-9)
+        rate = (step - first - 1) / max(time.time() - start, 1e-9)
         eta = (self.config.train.num_steps - step) / max(rate, 1e-9)
         print(
             f"step {step}/{self.config.train.num_steps}  loss {mean['loss']:.4f}  "

@@ -128,3 +128,37 @@ def test_unknown_optimizer_is_a_clear_error():
     cfg.optim.name = "sgdx"
     with pytest.raises(ValueError, match="sgdx"):
         train.build_optimizer(cfg)
+
+
+class _Batches:
+    """A stand-in for the grain iterator: endless copies of one batch."""
+
+    def __init__(self, batch):
+        self.batch, self.index = batch, 0
+
+    def __next__(self):
+        self.index += 1
+        return self.batch
+
+    def get_state(self):
+        return {"next_index": self.index}
+
+
+def test_loop_stops_on_non_finite_loss_without_saving_it(tmp_path):
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup(
+        **{"optim.lr": 1e30, "optim.decay": "constant", "optim.warmup_steps": 1}
+    )
+    cfg.train.num_steps, cfg.train.checkpoint_every = 50, 1
+    model = train.build_model(cfg, tok.vocab_size)
+    mngr = checkpointing.manager(str(tmp_path / "checkpoints"))
+    loop = train._Loop(cfg, str(tmp_path), model, tok, mngr, lambda s: 0.0)
+    with mesh, nn.logical_axis_rules(rules):
+        with pytest.raises(train.NonFiniteLossError, match="non-finite loss"):
+            loop.run(state, _Batches(_batch(cfg, tok)), step_fn, bs)
+    mngr.wait_until_finished()
+    saved = mngr.all_steps()
+    assert saved and max(saved) < 50  # stopped early, and only finite states saved
+    restored, _ = checkpointing.restore(mngr, state)
+    assert all(
+        np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params)
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,7 +68,12 @@ class UNetConfig:
 
 
 class Level(nn.Module):
-    """`num_res_blocks` ResNet blocks, each followed by attention when asked."""
+    """`num_res_blocks` ResNet blocks, each followed by attention when asked.
+
+    With `memory` (the encoded context items) each attention block also gets a
+    context cross-attention beside the text cross-attention (Re-Imagen /
+    Instruct-Imagen); it is created only then, zero-initialised.
+    """
 
     features: int
     config: UNetConfig
@@ -76,12 +82,16 @@ class Level(nn.Module):
     param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, h, cond, text, text_mask, train: bool):
+    def __call__(self, h, cond, text, text_mask, memory, memory_mask, train: bool):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        for _ in range(cfg.num_res_blocks):
+        for b in range(cfg.num_res_blocks):
             h = layers.ResBlock(self.features, cfg.dropout, **kw)(h, cond, train)
             if self.attend:
                 h = _attend(h, text, text_mask, cfg, kw)
+                if memory is not None:
+                    h = layers.Attention(
+                        cfg.num_heads, cfg.head_dim, name=f"ctx_attn_{b}", **kw
+                    )(h, memory, memory_mask)
         return h
 
 
@@ -90,11 +100,32 @@ def _attend(h, text, text_mask, cfg: UNetConfig, kw) -> jax.Array:
     return layers.Attention(cfg.num_heads, cfg.head_dim, **kw)(h, text, text_mask)
 
 
+@flax.struct.dataclass
+class Context:
+    """Context items of a multi-modal instruction, padded to K per example.
+
+    Attributes:
+      images: [B, K, H, W, C] in [-1, 1].
+      text: [B, K, Lc, D] encoded marker + text of each item.
+      text_mask: [B, K, Lc].
+      mask: [B, K]; False for padding (and dropped) items.
+    """
+
+    images: jax.Array
+    text: jax.Array
+    text_mask: jax.Array
+    mask: jax.Array
+
+
 class UNet(nn.Module):
     """Predicts the diffusion target for a noisy image given log-SNR and text.
 
-    Call: `(z [B,H,W,C], logsnr [B], text [B,L,D], text_mask [B,L], train)`
-    -> `[B,H,W,out_channels]` in `dtype`.
+    Call: `(z [B,H,W,C], logsnr [B], text [B,L,D], text_mask [B,L], train,
+    context=None, cond_image=None)` -> `[B,H,W,out_channels]` in `dtype`.
+    `context` items are encoded by this UNet's own down-sampling stack (shared
+    weights, clean images, each conditioned on its own text) into the memory
+    of the context cross-attention. `cond_image` [B,H,W,C'] is concatenated to
+    the input on channels (InstructPix2Pix); its input weights start at zero.
     """
 
     config: UNetConfig
@@ -102,58 +133,118 @@ class UNet(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z, logsnr, text, text_mask, train: bool = False):
+    def __call__(
+        self,
+        z,
+        logsnr,
+        text,
+        text_mask,
+        train: bool = False,
+        context: Context | None = None,
+        cond_image=None,
+    ):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         _check_resolution(z.shape, cfg.downsample_factor)
-        cond = self._conditioning(logsnr, text, text_mask)
-        level_cls = _maybe_remat(Level, cfg.remat_policy)
-        x = space_to_depth(z.astype(self.dtype), cfg.patch_size)
-        h = layers.conv(cfg.base_channels, name="conv_in", **kw)(x)
+        mods = self._modules(kw)
+        memory = memory_mask = None
+        if context is not None:
+            memory, memory_mask = self._encode_context(mods, context, train)
+        cond = _conditioning(mods, logsnr, text, text_mask, cfg.cond_dim)
+        h = mods["conv_in"](space_to_depth(z.astype(self.dtype), cfg.patch_size))
+        if cond_image is not None:
+            _check_resolution(cond_image.shape, cfg.downsample_factor)
+            x_c = space_to_depth(cond_image.astype(self.dtype), cfg.patch_size)
+            h = h + layers.conv(
+                cfg.base_channels, name="cond_image_in", zero_init=True, **kw
+            )(x_c)
         skips = []
-        for i, mult in enumerate(cfg.channel_mults):
-            ch = cfg.base_channels * mult
-            if i > 0:
-                h = layers.conv(ch, strides=2, name=f"down_{i}", **kw)(h)
-            h = level_cls(ch, cfg, cfg.attn_levels[i], name=f"enc_{i}", **kw)(
-                h, cond, text, text_mask, train
-            )
+        for i, level in enumerate(mods["enc"]):
+            h = mods["down"][i](h) if i > 0 else h
+            h = level(h, cond, text, text_mask, memory, memory_mask, train)
             skips.append(h)
-        h = self._middle(h, cond, text, text_mask, train)
+        h = self._middle(h, cond, text, text_mask, memory, memory_mask, train)
+        level_cls = _maybe_remat(Level, cfg.remat_policy)
         for i, mult in reversed(list(enumerate(cfg.channel_mults))):
-            ch = cfg.base_channels * mult
             h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = level_cls(ch, cfg, cfg.attn_levels[i], name=f"dec_{i}", **kw)(
-                h, cond, text, text_mask, train
-            )
+            h = level_cls(
+                cfg.base_channels * mult, cfg, cfg.attn_levels[i], name=f"dec_{i}", **kw
+            )(h, cond, text, text_mask, memory, memory_mask, train)
             if i > 0:
                 h = _upsample(h)
         h = nn.silu(layers.group_norm(h.shape[-1], param_dtype=self.param_dtype)(h))
-        p2 = cfg.patch_size**2
         out = layers.conv(
-            cfg.out_channels * p2, name="conv_out", zero_init=True, **kw
+            cfg.out_channels * cfg.patch_size**2, name="conv_out", zero_init=True, **kw
         )(h.astype(self.dtype))
         return depth_to_space(out, cfg.patch_size)
 
-    def _conditioning(self, logsnr, text, text_mask) -> jax.Array:
-        cfg, kw = self.config, dict(dtype=jnp.float32, param_dtype=self.param_dtype)
-        # log-SNR spans about [-20, 20]; scaled so the sinusoids resolve it.
-        t_emb = layers.sinusoidal_embedding(logsnr * 50.0, cfg.cond_dim)
-        t_emb = layers.dense(cfg.cond_dim, ("embed", "mlp"), name="time_1", **kw)(t_emb)
-        t_emb = layers.dense(cfg.cond_dim, ("mlp", "embed"), name="time_2", **kw)(
-            nn.silu(t_emb)
-        )
-        pooled = masked_mean(text, text_mask)
-        pooled = layers.dense(cfg.cond_dim, ("embed", "mlp"), name="pooled_text", **kw)(
-            pooled
-        )
-        return t_emb + pooled
+    def _modules(self, kw) -> dict:
+        """The stem, encoder and conditioning layers, shared with the context pass."""
+        cfg = self.config
+        level_cls = _maybe_remat(Level, cfg.remat_policy)
+        f32 = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        return {
+            "conv_in": layers.conv(cfg.base_channels, name="conv_in", **kw),
+            "down": {
+                i: layers.conv(c, strides=2, name=f"down_{i}", **kw)
+                for i, c in enumerate(chans)
+                if i > 0
+            },
+            "enc": [
+                level_cls(c, cfg, cfg.attn_levels[i], name=f"enc_{i}", **kw)
+                for i, c in enumerate(chans)
+            ],
+            "time_1": layers.dense(
+                cfg.cond_dim, ("embed", "mlp"), name="time_1", **f32
+            ),
+            "time_2": layers.dense(
+                cfg.cond_dim, ("mlp", "embed"), name="time_2", **f32
+            ),
+            "pooled_text": layers.dense(
+                cfg.cond_dim, ("embed", "mlp"), name="pooled_text", **f32
+            ),
+        }
 
-    def _middle(self, h, cond, text, text_mask, train):
+    def _encode_context(self, mods, context: Context, train: bool):
+        """Clean context images -> memory tokens [B, K*h*w, C] and their mask."""
+        b, k = context.mask.shape
+        flat = lambda x: x.reshape((b * k,) + x.shape[2:])  # noqa: E731
+        text, text_mask = flat(context.text), flat(context.text_mask)
+        # Noise level 0: the largest log-SNR of the schedules.
+        cond = _conditioning(
+            mods, jnp.full((b * k,), 20.0), text, text_mask, self.config.cond_dim
+        )
+        h = mods["conv_in"](
+            space_to_depth(
+                flat(context.images).astype(self.dtype), self.config.patch_size
+            )
+        )
+        for i, level in enumerate(mods["enc"]):
+            h = mods["down"][i](h) if i > 0 else h
+            h = level(h, cond, text, text_mask, None, None, train)
+        hw, c = h.shape[1] * h.shape[2], h.shape[3]
+        memory = h.reshape(b, k * hw, c)  # [B, K*h*w, C]
+        memory_mask = jnp.repeat(context.mask.astype(bool), hw, axis=1)
+        return nn.with_logical_constraint(memory, layers.TOKEN_AXES), memory_mask
+
+    def _middle(self, h, cond, text, text_mask, memory, memory_mask, train):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ch = h.shape[-1]
         h = layers.ResBlock(ch, cfg.dropout, name="mid_1", **kw)(h, cond, train)
         h = _attend(h, text, text_mask, cfg, kw)
+        if memory is not None:
+            h = layers.Attention(
+                cfg.num_heads, cfg.head_dim, name="mid_ctx_attn", **kw
+            )(h, memory, memory_mask)
         return layers.ResBlock(ch, cfg.dropout, name="mid_2", **kw)(h, cond, train)
+
+
+def _conditioning(mods, logsnr, text, text_mask, dim) -> jax.Array:
+    """Time (log-SNR) embedding plus the pooled text, [B, dim] float32."""
+    # log-SNR spans about [-20, 20]; scaled so the sinusoids resolve it.
+    t_emb = layers.sinusoidal_embedding(logsnr * 50.0, dim)
+    t_emb = mods["time_2"](nn.silu(mods["time_1"](t_emb)))
+    return t_emb + mods["pooled_text"](masked_mean(text, text_mask))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -200,4 +291,4 @@ def _maybe_remat(cls, policy_name: str):
     policy = getattr(jax.checkpoint_policies, policy_name, None)
     if policy is None:
         raise ValueError(f"unknown remat policy {policy_name!r}")
-    return nn.remat(cls, policy=policy, static_argnums=(5,))
+    return nn.remat(cls, policy=policy, static_argnums=(7,))

@@ -119,3 +119,69 @@ def test_remat_policy_gives_same_output():
         UNet(dataclasses.replace(CFG, remat_policy="bogus")).init(
             jax.random.PRNGKey(0), *inputs
         )
+
+
+def _context(batch=2, k=3, res=16, lc=4, dim=12, valid=((1, 1, 0), (1, 0, 0))):
+    from imagen_jax.models.unet import Context
+
+    rng = np.random.default_rng(1)
+    return Context(
+        images=jnp.asarray(rng.uniform(-1, 1, (batch, k, res, res, 3)), jnp.float32),
+        text=jnp.asarray(rng.normal(size=(batch, k, lc, dim)), jnp.float32),
+        text_mask=jnp.ones((batch, k, lc), bool),
+        mask=jnp.asarray(valid, bool),
+    )
+
+
+def test_zero_init_identity_of_context_and_input_image_layers():
+    # A trained text-to-image UNet plus new context / input-image layers gives
+    # exactly the text-to-image output until the new layers are trained.
+    model = UNet(CFG)
+    inputs = _inputs()
+    t2i = _init_perturbed(model, inputs)
+    ctx = _context()
+    cond_image = jnp.ones((2, 16, 16, 3))
+    full = nn.meta.unbox(
+        model.init(jax.random.PRNGKey(2), *inputs, context=ctx, cond_image=cond_image)[
+            "params"
+        ]
+    )
+    new = set(full) - set(t2i)
+    assert "cond_image_in" in new and "mid_ctx_attn" in new
+    assert "ctx_attn_0" in full["enc_1"] and "ctx_attn_0" not in t2i["enc_1"]
+    merged = jax.tree.map(lambda x: x, full)
+    for key, value in t2i.items():
+        merged[key] = {**full[key], **value} if isinstance(value, dict) else value
+    out_t2i = model.apply({"params": t2i}, *inputs)
+    out_full = model.apply(
+        {"params": merged}, *inputs, context=ctx, cond_image=cond_image
+    )
+    np.testing.assert_allclose(out_full, out_t2i, atol=1e-6)
+
+
+def test_padded_context_item_changes_nothing():
+    model = UNet(CFG)
+    inputs = _inputs()
+    ctx = _context()
+    params = nn.meta.unbox(
+        model.init(jax.random.PRNGKey(0), *inputs, context=ctx)["params"]
+    )
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
+    out = model.apply({"params": params}, *inputs, context=ctx)
+    # Change everything about the padded items (row 0: item 2; row 1: items 1-2).
+    noisy = ctx.replace(
+        images=ctx.images.at[0, 2].set(0.7).at[1, 1:].set(-0.3),
+        text=ctx.text.at[1, 1:].set(5.0),
+    )
+    np.testing.assert_allclose(
+        model.apply({"params": params}, *inputs, context=noisy), out, atol=1e-5
+    )
+    # A real item does change the output.
+    changed = ctx.replace(images=ctx.images.at[0, 0].set(0.7))
+    diff = model.apply({"params": params}, *inputs, context=changed) - out
+    assert float(jnp.abs(diff[0]).max()) > 1e-4
+    np.testing.assert_allclose(diff[1], 0.0, atol=1e-5)  # other example untouched

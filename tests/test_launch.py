@@ -1,0 +1,66 @@
+"""Entry points: --help, and one-line errors for bad config values and data."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY_POINTS = ["train", "eval", "sample", "build_data"]
+
+
+def _run(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_help(name):
+    out = _run(f"launch.{name}", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--" in out.stdout + out.stderr
+
+
+def _error_lines(out):
+    return [line for line in out.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_bad_config_value_is_one_line(tmp_path):
+    out = _run(
+        "launch.train",
+        "--config",
+        "experiments/t2i_shapes.py:smoke",
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.optim.name=sgdx",
+    )
+    assert out.returncode == 2
+    assert _error_lines(out) == [
+        "error: config.optim.name='sgdx' is not one of ('adamw', 'adafactor')"
+    ]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "w").exists()  # nothing written for a bad config
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    out = _run(
+        "launch.train",
+        "--config",
+        "experiments/t2i_shapes.py:smoke",
+        "--workdir",
+        str(tmp_path / "w"),
+        f"--config.data.data_dir={tmp_path / 'nodata'}",
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = _error_lines(out)
+    assert len(lines) == 1 and "nodata" in lines[0] and "build_data" in lines[0], lines
+    assert "Traceback" not in out.stderr
