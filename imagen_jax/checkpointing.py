@@ -14,7 +14,9 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class CheckpointError(ValueError):
@@ -65,11 +67,19 @@ def restore(
     return restored["state"], restored.get("data")
 
 
-def restore_params(directory: str, params_like: Any, use_ema: bool = True) -> Any:
-    """Loads (EMA) params of the latest checkpoint under `directory`.
+def restore_params(
+    directory: str, params_like: Any, use_ema: bool = True, partial: bool = False
+) -> tuple[Any, int]:
+    """Loads the (EMA) params of the latest checkpoint under `directory`.
 
-    `directory` is a workdir or its `checkpoints` folder. Only the params are
-    read (no optimizer), onto the shardings of `params_like`.
+    `directory` is a workdir or its `checkpoints` folder. Values are placed on
+    the shardings of `params_like`. With `partial` (fine-tuning from another
+    model, e.g. stage 2 from text-to-image) parameters the checkpoint lacks
+    keep their values from `params_like`; otherwise they are an error.
+
+    Raises:
+      CheckpointError: no checkpoint, an unreadable one, a parameter of the
+        wrong shape, or (without `partial`) a missing parameter.
     """
     ckpt_dir = _checkpoint_dir(directory)
     mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"))
@@ -77,24 +87,52 @@ def restore_params(directory: str, params_like: Any, use_ema: bool = True) -> An
     if step is None:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}")
     key = "ema_params" if use_ema else "params"
-    target = {key: _abstract(params_like)}
     try:
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True,
-                )
-            ),
-        )
+        saved = mngr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )["state"][key]
     except Exception as e:  # orbax raises many types for unreadable files
         raise CheckpointError(
             f"checkpoint {ckpt_dir}/{step} cannot be restored: {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from e
-    return restored["state"][key], step
+    return _merge(saved, params_like, partial, f"{ckpt_dir}/{step}"), step
+
+
+def _merge(saved: Any, params_like: Any, partial: bool, where: str) -> Any:
+    flat_saved = {
+        jax.tree_util.keystr(k): v
+        for k, v in jax.tree_util.tree_leaves_with_path(saved)
+    }
+    missing = []
+
+    def pick(path, like):
+        name = jax.tree_util.keystr(path)
+        if name not in flat_saved:
+            missing.append(name)
+            return like
+        value = flat_saved[name]
+        if tuple(value.shape) != tuple(like.shape):
+            raise CheckpointError(
+                f"parameter {name} has shape {tuple(value.shape)} in {where}, "
+                f"the model expects {tuple(like.shape)}"
+            )
+        return jax.device_put(np.asarray(value, like.dtype), like.sharding)
+
+    merged = jax.tree_util.tree_map_with_path(pick, params_like)
+    if missing and not partial:
+        raise CheckpointError(
+            f"{where} lacks {len(missing)} parameters, e.g. "
+            f"{missing[0]}: is it a checkpoint of this model?"
+        )
+    if missing:
+        logging.info(
+            "init_from %s: %d parameters keep their init (%s ...)",
+            where,
+            len(missing),
+            ", ".join(missing[:3]),
+        )
+    return merged
 
 
 def _checkpoint_dir(directory: str) -> str:

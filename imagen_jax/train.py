@@ -223,7 +223,9 @@ def restore_or_init(config, workdir, state, mngr, data_iter):
         state, data_state = checkpointing.restore(other, state)
         source = f"resumed from {config.resume} at step {int(state.step)}"
     elif config.init_from:
-        params, step = checkpointing.restore_params(config.init_from, state.params)
+        params, step = checkpointing.restore_params(
+            config.init_from, state.params, partial=True
+        )
         state = state.replace(params=params, ema_params=params)
         data_state, source = None, f"initialised from {config.init_from} (step {step})"
     else:

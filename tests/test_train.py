@@ -162,3 +162,28 @@ def test_loop_stops_on_non_finite_loss_without_saving_it(tmp_path):
     assert all(
         np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params)
     )
+
+
+def test_restore_params_partial_and_shape_errors(tmp_path):
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup()
+    with mesh, nn.logical_axis_rules(rules):
+        for _ in range(3):
+            state, _ = step_fn(state, sharding.global_batch(_batch(cfg, tok), bs))
+    mngr = checkpointing.manager(str(tmp_path / "checkpoints"))
+    checkpointing.save(mngr, 3, state, None)
+    mngr.wait_until_finished()
+    params, step = checkpointing.restore_params(str(tmp_path), state.params)
+    assert step == 3
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a),
+                                                            np.asarray(b)),
+                 params, state.ema_params)
+    # A model with an extra parameter: partial keeps its init, strict refuses.
+    bigger = {**state.params, "extra": jnp.full((2, 3), 7.0)}
+    merged, _ = checkpointing.restore_params(str(tmp_path), bigger, partial=True)
+    np.testing.assert_array_equal(merged["extra"], 7.0)
+    with pytest.raises(checkpointing.CheckpointError, match="lacks 1 parameters"):
+        checkpointing.restore_params(str(tmp_path), bigger)
+    wrong = jax.tree.map(lambda x: x, state.params)
+    wrong["unet"]["conv_in"]["bias"] = jnp.zeros((5,))
+    with pytest.raises(checkpointing.CheckpointError, match=r"conv_in.*shape"):
+        checkpointing.restore_params(str(tmp_path), wrong, partial=True)
