@@ -1,15 +1,24 @@
-"""Generation requests (DESIGN §7): parsing and validation.
+"""Generation requests (DESIGN §7) and multi-modal instructions (DESIGN §1).
 
 A request is JSON: `{"text", "context", "image", "sampler", "steps",
 "guidance", "seed", "num_images"}`. Only `text` is required. Models trained
 for text-to-image accept no `context` items nor input `image`.
+
+A `MultiModalInstruction` is the model-side form: payload text naming context
+items by `[ref#k]` markers, the (marker, text, image) items, and an optional
+channel-concat input image. `validate` checks it against a model's limits and
+`to_arrays` turns it into fixed-shape arrays with masks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 _FIELDS = (
     "text",
@@ -97,3 +106,267 @@ def load_request(path: str) -> Request:
     except json.JSONDecodeError as e:
         raise ValueError(f"request {path} is not valid JSON: {e}") from e
     return parse_request(obj)
+
+
+# Multi-modal instructions (DESIGN §1): payload text with `[ref#k]` markers and
+# context items (marker, text, image), plus an optional channel-concat image.
+
+K_MAX = 8
+MARKERS = tuple(f"[ref#{k}]" for k in range(1, K_MAX + 1))
+
+# Anything that starts like a marker: "[ref", "[ ref", or a "ref#" without "[".
+_MARKER_START = re.compile(r"\[\s*ref|(?<!\[)ref#", re.IGNORECASE)
+_MARKER = re.compile(r"\[ref#([1-9][0-9]*)\]")
+
+
+# eq=False: fields hold arrays, so compare by identity.
+@dataclasses.dataclass(frozen=True, eq=False)
+class ContextItem:
+    """One context pair: a `[ref#k]` marker, its short text and its image.
+
+    Attributes:
+      marker: e.g. "[ref#1]"; several items may share one marker.
+      text: what the image shows or is for, e.g. "a zorblat" or "style image".
+      image: uint8 [R, R, 3].
+    """
+
+    marker: str
+    text: str
+    image: np.ndarray
+
+
+# eq=False: fields hold arrays, so compare by identity.
+@dataclasses.dataclass(frozen=True, eq=False)
+class MultiModalInstruction:
+    """Payload text referring to context items by marker.
+
+    Attributes:
+      text: e.g. "Generate [ref#1] in the style of [ref#2]".
+      context: the context items, in order.
+      input_image: optional uint8 [R, R, 3] for the channel-concat path
+        (editing, vision tasks, control maps); None when absent.
+    """
+
+    text: str
+    context: tuple[ContextItem, ...] = ()
+    input_image: np.ndarray | None = None
+
+
+def _marker_snippet(text: str, start: int) -> str:
+    """The malformed marker at `start`: up to its "]", else to the next space."""
+    rest = text[start : start + 12]
+    close = rest.find("]")
+    if close != -1 and "[" not in rest[1:close]:
+        return rest[: close + 1]
+    return rest.split()[0] if rest.strip() else rest
+
+
+def parse_markers(text: str) -> list[str]:
+    """The `[ref#k]` markers of `text`, distinct, in order of first appearance.
+
+    Raises:
+      ValueError: naming the malformed marker and its position, for forms such
+        as "[ref#]", "[ref#0]", "[ref#x]", "[ref 1]", an unclosed "[ref#1", or
+        a k above K_MAX.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"instruction text must be a str, got {type(text).__name__}")
+    markers: list[str] = []
+    for start_match in _MARKER_START.finditer(text):
+        start = start_match.start()
+        match = _MARKER.match(text, start)
+        if match is None or not 1 <= int(match.group(1)) <= K_MAX:
+            raise ValueError(
+                f"malformed marker {_marker_snippet(text, start)!r} at position "
+                f"{start} of {text!r}; expected [ref#k] with k in 1..{K_MAX}"
+            )
+        if match.group() not in markers:
+            markers.append(match.group())
+    return markers
+
+
+def _check_markers(instr: MultiModalInstruction) -> None:
+    """Every text marker has a context item and every item's marker is named."""
+    text_markers = parse_markers(instr.text)
+    for i, item in enumerate(instr.context):
+        if item.marker not in MARKERS:
+            raise ValueError(
+                f"context item {i} has marker {item.marker!r}; expected one of "
+                f"{MARKERS}"
+            )
+    item_markers = {item.marker for item in instr.context}
+    missing = [m for m in text_markers if m not in item_markers]
+    if missing:
+        raise ValueError(
+            f"marker {missing[0]} in the text {instr.text!r} has no context item"
+        )
+    for i, item in enumerate(instr.context):
+        if item.marker not in text_markers:
+            raise ValueError(
+                f"context item {i} ({item.marker} {item.text!r}) is never named "
+                f"in the text {instr.text!r}"
+            )
+
+
+def _check_image(name: str, image: Any, resolution: int) -> None:
+    expected = (resolution, resolution, 3)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"{name} must be a uint8 array of shape {expected}, got "
+            f"{type(image).__name__}"
+        )
+    if image.dtype != np.uint8 or image.shape != expected:
+        raise ValueError(
+            f"{name} must be uint8 of shape {expected}, got {image.dtype} of "
+            f"shape {image.shape}"
+        )
+
+
+def _check_marker_tokens(tokenizer, markers: list[str]) -> None:
+    unknown = [m for m in markers if m not in tokenizer.extra_tokens]
+    if unknown:
+        raise ValueError(
+            f"the tokenizer has no extra token for {unknown}; build it with "
+            f"extra_tokens=instructions.MARKERS"
+        )
+
+
+def validate(
+    instr: MultiModalInstruction,
+    *,
+    max_context: int,
+    resolution: int,
+    max_text_tokens: int | None = None,
+    tokenizer=None,
+) -> None:
+    """Checks an instruction against a model's limits.
+
+    Args:
+      instr: the instruction.
+      max_context: most context items the model takes (K).
+      resolution: side R every image must have.
+      max_text_tokens: most text tokens, EOS included; needs `tokenizer`.
+      tokenizer: a `text.tokenizers.Tokenizer` with the markers as extra tokens.
+
+    Raises:
+      ValueError: on a malformed marker, a marker without context item, a
+        context item whose marker the text never names, more than
+        `max_context` items, an image that is not uint8 [R, R, 3], or a text
+        longer than `max_text_tokens`; the message names the culprit.
+    """
+    _check_markers(instr)
+    if len(instr.context) > max_context:
+        raise ValueError(
+            f"the instruction has {len(instr.context)} context items; the model "
+            f"takes at most max_context={max_context}"
+        )
+    for i, item in enumerate(instr.context):
+        _check_image(
+            f"context item {i} ({item.marker} {item.text!r}) image",
+            item.image,
+            resolution,
+        )
+    if instr.input_image is not None:
+        _check_image("input image", instr.input_image, resolution)
+    if (max_text_tokens is None) != (tokenizer is None):
+        raise ValueError("max_text_tokens and tokenizer must be given together")
+    if tokenizer is not None:
+        _check_marker_tokens(tokenizer, parse_markers(instr.text))
+        length = len(tokenizer.encode(instr.text)) + 1  # + EOS
+        if length > max_text_tokens:
+            raise ValueError(
+                f"the instruction text has {length} tokens (EOS included), more "
+                f"than max_text_tokens={max_text_tokens}: {instr.text!r}"
+            )
+
+
+def to_arrays(
+    instr: MultiModalInstruction,
+    tokenizer,
+    *,
+    max_context: int,
+    text_len: int,
+    ctx_text_len: int,
+    resolution: int,
+) -> dict[str, np.ndarray]:
+    """Fixed-shape numpy arrays of one instruction (DESIGN §3), masks included.
+
+    Texts longer than `text_len` / `ctx_text_len` are truncated (EOS kept).
+    Each context item's text is encoded as "<marker> <text>".
+
+    Returns:
+      text_tokens int32 [L], text_mask bool [L], ctx_images uint8 [K, R, R, 3]
+      (zero padded), ctx_tokens int32 [K, Lc] (pad id padded), ctx_text_mask
+      bool [K, Lc], ctx_mask bool [K], cond_image uint8 [R, R, 3] (zeros when
+      absent) and cond_image_mask bool [].
+    """
+    validate(instr, max_context=max_context, resolution=resolution)
+    _check_marker_tokens(tokenizer, [item.marker for item in instr.context])
+    text_tokens, text_mask = tokenizer.encode_batch([instr.text], text_len)
+    k, r = len(instr.context), resolution
+    ctx_images = np.zeros((max_context, r, r, 3), np.uint8)
+    ctx_tokens = np.full((max_context, ctx_text_len), tokenizer.pad_id, np.int32)
+    ctx_text_mask = np.zeros((max_context, ctx_text_len), np.bool_)
+    if k:
+        texts = [f"{item.marker} {item.text}" for item in instr.context]
+        ctx_tokens[:k], ctx_text_mask[:k] = tokenizer.encode_batch(texts, ctx_text_len)
+        ctx_images[:k] = np.stack([item.image for item in instr.context])
+    has_input = instr.input_image is not None
+    return {
+        "text_tokens": text_tokens[0],
+        "text_mask": text_mask[0],
+        "ctx_images": ctx_images,
+        "ctx_tokens": ctx_tokens,
+        "ctx_text_mask": ctx_text_mask,
+        "ctx_mask": np.arange(max_context) < k,
+        "cond_image": instr.input_image if has_input else np.zeros((r, r, 3), np.uint8),
+        "cond_image_mask": np.bool_(has_input),
+    }
+
+
+_CONTEXT_FIELDS = ("marker", "text", "image")
+
+
+def _context_item(i: int, item: Any, load_image: Callable[[str], np.ndarray]):
+    if not isinstance(item, dict):
+        raise ValueError(f"request context item {i} must be an object, got {item!r}")
+    fields = set(item)
+    if fields != set(_CONTEXT_FIELDS):
+        raise ValueError(
+            f"request context item {i} has fields {sorted(fields)}; expected "
+            f"exactly {list(_CONTEXT_FIELDS)}"
+        )
+    if not isinstance(item["text"], str):
+        raise ValueError(
+            f"request context item {i} field 'text' must be a string, got "
+            f"{item['text']!r}"
+        )
+    return ContextItem(
+        item["marker"], item["text"], np.asarray(load_image(item["image"]))
+    )
+
+
+def instruction_from_request(
+    request: Request, load_image: Callable[[str], np.ndarray]
+) -> MultiModalInstruction:
+    """The multi-modal instruction of a request; images come from `load_image`.
+
+    Args:
+      request: a parsed request; its context items are
+        `{"marker", "text", "image"}` objects and `image` the optional input.
+      load_image: maps a request's image reference (a path, or base64 PNG in
+        the serving API) to a uint8 [R, R, 3] array.
+
+    Raises:
+      ValueError: on a malformed context item or inconsistent markers. Sizes
+        are checked by `validate`, which knows the model's resolution.
+    """
+    context = tuple(
+        _context_item(i, item, load_image) for i, item in enumerate(request.context)
+    )
+    input_image = (
+        None if request.image is None else np.asarray(load_image(request.image))
+    )
+    instr = MultiModalInstruction(request.text, context, input_image)
+    _check_markers(instr)
+    return instr

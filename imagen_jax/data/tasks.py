@@ -1,0 +1,1273 @@
+"""The ShapesWorld task catalogue: every task as a multi-modal instruction.
+
+Each task turns a random generator into a `TaskExample`: a
+`MultiModalInstruction` (payload text with `[ref#k]` markers, context items,
+optional channel-concat input image), the target image, and `meta` holding
+the scene(s) and the conditions the target satisfies, which
+`evaluation.task_metrics` scores.
+
+Tasks (DESIGN §1b):
+- text_to_image: a caption.
+- edge/mask/depth/sketch_to_image: a control map as context item `[ref#1]`
+  (also the channel-concat input, since it is pixel-aligned) plus a caption.
+- subject: a named subject shown in 1-3 reference images (context text
+  "a zorblat"), placed in a new scene.
+- style_generation: a style image (same background style, other content);
+  new content in that style.
+- style_transfer: content image `[ref#1]` (also the input image) and style
+  image `[ref#2]`; the content re-rendered in the style.
+- edit: recolour / move / remove one object of the input image.
+- segmentation, detection, depth_estimation, classification (InstructCV):
+  the input image goes through `input_image`; targets from `controls`.
+- Zero-shot combinations, held out of training (`zero_shot=True`):
+  subject+style, control+subject, control+style, multi_subject.
+
+Every task has >= 20 training templates and a disjoint set of >= 5 unseen
+paraphrases (`unseen=True`) for robustness evaluation. A template's `{fields}`
+tell which variant it phrases (e.g. edit templates with `{colour}` recolour).
+
+Scenes avoid the held-out (shape, colour, position) triples. ShapesWorld
+objects never overlap, so z-order is invisible in a rendering; task scenes
+therefore order z by a visible ground-plane cue (lower rows nearer, then large
+before small, then left before right), which makes depth learnable from pixels.
+
+Mixture (`MIXTURE`, normalised): Instruct-Imagen's stage-2 ratios, with its
+art data (text-to-image of art styles) folded into style_generation since the
+background is our only style, and its face subsets into subject; editing and
+the InstructCV tasks are added at smaller weights:
+  text 0.15, style generation 0.10 + art 0.05, style transfer 0.10,
+  depth 0.06, mask 0.06, edge 0.06, sketch 0.02, subject 0.35,
+  edit 0.10, segmentation/detection/depth estimation/classification 0.04 each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+import types
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from imagen_jax.data import controls, shapes_world
+from imagen_jax.data.shapes_world import Background, Obj, Scene
+from imagen_jax.instructions import ContextItem, MultiModalInstruction
+
+# Most context items any task builds (multi_subject: 2 subjects x 2 images).
+MAX_CONTEXT = 4
+_HELD_OUT = shapes_world.held_out_triples()
+
+# --------------------------------------------------------------------------
+# Templates. Fields: {caption} full caption, {content} caption without the
+# background, {control} control noun, {scene} where a subject goes (+ others,
+# + background), {extra} optional background clause, {object} a unique noun
+# phrase, {a_object} the same with an article, {colour}, {position}.
+
+_TEXT = (
+    "{caption}",
+    "Generate an image of {caption}.",
+    "Create a picture of {caption}.",
+    "Draw {caption}.",
+    "Render {caption}.",
+    "An image of {caption}.",
+    "Make an image showing {caption}.",
+    "Please generate {caption}.",
+    "Paint {caption}.",
+    "Show me {caption}.",
+    "I would like an image of {caption}.",
+    "Produce a picture with {caption}.",
+    "Generate a scene containing {caption}.",
+    "Picture {caption}.",
+    "Can you draw {caption}?",
+    "Illustrate {caption}.",
+    "Create {caption}.",
+    "A picture showing {caption}.",
+    "Synthesize an image of {caption}.",
+    "Depict {caption}.",
+    "Generate a picture: {caption}.",
+    "Make a drawing of {caption}.",
+)
+_TEXT_UNSEEN = (
+    "Visualize the following: {caption}.",
+    "Your task: produce artwork featuring {caption}.",
+    "Imagine {caption}, and draw it.",
+    "Compose an image in which we see {caption}.",
+    "Bring this description to life: {caption}.",
+    "Here is what the picture should hold: {caption}.",
+)
+
+_CONTROL = (
+    "Generate an image of {caption}, following the {control} [ref#1].",
+    "Use the {control} [ref#1] to generate an image of {caption}.",
+    "Create a picture of {caption} that matches the {control} [ref#1].",
+    "Following the {control} [ref#1], draw {caption}.",
+    "Render {caption} with the layout given by the {control} [ref#1].",
+    "Generate an image conditioned on the {control} [ref#1]: {caption}.",
+    "Draw {caption}; the {control} [ref#1] gives the layout.",
+    "Given the {control} [ref#1], generate {caption}.",
+    "Make an image of {caption} consistent with the {control} [ref#1].",
+    "Produce {caption} so that it matches [ref#1], the {control}.",
+    "Turn the {control} [ref#1] into an image of {caption}.",
+    "Paint {caption} according to the {control} [ref#1].",
+    "Create an image from the {control} [ref#1] showing {caption}.",
+    "Generate a picture that follows the {control} [ref#1] and shows {caption}.",
+    "The {control} [ref#1] shows where things go. Draw {caption}.",
+    "Based on the {control} [ref#1], render {caption}.",
+    "Synthesize an image of {caption} guided by the {control} [ref#1].",
+    "Generate {caption}, aligned with the {control} [ref#1].",
+    "Using [ref#1] as the {control}, create {caption}.",
+    "Fill in the {control} [ref#1] to show {caption}.",
+    "Match the {control} [ref#1] and depict {caption}.",
+    "Generate an image of {caption} whose {control} is [ref#1].",
+)
+_CONTROL_UNSEEN = (
+    "Respecting the shapes in the {control} [ref#1], produce a picture of {caption}.",
+    "Here is the {control} [ref#1]; please paint {caption} on its structure.",
+    "Take the {control} [ref#1] as a blueprint for {caption}.",
+    "Keep the geometry of the {control} [ref#1] and fill the scene with {caption}.",
+    "Starting from the {control} [ref#1], imagine and draw {caption}.",
+    "Conform to [ref#1] (the {control}) while showing {caption}.",
+)
+
+_SUBJECT = (
+    "Generate an image of [ref#1] {scene}.",
+    "Create a picture of [ref#1] {scene}.",
+    "Draw [ref#1] {scene}.",
+    "Render [ref#1] {scene}.",
+    "Show [ref#1] {scene}.",
+    "Make an image with [ref#1] {scene}.",
+    "Place [ref#1] {scene}.",
+    "Generate a new image of [ref#1] {scene}.",
+    "Paint [ref#1] {scene}.",
+    "Depict the subject [ref#1] {scene}.",
+    "Put [ref#1] {scene} and draw it.",
+    "An image of [ref#1] {scene}.",
+    "I want to see [ref#1] {scene}.",
+    "Produce a picture where [ref#1] appears {scene}.",
+    "Generate [ref#1] {scene}.",
+    "Create a new scene with [ref#1] {scene}.",
+    "Draw the same subject as [ref#1] {scene}.",
+    "Render the subject from [ref#1] {scene}.",
+    "Illustrate [ref#1] {scene}.",
+    "Can you generate [ref#1] {scene}?",
+    "Synthesize an image showing [ref#1] {scene}.",
+    "Make a picture of [ref#1] {scene}.",
+)
+_SUBJECT_UNSEEN = (
+    "Take the character from [ref#1] and move it into a fresh picture, {scene}.",
+    "Keeping its look, redraw [ref#1] {scene}.",
+    "Recreate [ref#1] in a new setting: {scene}.",
+    "Imagine [ref#1] {scene} and show it.",
+    "Same subject as in [ref#1], but now {scene}.",
+)
+
+_STYLE_GENERATION = (
+    "Generate {content} in the style of [ref#1].",
+    "Create a picture of {content} in the style of [ref#1].",
+    "Draw {content}, styled like [ref#1].",
+    "Render {content} using the style of [ref#1].",
+    "Make an image of {content} with the same style as [ref#1].",
+    "In the style of [ref#1], generate {content}.",
+    "Paint {content} in the style shown in [ref#1].",
+    "Generate an image of {content}; copy the style of [ref#1].",
+    "Following the style of [ref#1], draw {content}.",
+    "Produce {content} with the background style of [ref#1].",
+    "Use the style of [ref#1] to create {content}.",
+    "Create {content} matching the style of [ref#1].",
+    "Show {content} in [ref#1] style.",
+    "An image of {content} in the style of [ref#1].",
+    "Generate {content}, with style taken from [ref#1].",
+    "Apply the style of [ref#1] to a new image of {content}.",
+    "Draw {content} the way [ref#1] is styled.",
+    "Render an image of {content} styled after [ref#1].",
+    "Make {content} in the same style as [ref#1].",
+    "Synthesize {content} in the style of [ref#1].",
+    "Generate a stylized image of {content} like [ref#1].",
+)
+_STYLE_GENERATION_UNSEEN = (
+    "Borrow the look of [ref#1] (ignore its objects) and paint {content}.",
+    "Give a picture of {content} the aesthetic of [ref#1].",
+    "Make {content}, dressed in the visual style that [ref#1] has.",
+    "With [ref#1] as the style guide, compose {content}.",
+    "Style: [ref#1]. Content: {content}.",
+    "Mimic the background look of [ref#1] for a new image of {content}.",
+)
+
+_STYLE_TRANSFER = (
+    "Render [ref#1] in the style of [ref#2].",
+    "Transfer the style of [ref#2] to [ref#1].",
+    "Redraw [ref#1] with the style of [ref#2].",
+    "Apply the style of [ref#2] to [ref#1].",
+    "Make [ref#1] look like the style of [ref#2].",
+    "Restyle [ref#1] after [ref#2].",
+    "Keep the content of [ref#1] but use the style of [ref#2].",
+    "Generate [ref#1] in the style of [ref#2].",
+    "Change the style of [ref#1] to match [ref#2].",
+    "Paint the content of [ref#1] in the style of [ref#2].",
+    "Create an image with the content of [ref#1] and the style of [ref#2].",
+    "Use [ref#2] as the style for [ref#1].",
+    "Convert [ref#1] into the style of [ref#2].",
+    "Recreate [ref#1] in [ref#2] style.",
+    "Style transfer: content [ref#1], style [ref#2].",
+    "Draw the objects of [ref#1] with the style of [ref#2].",
+    "Re-render [ref#1] using the background style of [ref#2].",
+    "Give [ref#1] the style of [ref#2].",
+    "Transform [ref#1] so its style matches [ref#2].",
+    "Show [ref#1] restyled like [ref#2].",
+    "Put the style of [ref#2] on [ref#1].",
+)
+_STYLE_TRANSFER_UNSEEN = (
+    "Leave every object of [ref#1] where it is, but dress the picture in the "
+    "look of [ref#2].",
+    "What would [ref#1] look like if it were made in the manner of [ref#2]? Draw it.",
+    "Blend: layout and objects from [ref#1], look and feel from [ref#2].",
+    "Swap the backdrop style of [ref#1] for the one in [ref#2].",
+    "Reimagine [ref#1] with [ref#2] as the stylistic reference.",
+)
+
+_EDIT = (
+    # recolour: {object}, {colour}
+    "Make the {object} {colour}.",
+    "Change the colour of the {object} to {colour}.",
+    "Recolour the {object} {colour}.",
+    "Turn the {object} {colour}.",
+    "Paint the {object} {colour}.",
+    "Change the {object} so it is {colour}.",
+    "The {object} should be {colour}.",
+    "Color the {object} {colour}.",
+    # move: {object}, {position}
+    "Move the {object} to the {position}.",
+    "Put the {object} at the {position}.",
+    "Shift the {object} to the {position}.",
+    "Relocate the {object} to the {position}.",
+    "Place the {object} at the {position} instead.",
+    "Drag the {object} over to the {position}.",
+    "The {object} should be at the {position}.",
+    "Take the {object} and move it to the {position}.",
+    # remove: {object}
+    "Remove the {object}.",
+    "Delete the {object}.",
+    "Take away the {object}.",
+    "Erase the {object}.",
+    "Get rid of the {object}.",
+    "Remove the {object} from the image.",
+    "Make the {object} disappear.",
+    "Delete the {object} and leave the rest.",
+)
+_EDIT_UNSEEN = (
+    "Could the {object} become {colour}, please?",
+    "Swap the colour of the {object} for {colour}, leaving everything else alone.",
+    "Let the {object} wander over to the {position}.",
+    "I would rather have the {object} sitting at the {position}.",
+    "Wipe out the {object} entirely.",
+    "Show the same picture without the {object}.",
+)
+
+_SEGMENTATION = (
+    "Segment the {object}.",
+    "Segment the {object} in the image.",
+    "Produce a segmentation mask of the {object}.",
+    "Show the mask of the {object}.",
+    "Mark the {object} in white and everything else in black.",
+    "Highlight the pixels of the {object}.",
+    "Create a binary mask for the {object}.",
+    "Where is the {object}? Answer with a mask.",
+    "Extract the silhouette of the {object}.",
+    "Generate the segmentation of the {object}.",
+    "Paint the {object} white and the rest black.",
+    "Output a mask of the {object}.",
+    "Find the {object} and show its mask.",
+    "Segment out the {object}.",
+    "Give me the mask of the {object}.",
+    "Separate the {object} from the background.",
+    "Draw the region of the {object} in white.",
+    "Show which pixels belong to the {object}.",
+    "Make a white mask of the {object} on black.",
+    "Segmentation: the {object}.",
+    "Cut out the {object} as a mask.",
+)
+_SEGMENTATION_UNSEEN = (
+    "Isolate the {object}: white where it is, black elsewhere.",
+    "Please fill the area occupied by the {object} with white.",
+    "Return a black image in which only the {object} is white.",
+    "I need a pixel mask covering the {object}.",
+    "Label every pixel of the {object} white.",
+)
+
+_DETECTION = (
+    "Detect the {object}.",
+    "Draw a blue box around the {object}.",
+    "Find the {object} and mark it with a blue bounding box.",
+    "Localize the {object}.",
+    "Put a bounding box around the {object}.",
+    "Detect the {object} in the image.",
+    "Show where the {object} is with a blue box.",
+    "Mark the {object} with a box.",
+    "Draw the bounding box of the {object}.",
+    "Locate the {object} and box it in blue.",
+    "Where is the {object}? Draw a box.",
+    "Box the {object}.",
+    "Surround the {object} with a blue rectangle.",
+    "Object detection: the {object}.",
+    "Find the {object}.",
+    "Outline the {object} with a bounding box.",
+    "Detect and box the {object}.",
+    "Add a blue box around the {object}.",
+    "Frame the {object} with a blue rectangle.",
+    "Give the bounding box of the {object}.",
+    "Enclose the {object} in a box.",
+)
+_DETECTION_UNSEEN = (
+    "Help me spot the {object} by framing it in blue.",
+    "Trace a thin blue rectangle that tightly encloses the {object}.",
+    "Can you point out the {object} with a box?",
+    "Indicate the position of the {object} using a bounding rectangle.",
+    "Which part of the picture holds the {object}? Box it.",
+)
+
+_DEPTH_ESTIMATION = (
+    "Estimate the depth of this image.",
+    "Estimate the depth map.",
+    "Predict the depth of the image.",
+    "Generate the depth map of this image.",
+    "Show the depth of the scene.",
+    "What is the depth of each object? Draw a depth map.",
+    "Produce a depth map: near is bright, far is dark.",
+    "Compute the depth map of the image.",
+    "Depth estimation.",
+    "Estimate how far away each object is.",
+    "Create a depth image of the scene.",
+    "Convert the image into a depth map.",
+    "Output the depth map.",
+    "Give me the depth of this picture.",
+    "Render the depth of the scene in greyscale.",
+    "Predict a depth map for the image.",
+    "Show the scene depth.",
+    "Estimate the distance of every pixel.",
+    "Make a depth map of the image.",
+    "Turn this picture into its depth map.",
+    "Estimate depth.",
+)
+_DEPTH_ESTIMATION_UNSEEN = (
+    "How deep is everything here? Show it as shades of grey.",
+    "Measure the distances in the scene and paint them as a greyscale image.",
+    "Reveal the 3D structure of the picture as a depth image.",
+    "Paint nearer things lighter and farther things darker.",
+    "Infer the distance from the camera for each pixel.",
+)
+
+_CLASSIFICATION = (
+    "Show red if there is {a_object}, otherwise show blue.",
+    "Is there {a_object}? Answer red for yes and blue for no.",
+    "If the image contains {a_object}, show red; otherwise blue.",
+    "Red if {a_object} is present, blue if not.",
+    "Classify whether there is {a_object}: red for yes, blue for no.",
+    "Does the image contain {a_object}? Red means yes, blue means no.",
+    "Fill the image red if you see {a_object}, else blue.",
+    "Answer with red if there is {a_object} in the image and blue otherwise.",
+    "Show red when {a_object} appears, otherwise show blue.",
+    "Is {a_object} in the picture? Yes: red. No: blue.",
+    "Output red if {a_object} is there; output blue if it is not.",
+    "Check for {a_object}: red if present, blue if absent.",
+    "Paint the whole image red if there is {a_object}, blue otherwise.",
+    "Red for {a_object} present, blue for absent.",
+    "Look for {a_object}. Show red if found, blue if not.",
+    "If you can find {a_object}, show red. Otherwise show blue.",
+    "Classify: does the image have {a_object}? Red = yes, blue = no.",
+    "Respond red if there is {a_object}, and blue if there is not.",
+    "Show red in case of {a_object}, else show blue.",
+    "Color the image red if it includes {a_object}, otherwise blue.",
+    "Is there {a_object} here? Red if so, blue if not.",
+)
+_CLASSIFICATION_UNSEEN = (
+    "Spot {a_object}? Then everything turns red; if not, everything turns blue.",
+    "Answer in colour: red means the picture has {a_object}, blue means it does not.",
+    "Turn the canvas red on finding {a_object}, or blue when there is none.",
+    "Presence test for {a_object}: red = present, blue = missing.",
+    "Give a red image if {a_object} can be seen, and a blue image if it cannot.",
+)
+
+_SUBJECT_STYLE = (
+    "Generate an image of [ref#1] {scene} in the style of [ref#2].",
+    "Draw [ref#1] {scene}, styled like [ref#2].",
+    "Create a picture of [ref#1] {scene} using the style of [ref#2].",
+    "In the style of [ref#2], render [ref#1] {scene}.",
+    "Show [ref#1] {scene} with the style of [ref#2].",
+    "Paint [ref#1] {scene} in the style of [ref#2].",
+    "Make an image of [ref#1] {scene}; copy the style of [ref#2].",
+    "Render [ref#1] {scene} in [ref#2] style.",
+    "Generate [ref#1] {scene}, with the style taken from [ref#2].",
+    "Place [ref#1] {scene} and use the style of [ref#2].",
+    "Using the style of [ref#2], draw [ref#1] {scene}.",
+    "Create [ref#1] {scene} matching the style of [ref#2].",
+    "Depict [ref#1] {scene} in the same style as [ref#2].",
+    "Produce an image of [ref#1] {scene} styled after [ref#2].",
+    "Following the style of [ref#2], generate [ref#1] {scene}.",
+    "Illustrate [ref#1] {scene} in the style of [ref#2].",
+    "Apply the style of [ref#2] to an image of [ref#1] {scene}.",
+    "An image of [ref#1] {scene} in the style of [ref#2].",
+    "Synthesize [ref#1] {scene} with [ref#2] as the style.",
+    "Make a picture of [ref#1] {scene} that looks like the style of [ref#2].",
+)
+_SUBJECT_STYLE_UNSEEN = (
+    "Take the subject of [ref#1], set it {scene}, and give it the look of [ref#2].",
+    "Subject: [ref#1]. Style: [ref#2]. Place it {scene}.",
+    "Borrow the style of [ref#2] to show [ref#1] {scene}.",
+    "Imagine [ref#1] {scene}, painted the way [ref#2] is.",
+    "Bring [ref#1] into a scene {scene} that shares the aesthetic of [ref#2].",
+)
+
+_CONTROL_SUBJECT = (
+    "Generate an image of [ref#1] following the {control} [ref#2]{extra}.",
+    "Draw [ref#1] with the layout of the {control} [ref#2]{extra}.",
+    "Use the {control} [ref#2] to place [ref#1]{extra}.",
+    "Create a picture of [ref#1] that matches the {control} [ref#2]{extra}.",
+    "Render [ref#1] according to the {control} [ref#2]{extra}.",
+    "Given the {control} [ref#2], generate [ref#1]{extra}.",
+    "Following the {control} [ref#2], draw [ref#1]{extra}.",
+    "Show [ref#1] in the layout given by the {control} [ref#2]{extra}.",
+    "Make an image of [ref#1] consistent with the {control} [ref#2]{extra}.",
+    "Paint [ref#1] as laid out by the {control} [ref#2]{extra}.",
+    "Generate [ref#1], conditioned on the {control} [ref#2]{extra}.",
+    "Place [ref#1] where the {control} [ref#2] shows it{extra}.",
+    "Produce [ref#1] aligned with the {control} [ref#2]{extra}.",
+    "Based on the {control} [ref#2], render [ref#1]{extra}.",
+    "Turn the {control} [ref#2] into an image of [ref#1]{extra}.",
+    "Depict [ref#1] guided by the {control} [ref#2]{extra}.",
+    "Synthesize [ref#1] using the {control} [ref#2]{extra}.",
+    "Using [ref#2] as the {control}, create [ref#1]{extra}.",
+    "Illustrate [ref#1] matching the {control} [ref#2]{extra}.",
+    "Generate a picture of [ref#1] that follows the {control} [ref#2]{extra}.",
+)
+_CONTROL_SUBJECT_UNSEEN = (
+    "Fit [ref#1] into the shape arrangement of the {control} [ref#2]{extra}.",
+    "Let the {control} [ref#2] decide where [ref#1] goes{extra}.",
+    "Keep the structure of [ref#2] (the {control}) and fill it with [ref#1]{extra}.",
+    "Here is the {control} [ref#2]; make [ref#1] follow it{extra}.",
+    "Respecting the {control} [ref#2], show [ref#1]{extra}.",
+)
+
+_CONTROL_STYLE = (
+    "Generate {content} following the {control} [ref#1], in the style of [ref#2].",
+    "Draw {content} with the layout of the {control} [ref#1] and the style of [ref#2].",
+    "Use the {control} [ref#1] and the style of [ref#2] to create {content}.",
+    "Create a picture of {content} that matches the {control} [ref#1], styled "
+    "like [ref#2].",
+    "Render {content} according to the {control} [ref#1] in the style of [ref#2].",
+    "Given the {control} [ref#1] and the style image [ref#2], generate {content}.",
+    "Following the {control} [ref#1], paint {content} in the style of [ref#2].",
+    "In the style of [ref#2], draw {content} laid out like the {control} [ref#1].",
+    "Make an image of {content} consistent with the {control} [ref#1], using the "
+    "style of [ref#2].",
+    "Generate an image conditioned on the {control} [ref#1] and the style "
+    "[ref#2]: {content}.",
+    "Produce {content} aligned with the {control} [ref#1], with the style of [ref#2].",
+    "Based on the {control} [ref#1], render {content} in [ref#2] style.",
+    "Turn the {control} [ref#1] into {content} with the style of [ref#2].",
+    "Depict {content} guided by the {control} [ref#1] and styled after [ref#2].",
+    "Synthesize {content} from the {control} [ref#1] in the style of [ref#2].",
+    "Using [ref#1] as the {control} and [ref#2] as the style, create {content}.",
+    "Illustrate {content} matching the {control} [ref#1] and the style of [ref#2].",
+    "Generate a picture of {content} that follows the {control} [ref#1] and "
+    "looks like [ref#2].",
+    "Apply the style of [ref#2] to {content} laid out by the {control} [ref#1].",
+    "Draw {content}: layout from the {control} [ref#1], style from [ref#2].",
+)
+_CONTROL_STYLE_UNSEEN = (
+    "Structure comes from the {control} [ref#1], look comes from [ref#2]; the "
+    "picture shows {content}.",
+    "Fill the {control} [ref#1] with {content}, decorated the way [ref#2] is.",
+    "Respect both the {control} [ref#1] and the aesthetic of [ref#2] while "
+    "showing {content}.",
+    "Imagine {content} arranged as in [ref#1] (the {control}) and styled like [ref#2].",
+    "Shape it like the {control} [ref#1], dress it like [ref#2]: {content}.",
+)
+
+_MULTI_SUBJECT = (
+    "Generate an image of [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Draw [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Create a picture with [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Render [ref#1] {where1} together with [ref#2] {where2}{extra}.",
+    "Show [ref#1] {where1} next to [ref#2] {where2}{extra}.",
+    "Place [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Paint [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Make an image of [ref#1] {where1} with [ref#2] {where2}{extra}.",
+    "Generate [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Depict [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Put [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Produce a picture of [ref#1] {where1} alongside [ref#2] {where2}{extra}.",
+    "An image of [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Illustrate [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Synthesize [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Create a scene with [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Generate a new image in which [ref#1] is {where1} and [ref#2] is {where2}{extra}.",
+    "Show both [ref#1] {where1} and [ref#2] {where2}{extra}.",
+    "Render a picture of [ref#1] {where1} and of [ref#2] {where2}{extra}.",
+    "Draw the subjects [ref#1] {where1} and [ref#2] {where2}{extra}.",
+)
+_MULTI_SUBJECT_UNSEEN = (
+    "Bring [ref#1] and [ref#2] together: the first {where1}, the second "
+    "{where2}{extra}.",
+    "Two subjects, [ref#1] {where1} and [ref#2] {where2}, share one picture{extra}.",
+    "Arrange [ref#2] {where2} and [ref#1] {where1}{extra}.",
+    "Let [ref#1] stand {where1} while [ref#2] sits {where2}{extra}.",
+    "Compose a picture featuring [ref#1] ({where1}) and [ref#2] ({where2}){extra}.",
+)
+
+# Context-item texts.
+_CONTROL_NOUNS: Mapping[str, tuple[str, ...]] = {
+    "edge": ("edge map", "edges", "outline map"),
+    "mask": ("mask", "silhouette mask", "segmentation mask"),
+    "depth": ("depth map", "depth image"),
+    "sketch": ("sketch", "line drawing"),
+}
+_CONTROL_MAPS: Mapping[str, Callable[[Scene, int], np.ndarray]] = {
+    "edge": controls.edge_map,
+    "mask": controls.mask_map,
+    "depth": controls.depth_map,
+    "sketch": controls.sketch_map,
+}
+_STYLE_TEXTS = ("style image", "a style reference", "the style", "reference style")
+_CONTENT_TEXTS = ("content image", "the content", "the image to restyle")
+
+
+# --------------------------------------------------------------------------
+# Examples and conditions.
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One thing the target satisfies, in terms an image parser can check.
+
+    Attributes:
+      kind: "objects" (each of `objects` at its position with its shape and
+        colour; `absent` positions empty; with `exclusive`, no object at any
+        other position except the `free` ones), "layout" (each of `objects`
+        at its position with its shape and size, nothing elsewhere),
+        "subject" (some object has `identity` = (shape, colour, pattern)) or
+        "style" (the background is `background`).
+    """
+
+    kind: str
+    objects: tuple[Obj, ...] = ()
+    absent: tuple[str, ...] = ()
+    free: tuple[str, ...] = ()
+    exclusive: bool = False
+    identity: tuple[str, str, str] | None = None
+    background: Background | None = None
+
+
+# eq=False: fields hold arrays, so compare by identity.
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskExample:
+    """One example of a task.
+
+    Attributes:
+      task: the task name.
+      instruction: what the model is given.
+      target: uint8 [R, R, 3], the image it should produce.
+      meta: "scene" (the target's scene; for vision tasks the input's),
+        "conditions" (name -> Condition, for generation tasks), "template"
+        (the template used), and task-specific keys ("input_scene", "query",
+        "query_class", "present", "subjects", "control", "op").
+      zero_shot: whether the task is held out of training.
+    """
+
+    task: str
+    instruction: MultiModalInstruction
+    target: np.ndarray
+    meta: dict[str, Any]
+    zero_shot: bool = False
+
+
+def template_fields(template: str) -> frozenset[str]:
+    """The `{field}` names of a template."""
+    return frozenset(f for _, f, _, _ in string.Formatter().parse(template) if f)
+
+
+def _pick(
+    rng: np.random.Generator, templates: Sequence[str], **fields: str
+) -> tuple[str, str]:
+    """(filled-in text, template) of a random template with exactly `fields`."""
+    matching = [t for t in templates if template_fields(t) == set(fields)]
+    if not matching:
+        raise ValueError(f"no template has exactly the fields {sorted(fields)}")
+    template = matching[int(rng.integers(len(matching)))]
+    return template.format(**fields), template
+
+
+def _choice(rng: np.random.Generator, options: Sequence[Any]) -> Any:
+    return options[int(rng.integers(len(options)))]
+
+
+def _where(position: str) -> str:
+    """The phrase placing something at `position`, e.g. "on the left"."""
+    special = {
+        "left": "on the left",
+        "right": "on the right",
+        "center": "in the center",
+    }
+    return special.get(position, f"at the {position}")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _ground_plane(scene: Scene) -> Scene:
+    """`scene` with z ordered by a visible cue: lower rows, larger, lefter = nearer."""
+
+    def nearness(obj: Obj):
+        row, col = divmod(shapes_world.POSITIONS.index(obj.position), 3)
+        return (row, obj.size == "large", -col)
+
+    order = sorted(range(len(scene.objects)), key=lambda i: nearness(scene.objects[i]))
+    z = {i: rank for rank, i in enumerate(order)}  # farthest first: z = 0
+    objects = tuple(dataclasses.replace(o, z=z[i]) for i, o in enumerate(scene.objects))
+    return Scene(objects, scene.background)
+
+
+def _random_background(rng: np.random.Generator) -> Background:
+    return Background(
+        _choice(rng, shapes_world.BG_PATTERNS),
+        _choice(rng, tuple(shapes_world.BG_PALETTES)),
+    )
+
+
+def _random_scene(
+    rng: np.random.Generator, background: Background | None = None
+) -> Scene:
+    """1-3 objects avoiding the held-out triples, ground-plane z, any background."""
+    scene = shapes_world.sample_scene(rng, exclude=_HELD_OUT)
+    return _ground_plane(Scene(scene.objects, background or scene.background))
+
+
+def _with_objects(
+    rng: np.random.Generator,
+    fixed: Sequence[Obj],
+    max_extra: int,
+    background: Background | None = None,
+) -> Scene:
+    """`fixed` objects plus 0..max_extra random others that do not resemble them."""
+    taken = {o.position for o in fixed}
+    looks = {(o.shape, o.colour) for o in fixed}
+    others = [
+        o
+        for o in _random_scene(rng).objects
+        if o.position not in taken and (o.shape, o.colour) not in looks
+    ]
+    count = int(rng.integers(max_extra + 1))
+    return _ground_plane(
+        Scene(
+            tuple(fixed) + tuple(others[:count]), background or _random_background(rng)
+        )
+    )
+
+
+def _objects_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A varied caption of the objects only (no background clause)."""
+    text = shapes_world.caption(scene, rng)
+    suffix = " " + shapes_world.background_phrase(scene.background)
+    return text[: -len(suffix)] if text.endswith(suffix) else text
+
+
+def _maybe_background(scene: Scene, rng: np.random.Generator) -> str:
+    """A background clause (e.g. " on a grey checkered background") half the time."""
+    if rng.random() < 0.5:
+        return " " + shapes_world.background_phrase(scene.background)
+    return ""
+
+
+def _refer(scene: Scene, index: int, rng: np.random.Generator) -> str:
+    """A noun phrase picking out object `index` uniquely, e.g. "red circle"."""
+    obj = scene.objects[index]
+    options = []
+    if sum(o.shape == obj.shape for o in scene.objects) == 1:
+        options.append(obj.shape)
+    if sum((o.shape, o.colour) == (obj.shape, obj.colour) for o in scene.objects) == 1:
+        options.append(f"{obj.colour} {obj.shape}")
+    options.append(f"{obj.colour} {obj.shape} {_where(obj.position)}")
+    return _choice(rng, options)
+
+
+def _scene_conditions(scene: Scene, text: str) -> dict[str, Condition]:
+    """The caption's objects (exclusively), and the style if the text names it."""
+    conditions = {"text": Condition("objects", objects=scene.objects, exclusive=True)}
+    if shapes_world.background_phrase(scene.background) in text:
+        conditions["style"] = Condition("style", background=scene.background)
+    return conditions
+
+
+def _subject_obj(rng: np.random.Generator, name: str, positions: Sequence[str]) -> Obj:
+    """Subject `name` at a random allowed position among `positions`."""
+    shape, colour, pattern = shapes_world.NAMED_SUBJECTS[name]
+    allowed = [p for p in positions if (shape, colour, p) not in _HELD_OUT]
+    return Obj(
+        shape,
+        colour,
+        _choice(rng, shapes_world.SIZES),
+        _choice(rng, allowed),
+        pattern,
+    )
+
+
+def _sample_subjects(rng: np.random.Generator, count: int) -> list[str]:
+    names = list(shapes_world.NAMED_SUBJECTS)
+    weights = np.array([shapes_world.NAMED_SUBJECT_WEIGHTS[n] for n in names])
+    picked = rng.choice(
+        len(names), size=count, replace=False, p=weights / weights.sum()
+    )
+    return [names[int(i)] for i in picked]
+
+
+def _subject_references(
+    rng: np.random.Generator, name: str, marker: str, resolution: int, count: int
+) -> list[ContextItem]:
+    """`count` images of subject `name` in other scenes, each under `marker`."""
+    items = []
+    for _ in range(count):
+        obj = _subject_obj(rng, name, shapes_world.POSITIONS)
+        scene = _with_objects(rng, [obj], max_extra=1)
+        image = shapes_world.render(scene, resolution)
+        items.append(ContextItem(marker, f"{_article(name)} {name}", image))
+    return items
+
+
+def _subject_condition(obj: Obj) -> Condition:
+    return Condition("subject", identity=(obj.shape, obj.colour, obj.pattern))
+
+
+# --------------------------------------------------------------------------
+# Builders: (rng, resolution, templates) -> (instruction, target, meta).
+
+Built = tuple[MultiModalInstruction, np.ndarray, dict[str, Any]]
+
+
+def _text_to_image(rng: np.random.Generator, r: int, templates) -> Built:
+    scene = _random_scene(rng)
+    caption = shapes_world.caption(scene, rng)
+    text, template = _pick(rng, templates, caption=caption)
+    meta = {
+        "scene": scene,
+        "conditions": _scene_conditions(scene, caption),
+        "template": template,
+    }
+    return MultiModalInstruction(text), shapes_world.render(scene, r), meta
+
+
+def _control_to_image(kind: str) -> Callable[..., Built]:
+    def build(rng: np.random.Generator, r: int, templates) -> Built:
+        scene = _random_scene(rng)
+        caption = shapes_world.caption(scene, rng)
+        noun = _choice(rng, _CONTROL_NOUNS[kind])
+        control = _CONTROL_MAPS[kind](scene, r)
+        text, template = _pick(rng, templates, caption=caption, control=noun)
+        conditions = {
+            "control": Condition("layout", objects=scene.objects),
+            **_scene_conditions(scene, caption),
+        }
+        context = (ContextItem("[ref#1]", noun, control),)
+        meta = {
+            "scene": scene,
+            "conditions": conditions,
+            "template": template,
+            "control": kind,
+        }
+        instruction = MultiModalInstruction(text, context, input_image=control)
+        return instruction, shapes_world.render(scene, r), meta
+
+    return build
+
+
+def _subject_scene(
+    rng: np.random.Generator, names: Sequence[str], max_extra: int, background=None
+) -> tuple[Scene, list[Obj]]:
+    """A scene holding the named subjects (at distinct positions) and extras."""
+    subjects: list[Obj] = []
+    for name in names:
+        free = [
+            p for p in shapes_world.POSITIONS if p not in {o.position for o in subjects}
+        ]
+        subjects.append(_subject_obj(rng, name, free))
+    scene = _with_objects(rng, subjects, max_extra, background)
+    by_position = {o.position: o for o in scene.objects}
+    return scene, [by_position[o.position] for o in subjects]
+
+
+def _subject_where(scene: Scene, subject: Obj, rng: np.random.Generator) -> str:
+    """Where the subject goes, and which other objects join it."""
+    others = tuple(o for o in scene.objects if o.position != subject.position)
+    where = _where(subject.position)
+    if others:
+        where += ", together with " + _objects_caption(
+            Scene(others, scene.background), rng
+        )
+    return where
+
+
+def _subject(rng: np.random.Generator, r: int, templates) -> Built:
+    (name,) = _sample_subjects(rng, 1)
+    refs = _subject_references(rng, name, "[ref#1]", r, int(rng.integers(1, 4)))
+    scene, (subject,) = _subject_scene(rng, [name], max_extra=1)
+    extra = _maybe_background(scene, rng)
+    text, template = _pick(
+        rng, templates, scene=_subject_where(scene, subject, rng) + extra
+    )
+    meta = {
+        "scene": scene,
+        "conditions": {
+            "subject": _subject_condition(subject),
+            **_scene_conditions(scene, extra),
+        },
+        "template": template,
+        "subjects": (name,),
+    }
+    return MultiModalInstruction(text, tuple(refs)), shapes_world.render(scene, r), meta
+
+
+def _style_item(rng: np.random.Generator, marker: str, scene: Scene, r: int):
+    return ContextItem(
+        marker, _choice(rng, _STYLE_TEXTS), shapes_world.render(scene, r)
+    )
+
+
+def _style_generation(rng: np.random.Generator, r: int, templates) -> Built:
+    style_scene = _random_scene(rng)
+    scene = _random_scene(rng, background=style_scene.background)
+    text, template = _pick(rng, templates, content=_objects_caption(scene, rng))
+    meta = {
+        "scene": scene,
+        "conditions": {
+            "text": Condition("objects", objects=scene.objects, exclusive=True),
+            "style": Condition("style", background=scene.background),
+        },
+        "template": template,
+    }
+    context = (_style_item(rng, "[ref#1]", style_scene, r),)
+    return MultiModalInstruction(text, context), shapes_world.render(scene, r), meta
+
+
+def _other_background(rng: np.random.Generator, background: Background) -> Background:
+    while True:
+        other = _random_background(rng)
+        if other != background:
+            return other
+
+
+def _style_transfer(rng: np.random.Generator, r: int, templates) -> Built:
+    content = _random_scene(rng)
+    style_scene = _random_scene(rng, _other_background(rng, content.background))
+    scene = Scene(content.objects, style_scene.background)
+    text, template = _pick(rng, templates)
+    content_image = shapes_world.render(content, r)
+    context = (
+        ContextItem("[ref#1]", _choice(rng, _CONTENT_TEXTS), content_image),
+        _style_item(rng, "[ref#2]", style_scene, r),
+    )
+    meta = {
+        "scene": scene,
+        "input_scene": content,
+        "conditions": {
+            "content": Condition("objects", objects=scene.objects, exclusive=True),
+            "style": Condition("style", background=scene.background),
+        },
+        "template": template,
+    }
+    instruction = MultiModalInstruction(text, context, input_image=content_image)
+    return instruction, shapes_world.render(scene, r), meta
+
+
+def _edit_options(scene: Scene, obj: Obj) -> dict[str, list]:
+    """Feasible edits of `obj`: new colours, new positions, and removal."""
+    taken = {o.position for o in scene.objects}
+    colours = [
+        c
+        for c in shapes_world.COLOURS
+        if c != obj.colour and (obj.shape, c, obj.position) not in _HELD_OUT
+    ]
+    positions = [
+        p
+        for p in shapes_world.POSITIONS
+        if p not in taken and (obj.shape, obj.colour, p) not in _HELD_OUT
+    ]
+    options = {"recolour": colours, "move": positions, "remove": [None]}
+    return {op: values for op, values in options.items() if values}
+
+
+def _edit(rng: np.random.Generator, r: int, templates) -> Built:
+    scene = _random_scene(rng)
+    index = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[index]
+    options = _edit_options(scene, obj)
+    op = _choice(rng, tuple(options))
+    value = _choice(rng, options[op])
+    fields = {"object": _refer(scene, index, rng)}
+    if op == "recolour":
+        changed, fields["colour"] = (dataclasses.replace(obj, colour=value),), value
+    elif op == "move":
+        changed, fields["position"] = (dataclasses.replace(obj, position=value),), value
+    else:
+        changed = ()
+    others = scene.objects[:index] + scene.objects[index + 1 :]
+    target = _ground_plane(Scene(others + changed, scene.background))
+    text, template = _pick(rng, templates, **fields)
+    moved = tuple(o.position for o in changed if o.position != obj.position)
+    conditions = {
+        "edit": Condition(
+            "objects",
+            objects=changed,
+            absent=(obj.position,) if op != "recolour" else (),
+        ),
+        "preserve": Condition(
+            "objects", objects=others, free=(obj.position, *moved), exclusive=True
+        ),
+        "style": Condition("style", background=scene.background),
+    }
+    meta = {
+        "scene": target,
+        "input_scene": scene,
+        "conditions": conditions,
+        "template": template,
+        "op": op,
+    }
+    image = shapes_world.render(scene, r)
+    return (
+        MultiModalInstruction(text, input_image=image),
+        shapes_world.render(target, r),
+        meta,
+    )
+
+
+def _query_task(target_fn: Callable[[Scene, np.ndarray, int, int], np.ndarray]):
+    """A vision task asking about one object of the input image."""
+
+    def build(rng: np.random.Generator, r: int, templates) -> Built:
+        scene = _random_scene(rng)
+        index = int(rng.integers(len(scene.objects)))
+        text, template = _pick(rng, templates, object=_refer(scene, index, rng))
+        image = shapes_world.render(scene, r)
+        meta = {"scene": scene, "query": index, "template": template}
+        target = target_fn(scene, image, index, r)
+        return MultiModalInstruction(text, input_image=image), target, meta
+
+    return build
+
+
+def _depth_estimation(rng: np.random.Generator, r: int, templates) -> Built:
+    scene = _random_scene(rng)
+    text, template = _pick(rng, templates)
+    image = shapes_world.render(scene, r)
+    meta = {"scene": scene, "template": template}
+    target = controls.depth_target(scene, r)
+    return MultiModalInstruction(text, input_image=image), target, meta
+
+
+def _classification(rng: np.random.Generator, r: int, templates) -> Built:
+    scene = _random_scene(rng)
+    present_classes = sorted({(o.shape, o.colour) for o in scene.objects})
+    present = bool(rng.random() < 0.5)
+    if present:
+        shape, colour = _choice(rng, present_classes)
+    else:
+        absent = [
+            (s, c)
+            for s in shapes_world.SHAPES
+            for c in shapes_world.COLOURS
+            if (s, c) not in present_classes
+        ]
+        shape, colour = _choice(rng, absent)
+    text, template = _pick(
+        rng, templates, a_object=f"{_article(colour)} {colour} {shape}"
+    )
+    meta = {
+        "scene": scene,
+        "query_class": (shape, colour),
+        "present": present,
+        "template": template,
+    }
+    image = shapes_world.render(scene, r)
+    target = controls.classification_target(present, r)
+    return MultiModalInstruction(text, input_image=image), target, meta
+
+
+def _subject_style(rng: np.random.Generator, r: int, templates) -> Built:
+    (name,) = _sample_subjects(rng, 1)
+    refs = _subject_references(rng, name, "[ref#1]", r, int(rng.integers(1, 3)))
+    style_scene = _random_scene(rng)
+    scene, (subject,) = _subject_scene(rng, [name], 1, style_scene.background)
+    text, template = _pick(rng, templates, scene=_subject_where(scene, subject, rng))
+    conditions = {
+        "subject": _subject_condition(subject),
+        "text": Condition("objects", objects=scene.objects, exclusive=True),
+        "style": Condition("style", background=scene.background),
+    }
+    meta = {
+        "scene": scene,
+        "conditions": conditions,
+        "template": template,
+        "subjects": (name,),
+    }
+    context = (*refs, _style_item(rng, "[ref#2]", style_scene, r))
+    return MultiModalInstruction(text, context), shapes_world.render(scene, r), meta
+
+
+def _control_subject(rng: np.random.Generator, r: int, templates) -> Built:
+    (name,) = _sample_subjects(rng, 1)
+    refs = _subject_references(rng, name, "[ref#1]", r, int(rng.integers(1, 3)))
+    scene, (subject,) = _subject_scene(rng, [name], max_extra=0)
+    kind = _choice(rng, tuple(_CONTROL_MAPS))
+    noun = _choice(rng, _CONTROL_NOUNS[kind])
+    control = _CONTROL_MAPS[kind](scene, r)
+    extra = _maybe_background(scene, rng)
+    text, template = _pick(rng, templates, control=noun, extra=extra)
+    conditions = {
+        "subject": _subject_condition(subject),
+        "control": Condition("layout", objects=scene.objects),
+    }
+    if extra:
+        conditions["style"] = Condition("style", background=scene.background)
+    meta = {
+        "scene": scene,
+        "conditions": conditions,
+        "template": template,
+        "subjects": (name,),
+        "control": kind,
+    }
+    context = (*refs, ContextItem("[ref#2]", noun, control))
+    instruction = MultiModalInstruction(text, context, input_image=control)
+    return instruction, shapes_world.render(scene, r), meta
+
+
+def _control_style(rng: np.random.Generator, r: int, templates) -> Built:
+    style_scene = _random_scene(rng)
+    scene = _random_scene(rng, background=style_scene.background)
+    kind = _choice(rng, tuple(_CONTROL_MAPS))
+    noun = _choice(rng, _CONTROL_NOUNS[kind])
+    control = _CONTROL_MAPS[kind](scene, r)
+    content = _objects_caption(scene, rng)
+    text, template = _pick(rng, templates, content=content, control=noun)
+    conditions = {
+        "control": Condition("layout", objects=scene.objects),
+        "text": Condition("objects", objects=scene.objects, exclusive=True),
+        "style": Condition("style", background=scene.background),
+    }
+    meta = {
+        "scene": scene,
+        "conditions": conditions,
+        "template": template,
+        "control": kind,
+    }
+    context = (
+        ContextItem("[ref#1]", noun, control),
+        _style_item(rng, "[ref#2]", style_scene, r),
+    )
+    instruction = MultiModalInstruction(text, context, input_image=control)
+    return instruction, shapes_world.render(scene, r), meta
+
+
+def _multi_subject(rng: np.random.Generator, r: int, templates) -> Built:
+    names = _sample_subjects(rng, 2)
+    refs = []
+    for k, name in enumerate(names, start=1):
+        refs += _subject_references(rng, name, f"[ref#{k}]", r, int(rng.integers(1, 3)))
+    scene, subjects = _subject_scene(rng, names, max_extra=0)
+    extra = _maybe_background(scene, rng)
+    text, template = _pick(
+        rng,
+        templates,
+        where1=_where(subjects[0].position),
+        where2=_where(subjects[1].position),
+        extra=extra,
+    )
+    conditions = {
+        "subject1": _subject_condition(subjects[0]),
+        "subject2": _subject_condition(subjects[1]),
+        **_scene_conditions(scene, extra),
+    }
+    meta = {
+        "scene": scene,
+        "conditions": conditions,
+        "template": template,
+        "subjects": tuple(names),
+    }
+    return MultiModalInstruction(text, tuple(refs)), shapes_world.render(scene, r), meta
+
+
+# --------------------------------------------------------------------------
+# The catalogue.
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A task: how to build an example, and its instruction templates.
+
+    Attributes:
+      name: the task name.
+      build: (rng, resolution, templates) -> (instruction, target, meta).
+      templates: training paraphrases.
+      unseen_templates: paraphrases kept out of training, for robustness.
+      zero_shot: whether the task is held out of training.
+    """
+
+    name: str
+    build: Callable[[np.random.Generator, int, Sequence[str]], Built]
+    templates: tuple[str, ...]
+    unseen_templates: tuple[str, ...]
+    zero_shot: bool = False
+
+    def make(
+        self, rng: np.random.Generator, resolution: int, *, unseen: bool = False
+    ) -> TaskExample:
+        """One example; `unseen` phrases it with an unseen template."""
+        templates = self.unseen_templates if unseen else self.templates
+        instruction, target, meta = self.build(rng, resolution, templates)
+        return TaskExample(self.name, instruction, target, meta, self.zero_shot)
+
+
+def _tasks() -> dict[str, Task]:
+    tasks = [
+        Task("text_to_image", _text_to_image, _TEXT, _TEXT_UNSEEN),
+        *(
+            Task(f"{kind}_to_image", _control_to_image(kind), _CONTROL, _CONTROL_UNSEEN)
+            for kind in _CONTROL_MAPS
+        ),
+        Task("subject", _subject, _SUBJECT, _SUBJECT_UNSEEN),
+        Task(
+            "style_generation",
+            _style_generation,
+            _STYLE_GENERATION,
+            _STYLE_GENERATION_UNSEEN,
+        ),
+        Task(
+            "style_transfer", _style_transfer, _STYLE_TRANSFER, _STYLE_TRANSFER_UNSEEN
+        ),
+        Task("edit", _edit, _EDIT, _EDIT_UNSEEN),
+        Task(
+            "segmentation",
+            _query_task(lambda s, _, i, r: controls.segmentation_target(s, i, r)),
+            _SEGMENTATION,
+            _SEGMENTATION_UNSEEN,
+        ),
+        Task(
+            "detection",
+            _query_task(controls.detection_target),
+            _DETECTION,
+            _DETECTION_UNSEEN,
+        ),
+        Task(
+            "depth_estimation",
+            _depth_estimation,
+            _DEPTH_ESTIMATION,
+            _DEPTH_ESTIMATION_UNSEEN,
+        ),
+        Task(
+            "classification", _classification, _CLASSIFICATION, _CLASSIFICATION_UNSEEN
+        ),
+        Task(
+            "subject+style", _subject_style, _SUBJECT_STYLE, _SUBJECT_STYLE_UNSEEN, True
+        ),
+        Task(
+            "control+subject",
+            _control_subject,
+            _CONTROL_SUBJECT,
+            _CONTROL_SUBJECT_UNSEEN,
+            True,
+        ),
+        Task(
+            "control+style", _control_style, _CONTROL_STYLE, _CONTROL_STYLE_UNSEEN, True
+        ),
+        Task(
+            "multi_subject", _multi_subject, _MULTI_SUBJECT, _MULTI_SUBJECT_UNSEEN, True
+        ),
+    ]
+    return {task.name: task for task in tasks}
+
+
+TASKS: Mapping[str, Task] = types.MappingProxyType(_tasks())
+TRAIN_TASKS = tuple(name for name, task in TASKS.items() if not task.zero_shot)
+ZERO_SHOT_TASKS = tuple(name for name, task in TASKS.items() if task.zero_shot)
+# InstructCV tasks: scored by their own metrics, not by the oracle.
+VISION_TASKS = ("segmentation", "detection", "depth_estimation", "classification")
+
+
+def _normalise(weights: Mapping[str, float]) -> Mapping[str, float]:
+    total = sum(weights.values())
+    return types.MappingProxyType({k: v / total for k, v in weights.items()})
+
+
+# See the module docstring for where each weight comes from.
+MIXTURE: Mapping[str, float] = _normalise(
+    {
+        "text_to_image": 0.15,
+        "style_generation": 0.15,
+        "style_transfer": 0.10,
+        "depth_to_image": 0.06,
+        "mask_to_image": 0.06,
+        "edge_to_image": 0.06,
+        "sketch_to_image": 0.02,
+        "subject": 0.35,
+        "edit": 0.10,
+        "segmentation": 0.04,
+        "detection": 0.04,
+        "depth_estimation": 0.04,
+        "classification": 0.04,
+    }
+)
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def sample_task(
+    rng: np.random.Generator, mixture: Mapping[str, float] = MIXTURE
+) -> str:
+    """A task name drawn with probability proportional to its `mixture` weight.
+
+    Raises:
+      ValueError: on unknown task names, negative or non-finite weights, or
+        weights summing to zero.
+    """
+    names = list(mixture)
+    for name in names:
+        get_task(name)
+    weights = np.array([mixture[n] for n in names], np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(
+            f"mixture weights must be finite, >= 0 and not all 0, got {dict(mixture)}"
+        )
+    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+def make_example(
+    task_name: str,
+    index: int,
+    seed: int,
+    resolution: int = 32,
+    unseen: bool = False,
+) -> TaskExample:
+    """Example number `index` of a task; a pure function of its arguments.
+
+    Args:
+      task_name: a key of `TASKS`.
+      index: example number, >= 0.
+      seed: dataset seed, >= 0.
+      resolution: image side; a positive multiple of 16.
+      unseen: phrase the instruction with an unseen template.
+    """
+    task = get_task(task_name)
+    if index < 0 or seed < 0:
+        raise ValueError(f"index and seed must be >= 0, got index={index}, seed={seed}")
+    if resolution <= 0 or resolution % 16:
+        raise ValueError(
+            f"resolution must be a positive multiple of 16, got {resolution}"
+        )
+    rng = np.random.default_rng(
+        [seed, zlib.crc32(task_name.encode()), index, int(unseen)]
+    )
+    return task.make(rng, resolution, unseen=unseen)

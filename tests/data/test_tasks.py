@@ -1,0 +1,299 @@
+"""The task catalogue: templates, determinism, valid instructions, mixture."""
+
+import numpy as np
+import pytest
+
+from imagen_jax import instructions
+from imagen_jax.data import controls, shapes_world, tasks
+
+R = 32
+ALL = tuple(tasks.TASKS)
+GENERATION = tuple(t for t in ALL if t not in tasks.VISION_TASKS)
+FIELDS = {
+    "caption",
+    "content",
+    "control",
+    "scene",
+    "extra",
+    "object",
+    "a_object",
+    "colour",
+    "position",
+    "where1",
+    "where2",
+}
+
+
+def test_catalogue_names():
+    assert set(ALL) == {
+        "text_to_image",
+        "edge_to_image",
+        "mask_to_image",
+        "depth_to_image",
+        "sketch_to_image",
+        "subject",
+        "style_generation",
+        "style_transfer",
+        "edit",
+        "segmentation",
+        "detection",
+        "depth_estimation",
+        "classification",
+        "subject+style",
+        "control+subject",
+        "control+style",
+        "multi_subject",
+    }
+    assert set(tasks.ZERO_SHOT_TASKS) == {
+        "subject+style",
+        "control+subject",
+        "control+style",
+        "multi_subject",
+    }
+    assert not set(tasks.TRAIN_TASKS) & set(tasks.ZERO_SHOT_TASKS)
+    assert set(tasks.TRAIN_TASKS) | set(tasks.ZERO_SHOT_TASKS) == set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_templates(name):
+    task = tasks.TASKS[name]
+    seen, unseen = task.templates, task.unseen_templates
+    assert len(set(seen)) == len(seen) >= 20
+    assert len(set(unseen)) == len(unseen) >= 5
+    assert not set(seen) & set(unseen)
+    for template in seen + unseen:
+        assert tasks.template_fields(template) <= FIELDS, template
+        instructions.parse_markers(template)  # Well-formed markers only.
+    # Every variant (field set) can be phrased both ways.
+    variants = {tasks.template_fields(t) for t in seen}
+    assert variants == {tasks.template_fields(t) for t in unseen}
+    markers = {tuple(instructions.parse_markers(t)) for t in seen + unseen}
+    assert {frozenset(m) for m in markers} == {frozenset(next(iter(markers)))}
+
+
+def _same(a, b):
+    assert a.instruction.text == b.instruction.text
+    np.testing.assert_array_equal(a.target, b.target)
+    assert len(a.instruction.context) == len(b.instruction.context)
+    for x, y in zip(a.instruction.context, b.instruction.context, strict=True):
+        assert (x.marker, x.text) == (y.marker, y.text)
+        np.testing.assert_array_equal(x.image, y.image)
+    assert (a.instruction.input_image is None) == (b.instruction.input_image is None)
+    if a.instruction.input_image is not None:
+        np.testing.assert_array_equal(
+            a.instruction.input_image, b.instruction.input_image
+        )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_examples_are_deterministic_and_valid(name):
+    targets = set()
+    for index in range(6):
+        for unseen in (False, True):
+            ex = tasks.make_example(name, index, seed=3, resolution=R, unseen=unseen)
+            _same(
+                ex, tasks.make_example(name, index, seed=3, resolution=R, unseen=unseen)
+            )
+            assert ex.task == name and ex.zero_shot == (name in tasks.ZERO_SHOT_TASKS)
+            assert ex.target.shape == (R, R, 3) and ex.target.dtype == np.uint8
+            instructions.validate(
+                ex.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
+            )
+            pool = (
+                tasks.TASKS[name].unseen_templates
+                if unseen
+                else tasks.TASKS[name].templates
+            )
+            assert ex.meta["template"] in pool
+            inputs = ex.instruction.input_image
+            key = (ex.instruction.text, ex.target.tobytes())
+            targets.add(key + (None if inputs is None else inputs.tobytes(),))
+    assert len(targets) >= 10  # Different indices give different examples.
+    first = tasks.make_example(name, 0, seed=3, resolution=R)
+    other = tasks.make_example(name, 0, seed=4, resolution=R)
+    assert (other.instruction.text, other.meta["scene"]) != (
+        first.instruction.text,
+        first.meta["scene"],
+    )
+
+
+@pytest.mark.parametrize("name", GENERATION)
+def test_generation_targets_render_their_scene(name):
+    for index in range(4):
+        ex = tasks.make_example(name, index, seed=0, resolution=R)
+        np.testing.assert_array_equal(
+            ex.target, shapes_world.render(ex.meta["scene"], R)
+        )
+        assert ex.meta["conditions"]
+
+
+@pytest.mark.parametrize("name", tasks.VISION_TASKS)
+def test_vision_tasks_take_the_input_image(name):
+    for index in range(4):
+        ex = tasks.make_example(name, index, seed=0, resolution=R)
+        assert ex.instruction.context == ()
+        np.testing.assert_array_equal(
+            ex.instruction.input_image, shapes_world.render(ex.meta["scene"], R)
+        )
+
+
+def test_vision_targets():
+    for index in range(6):
+        seg = tasks.make_example("segmentation", index, 0, R)
+        np.testing.assert_array_equal(
+            seg.target,
+            controls.segmentation_target(seg.meta["scene"], seg.meta["query"], R),
+        )
+        cls = tasks.make_example("classification", index, 0, R)
+        shape, colour = cls.meta["query_class"]
+        present = any(
+            (o.shape, o.colour) == (shape, colour) for o in cls.meta["scene"].objects
+        )
+        assert present == cls.meta["present"]
+        assert f"{colour} {shape}" in cls.instruction.text
+        np.testing.assert_array_equal(
+            cls.target, controls.classification_target(present, R)
+        )
+    answers = {
+        tasks.make_example("classification", i, 0, R).meta["present"] for i in range(20)
+    }
+    assert answers == {True, False}
+
+
+def test_subject_context_names_the_subject_and_shows_it():
+    for index in range(6):
+        ex = tasks.make_example("subject", index, 0, R)
+        (name,) = ex.meta["subjects"]
+        shape, colour, pattern = shapes_world.NAMED_SUBJECTS[name]
+        assert 1 <= len(ex.instruction.context) <= 3
+        for item in ex.instruction.context:
+            assert item.marker == "[ref#1]" and item.text.endswith(name)
+            assert (item.image == shapes_world.COLOURS[colour]).all(-1).any()
+        assert "[ref#1]" in ex.instruction.text and name not in ex.instruction.text
+        assert ex.meta["conditions"]["subject"].identity == (shape, colour, pattern)
+
+
+def test_style_tasks_share_the_background_style():
+    for index in range(6):
+        gen = tasks.make_example("style_generation", index, 0, R)
+        # Pixel (0, 0) is never covered by an object and shows the main colour.
+        np.testing.assert_array_equal(
+            gen.instruction.context[0].image[0, 0], gen.target[0, 0]
+        )
+        transfer = tasks.make_example("style_transfer", index, 0, R)
+        content, style = transfer.instruction.context
+        np.testing.assert_array_equal(content.image, transfer.instruction.input_image)
+        assert transfer.meta["input_scene"].objects == transfer.meta["scene"].objects
+        assert (
+            transfer.meta["input_scene"].background != transfer.meta["scene"].background
+        )
+        assert (
+            transfer.meta["scene"].background
+            == transfer.meta["conditions"]["style"].background
+        )
+
+
+def test_controls_are_context_and_input_image():
+    for kind in ("edge", "mask", "depth", "sketch"):
+        ex = tasks.make_example(f"{kind}_to_image", 0, 0, R)
+        (item,) = ex.instruction.context
+        np.testing.assert_array_equal(item.image, ex.instruction.input_image)
+        expected = getattr(controls, f"{kind}_map")(ex.meta["scene"], R)
+        np.testing.assert_array_equal(item.image, expected)
+
+
+def test_edit_changes_one_object():
+    ops = set()
+    for index in range(12):
+        ex = tasks.make_example("edit", index, 0, R)
+        before, after = ex.meta["input_scene"], ex.meta["scene"]
+        ops.add(ex.meta["op"])
+        np.testing.assert_array_equal(
+            ex.instruction.input_image, shapes_world.render(before, R)
+        )
+        assert not np.array_equal(ex.instruction.input_image, ex.target)
+        key = lambda o: (o.shape, o.colour, o.position)  # noqa: E731
+        changed = {key(o) for o in before.objects} ^ {key(o) for o in after.objects}
+        assert len(changed) == (1 if ex.meta["op"] == "remove" else 2)
+    assert ops == {"recolour", "move", "remove"}
+
+
+def test_task_scenes_avoid_held_out_triples_and_use_ground_plane_depth():
+    held_out = shapes_world.held_out_triples()
+    for name in ("text_to_image", "depth_estimation", "edit", "subject"):
+        for index in range(10):
+            scene = tasks.make_example(name, index, 0, R).meta["scene"]
+            assert not {o.triple for o in scene.objects} & held_out
+            for a in scene.objects:
+                for b in scene.objects:
+                    row_a = shapes_world.POSITIONS.index(a.position) // 3
+                    row_b = shapes_world.POSITIONS.index(b.position) // 3
+                    if row_a > row_b:  # a is lower in the image, so nearer.
+                        assert a.z > b.z
+
+
+def test_multi_subject_has_two_subjects_under_two_markers():
+    for index in range(5):
+        ex = tasks.make_example("multi_subject", index, 0, R)
+        a, b = ex.meta["subjects"]
+        assert a != b
+        by_marker = {}
+        for item in ex.instruction.context:
+            by_marker.setdefault(item.marker, set()).add(item.text)
+        assert by_marker == {"[ref#1]": {f"a {a}"}, "[ref#2]": {f"a {b}"}}
+
+
+def test_mixture():
+    assert abs(sum(tasks.MIXTURE.values()) - 1) < 1e-9
+    assert set(tasks.MIXTURE) == set(tasks.TRAIN_TASKS)
+    assert max(tasks.MIXTURE, key=tasks.MIXTURE.get) == "subject"
+    rng = np.random.default_rng(0)
+    draws = [tasks.sample_task(rng) for _ in range(4000)]
+    share = draws.count("subject") / len(draws)
+    assert abs(share - tasks.MIXTURE["subject"]) < 0.03
+    assert tasks.sample_task(rng, {"edit": 1.0, "subject": 0.0}) == "edit"
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: tasks.make_example("painting", 0, 0), "unknown task 'painting'"),
+        (lambda: tasks.make_example("edit", -1, 0), "index and seed must be >= 0"),
+        (lambda: tasks.make_example("edit", 0, 0, resolution=20), "multiple of 16"),
+        (
+            lambda: tasks.sample_task(np.random.default_rng(0), {"x": 1.0}),
+            "unknown task",
+        ),
+        (
+            lambda: tasks.sample_task(np.random.default_rng(0), {"edit": -1.0}),
+            "must be finite, >= 0",
+        ),
+        (
+            lambda: tasks.sample_task(np.random.default_rng(0), {"edit": 0.0}),
+            "not all 0",
+        ),
+    ],
+)
+def test_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_examples_tokenise_to_arrays():
+    from imagen_jax.text.tokenizers import ByteTokenizer
+
+    tok = ByteTokenizer(extra_tokens=instructions.MARKERS)
+    for name in ALL:
+        ex = tasks.make_example(name, 1, 0, R)
+        arrays = instructions.to_arrays(
+            ex.instruction,
+            tok,
+            max_context=tasks.MAX_CONTEXT,
+            text_len=256,
+            ctx_text_len=32,
+            resolution=R,
+        )
+        assert arrays["ctx_mask"].sum() == len(ex.instruction.context)
+        assert bool(arrays["cond_image_mask"]) == (
+            ex.instruction.input_image is not None
+        )
