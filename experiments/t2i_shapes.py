@@ -26,9 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.name = "shapes_world"
     c.data.data_dir = "data"
     c.data.resolution = arg.res
-    # Objects per training scene; the demo trains on single objects.
-    c.data.max_objects = 1
-    c.data.batch_size = 64
+    # ShapesWorld variant: "full" (1-3 patterned objects on styled backgrounds)
+    # or "simple" (single solid objects on plain backgrounds: the demo).
+    c.data.variant = "simple"
+    c.data.batch_size = 32
     c.data.max_text_len = 64
     # grain threads decoding/tokenising ahead of the step.
     c.data.num_threads = 2
@@ -50,16 +51,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.name = "imagen"
     # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
     c.model.dtype = "float32"
-    c.model.base_channels = 48
+    c.model.base_channels = 64
     c.model.channel_mults = (1, 2, 2)
-    c.model.num_res_blocks = 2
+    c.model.num_res_blocks = 1
     c.model.attn_levels = (False, False, True)
     c.model.num_heads = 4
     c.model.head_dim = 32
-    c.model.cond_dim = 192
+    c.model.cond_dim = 256
     c.model.dropout = 0.0
     # Space-to-depth stem: 1 (none) or 2 (the UNet runs on 2x2 patches).
-    c.model.patch_size = 1
+    c.model.patch_size = 2
     # A jax.checkpoint_policies name, or "none".
     c.model.remat_policy = "none"
 
@@ -70,8 +71,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.param = "v"
     # Min-SNR-gamma loss weighting; 0 disables it.
     c.diffusion.min_snr_gamma = 5.0
-    # Probability of dropping the text (classifier-free guidance).
-    c.diffusion.text_drop = 0.1
+    # Conditioning dropout for classifier-free guidance: per example one of
+    # drop everything / only the text / only the context / only the input
+    # image (mutually exclusive; probabilities sum to at most 1).
+    c.diffusion.cond_drop = ml_collections.ConfigDict(
+        {"all": 0.1, "text": 0.0, "context": 0.0, "image": 0.0}
+    )
 
     c.optim = ml_collections.ConfigDict()
     # Optimizer: "adamw" or "adafactor".
@@ -109,12 +114,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 12_000
+    c.train.num_steps = 2_200
     # Stop early (with a checkpoint) after this many minutes; 0 = no limit.
     c.train.time_budget_minutes = arg.minutes
     c.train.log_every = 50
-    c.train.checkpoint_every = 1000
-    c.train.sample_every = 2000
+    c.train.checkpoint_every = 500
+    c.train.sample_every = 500
     c.train.keep_checkpoints = 2
 
     c.sample = ml_collections.ConfigDict()

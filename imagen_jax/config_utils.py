@@ -45,6 +45,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 # Enumerated config fields and their allowed values, checked before any work.
 CHOICES = {
     "data.name": ("shapes_world",),
+    "data.variant": ("full", "simple"),
     "data.resolution": (16, 32, 64, 128),
     "text.tokenizer": ("byte", "sentencepiece"),
     "model.name": ("imagen",),
@@ -66,7 +67,9 @@ POSITIVE = (
     "optim.lr",
     "sample.steps",
 )
-PROBABILITIES = ("diffusion.text_drop",)
+PROBABILITIES = tuple(
+    f"diffusion.cond_drop.{k}" for k in ("all", "text", "context", "image")
+)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

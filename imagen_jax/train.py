@@ -131,20 +131,56 @@ def ema_decay(step: jax.Array, decay: float) -> jax.Array:
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def drop_conditions(rng: jax.Array, batch: dict, drop) -> dict:
+    """Classifier-free-guidance dropout, one exclusive choice per example.
+
+    With probability `drop.all` every condition is dropped, else with
+    `drop.text` / `drop.context` / `drop.image` only that one. Returns the
+    text mask, context mask and input-image keep flag to train with.
+    """
+    b = batch["text_mask"].shape[0]
+    edges = jnp.cumsum(jnp.array([drop.all, drop.text, drop.context, drop.image]))
+    choice = jnp.searchsorted(edges, jax.random.uniform(rng, (b,)), side="right")
+    drop_text = (choice == 0) | (choice == 1)
+    out = {"text_mask": batch["text_mask"] & ~drop_text[:, None]}
+    if "ctx_mask" in batch:
+        out["ctx_mask"] = batch["ctx_mask"] & ~((choice == 0) | (choice == 2))[:, None]
+        out["cond_keep"] = batch["cond_image_mask"] & ~((choice == 0) | (choice == 3))
+    return out
+
+
+def conditioning(model: Imagen, variables, batch: dict, masks: dict) -> dict:
+    """Encoded text, context and input image for `Imagen.denoise`."""
+    text = model.apply(
+        variables, batch["text_tokens"], masks["text_mask"], method=Imagen.encode_text
+    )
+    cond = {"text": text, "text_mask": masks["text_mask"]}
+    if "ctx_mask" in masks:
+        cond["context"] = model.apply(
+            variables,
+            batch["ctx_images"],
+            batch["ctx_tokens"],
+            batch["ctx_text_mask"],
+            masks["ctx_mask"],
+            method=Imagen.encode_context,
+        )
+        image = batch["cond_image"].astype(jnp.float32) / 127.5 - 1.0
+        cond["cond_image"] = image * masks["cond_keep"][:, None, None, None]
+    return cond
+
+
 def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> tuple:
     """One optimisation step. Pure; RNG from fold_in(seed, step)."""
     d = config.diffusion
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
     drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
     x = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3]
-    keep = jax.random.bernoulli(drop_rng, 1.0 - d.text_drop, (x.shape[0],))
-    mask = batch["text_mask"] & keep[:, None]
+    masks = drop_conditions(drop_rng, batch, d.cond_drop)
 
     def loss_fn(params):
         variables = {"params": params}
-        text = model.apply(
-            variables, batch["text_tokens"], mask, method=Imagen.encode_text
-        )
+        cond = conditioning(model, variables, batch, masks)
+        text, text_mask = cond.pop("text"), cond.pop("text_mask")
 
         def apply_fn(z, logsnr):
             return model.apply(
@@ -152,10 +188,11 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
                 z,
                 logsnr,
                 text,
-                mask,
+                text_mask,
                 train=True,
                 method=Imagen.denoise,
                 rngs={"dropout": dropout_rng},
+                **cond,
             )
 
         return losses.diffusion_loss(

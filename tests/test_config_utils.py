@@ -53,6 +53,6 @@ def test_validate_names_the_bad_value():
     with pytest.raises(ValueError, match=r"config.optim.name='sgdx'"):
         config_utils.validate(c)
     c = t2i_shapes.get_config("smoke")
-    c.diffusion.text_drop = 1.5
-    with pytest.raises(ValueError, match="text_drop"):
+    c.diffusion.cond_drop.all = 1.5
+    with pytest.raises(ValueError, match="cond_drop.all"):
         config_utils.validate(c)

@@ -3,19 +3,19 @@
 Each host reads its own slice of the source; the trainer assembles the global
 batch with `jax.make_array_from_process_local_data`. Batches hold no Python
 objects: `image [B,H,W,3] uint8`, `text_tokens [B,L] int32`,
-`text_mask [B,L] bool`.
+`text_mask [B,L] bool`; instruction datasets add `ctx_images [B,K,H,W,3]`,
+`ctx_tokens [B,K,Lc]`, `ctx_text_mask [B,K,Lc]`, `ctx_mask [B,K]`,
+`cond_image [B,H,W,3]` and `cond_image_mask [B]`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import grain
 import ml_collections
 import numpy as np
 
-from imagen_jax.data import shapes_world
 from imagen_jax.text.tokenizers import Tokenizer
 
 
@@ -23,10 +23,49 @@ def _shapes_world_source(cfg: ml_collections.ConfigDict, split: str):
     # Imported here: tfds pulls in TensorFlow, which only data loading needs.
     from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
 
-    return shapes_world_tfds.load_source(cfg.data_dir, split, resolution=cfg.resolution)
+    return shapes_world_tfds.load_source(
+        cfg.data_dir, split, resolution=cfg.resolution, variant=cfg.variant
+    )
 
 
-_SOURCES: dict[str, Callable] = {"shapes_world": _shapes_world_source}
+class TaskSource:
+    """Random access to the ShapesWorld task mixture (procedural, no files).
+
+    Example `i` draws its task from the mixture with a seed of its own, so the
+    stream is deterministic and any host can read any index.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, split: str):
+        from imagen_jax.data import tasks
+
+        self._tasks = tasks
+        weights = dict(cfg.mixture) if cfg.get("mixture") else dict(tasks.MIXTURE)
+        unknown = sorted(set(weights) - set(tasks.TASKS))
+        if unknown:
+            raise ValueError(
+                f"config.data.mixture names unknown tasks {unknown}; "
+                f"known: {sorted(tasks.TASKS)}"
+            )
+        self._names = sorted(weights)
+        p = np.array([weights[n] for n in self._names], np.float64)
+        self._p = p / p.sum()
+        self._seed = cfg.seed + (0 if split == "train" else 1)
+        self._resolution = cfg.resolution
+        self._size = cfg.num_examples
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng((self._seed, int(index)))
+        name = self._names[rng.choice(len(self._names), p=self._p)]
+        return self._tasks.make_example(name, int(index), self._seed, self._resolution)
+
+
+_SOURCES: dict[str, Callable] = {
+    "shapes_world": _shapes_world_source,
+    "shapes_world_tasks": TaskSource,
+}
 
 
 def get_source(data_config: ml_collections.ConfigDict, split: str):
@@ -63,12 +102,32 @@ class Tokenize(grain.transforms.Map):
         return {"image": image, "text_tokens": ids[0], "text_mask": mask[0]}
 
 
-def _max_objects_filter(max_objects: int) -> Callable[[dict], bool]:
-    def keep(element: dict) -> bool:
-        scene = shapes_world.Scene.from_dict(json.loads(_as_str(element["scene"])))
-        return len(scene.objects) <= max_objects
+class InstructionArrays(grain.transforms.Map):
+    """A TaskExample -> fixed-shape arrays (DESIGN §3); the target is `image`."""
 
-    return keep
+    def __init__(self, tokenizer: Tokenizer, d: ml_collections.ConfigDict):
+        self._tokenizer, self._d = tokenizer, d
+
+    def map(self, example) -> dict:
+        from imagen_jax import instructions
+
+        d = self._d
+        arrays = instructions.to_arrays(
+            example.instruction,
+            self._tokenizer,
+            max_context=d.max_context,
+            text_len=d.max_text_len,
+            ctx_text_len=d.ctx_text_len,
+            resolution=d.resolution,
+        )
+        return {"image": np.asarray(example.target, np.uint8), **arrays}
+
+
+def element_transform(d: ml_collections.ConfigDict, tokenizer: Tokenizer):
+    """The per-element transform for the dataset named by `d.name`."""
+    if d.name == "shapes_world_tasks":
+        return InstructionArrays(tokenizer, d)
+    return Tokenize(tokenizer, d.max_text_len, d.resolution)
 
 
 def train_dataset(
@@ -87,9 +146,7 @@ def train_dataset(
         )
     ds = grain.MapDataset.source(get_source(d, "train"))
     ds = ds[process_index::process_count].seed(config.seed).shuffle().repeat()
-    if d.get("max_objects", 0) and d.name == "shapes_world":
-        ds = ds.filter(_max_objects_filter(d.max_objects))
-    ds = ds.map(Tokenize(tokenizer, d.max_text_len, d.resolution))
+    ds = ds.map(element_transform(d, tokenizer))
     options = grain.ReadOptions(
         num_threads=d.num_threads, prefetch_buffer_size=d.prefetch
     )

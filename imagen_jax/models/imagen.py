@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from imagen_jax.models import t5
-from imagen_jax.models.unet import UNet, UNetConfig
+from imagen_jax.models.unet import Context, UNet, UNetConfig
 
 Dtype = Any
 
@@ -34,11 +34,43 @@ class Imagen(nn.Module):
         )
 
     def encode_text(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-        """[B, L] int tokens and mask -> [B, L, D] embeddings (float32)."""
-        return self.text_encoder(tokens, mask).astype(jnp.float32)
+        """[..., L] int tokens and mask -> [..., L, D] embeddings (float32)."""
+        lead = tokens.shape[:-1]
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        out = self.text_encoder(flat, mask.reshape(flat.shape)).astype(jnp.float32)
+        return out.reshape(lead + out.shape[-2:])
 
-    def denoise(self, z, logsnr, text, text_mask, train: bool = False) -> jax.Array:
-        return self.unet(z, logsnr, text, text_mask, train).astype(jnp.float32)
+    def encode_context(
+        self,
+        images: jax.Array,
+        tokens: jax.Array,
+        text_mask: jax.Array,
+        mask: jax.Array,
+    ) -> Context:
+        """Context items (uint8 or [-1, 1] images [B,K,H,W,3], tokens [B,K,Lc])."""
+        if images.dtype == jnp.uint8:
+            images = images.astype(jnp.float32) / 127.5 - 1.0
+        return Context(
+            images=images,
+            text=self.encode_text(tokens, text_mask),
+            text_mask=text_mask,
+            mask=mask,
+        )
+
+    def denoise(
+        self,
+        z,
+        logsnr,
+        text,
+        text_mask,
+        train: bool = False,
+        context: Context | None = None,
+        cond_image=None,
+    ) -> jax.Array:
+        out = self.unet(
+            z, logsnr, text, text_mask, train, context=context, cond_image=cond_image
+        )
+        return out.astype(jnp.float32)
 
     def __call__(self, z, logsnr, tokens, mask, train: bool = False) -> jax.Array:
         return self.denoise(z, logsnr, self.encode_text(tokens, mask), mask, train)

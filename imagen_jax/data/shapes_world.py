@@ -1,0 +1,545 @@
+"""ShapesWorld: a procedural world of coloured shapes on styled backgrounds.
+
+A scene holds 1-9 objects on a 3x3 grid over a patterned background. Each
+object has a shape, colour, size, grid position, fill pattern and z-order; the
+background has a pattern and a two-colour palette, independent of content.
+Scenes render to crisp uint8 images (no anti-aliasing, so an oracle can parse
+them back exactly) and describe themselves in plain English.
+
+Everything here is numpy only and deterministic given a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Triple = tuple[str, str, str]  # (shape, colour, position)
+
+SHAPES = ("circle", "square", "triangle", "cross")
+
+# Saturated object colours, far apart in RGB.
+COLOURS: Mapping[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 40, 190),
+    "orange": (250, 130, 20),
+}
+# Striped and dotted fills use this darker shade of the object's colour.
+SHADE_FACTOR = 0.55
+SHADES: Mapping[str, tuple[int, int, int]] = {
+    name: tuple(int(round(SHADE_FACTOR * c)) for c in rgb)
+    for name, rgb in COLOURS.items()
+}
+
+SIZES = ("small", "large")
+# Object side as a fraction of a grid cell.
+SIZE_FRACTIONS: Mapping[str, float] = {"small": 0.6, "large": 0.9}
+
+POSITIONS = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
+PATTERNS = ("solid", "striped", "dotted")
+BG_PATTERNS = ("plain", "stripes", "checker", "dots")
+# Background palettes: (main colour, pattern colour); light and low-saturation,
+# far from every object colour and shade.
+BG_PALETTES: Mapping[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "grey": ((205, 205, 205), (165, 165, 165)),
+    "beige": ((240, 225, 195), (205, 185, 150)),
+    "mint": ((200, 240, 220), (150, 205, 180)),
+    "lavender": ((225, 215, 245), (185, 170, 220)),
+}
+
+# Made-up subject names -> (shape, colour, pattern) identity, most frequent
+# first; NAMED_SUBJECT_WEIGHTS gives their long-tailed (Zipf) frequency.
+NAMED_SUBJECTS: Mapping[str, tuple[str, str, str]] = {
+    "zorblat": ("circle", "purple", "dotted"),
+    "glim": ("triangle", "yellow", "striped"),
+    "quiddle": ("cross", "green", "dotted"),
+    "snorf": ("square", "orange", "striped"),
+    "trindle": ("triangle", "blue", "dotted"),
+    "wumpet": ("cross", "red", "striped"),
+    "blick": ("circle", "green", "striped"),
+    "fandoo": ("square", "purple", "dotted"),
+}
+NAMED_SUBJECT_WEIGHTS: Mapping[str, float] = {
+    name: 1.0 / (rank + 1) for rank, name in enumerate(NAMED_SUBJECTS)
+}
+
+_POSITION_PHRASES: Mapping[str, str] = {
+    "left": "on the left",
+    "right": "on the right",
+    "center": "in the center",
+}
+_BG_PHRASES: Mapping[str, str] = {
+    "plain": "on {a} plain {p} background",
+    "stripes": "on {a} {p} background with stripes",
+    "checker": "on {a} {p} checkered background",
+    "dots": "on {a} {p} background with dots",
+}
+_SPLIT_CODES: Mapping[str, int] = {"train": 0, "test": 1}
+_SUPERSAMPLE = 4
+
+
+def _check_choice(field: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown {field} {value!r}; expected one of {allowed}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+    """One object: what it is, where it is, and its drawing order `z`."""
+
+    shape: str
+    colour: str
+    size: str
+    position: str
+    pattern: str = "solid"
+    z: int = 0
+
+    def __post_init__(self):
+        _check_choice("shape", self.shape, SHAPES)
+        _check_choice("colour", self.colour, tuple(COLOURS))
+        _check_choice("size", self.size, SIZES)
+        _check_choice("position", self.position, POSITIONS)
+        _check_choice("pattern", self.pattern, PATTERNS)
+
+    @property
+    def triple(self) -> Triple:
+        return (self.shape, self.colour, self.position)
+
+
+@dataclasses.dataclass(frozen=True)
+class Background:
+    """Background style: a pattern drawn in a two-colour palette."""
+
+    pattern: str = "plain"
+    palette: str = "grey"
+
+    def __post_init__(self):
+        _check_choice("background pattern", self.pattern, BG_PATTERNS)
+        _check_choice("background palette", self.palette, tuple(BG_PALETTES))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """Objects (at distinct grid positions) on a background."""
+
+    objects: tuple[Obj, ...]
+    background: Background = Background()
+
+    def __post_init__(self):
+        object.__setattr__(self, "objects", tuple(self.objects))
+        positions = [o.position for o in self.objects]
+        if len(set(positions)) != len(positions):
+            raise ValueError(f"Objects must be at distinct positions, got {positions}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Scene:
+        return cls(
+            objects=tuple(Obj(**o) for o in d["objects"]),
+            background=Background(**d["background"]),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str | bytes) -> Scene:
+        return cls.from_dict(json.loads(s))
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    *,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    patterns: Sequence[str] = PATTERNS,
+    bg_patterns: Sequence[str] = BG_PATTERNS,
+    exclude: frozenset[Triple] = frozenset(),
+) -> Scene:
+    """Samples a scene with objects at distinct positions and distinct z.
+
+    Args:
+      rng: numpy random generator.
+      min_objects: fewest objects (at least 1).
+      max_objects: most objects (at most 9, one per grid cell).
+      patterns: object fill patterns to choose from.
+      bg_patterns: background patterns to choose from.
+      exclude: (shape, colour, position) triples no object may have.
+
+    Returns:
+      The sampled scene.
+
+    Raises:
+      ValueError: on an empty or impossible object-count range or unknown
+        pattern names.
+    """
+    if not 1 <= min_objects <= max_objects <= len(POSITIONS):
+        raise ValueError(
+            f"Need 1 <= min_objects <= max_objects <= 9, got "
+            f"min_objects={min_objects}, max_objects={max_objects}."
+        )
+    for p in patterns:
+        _check_choice("pattern", p, PATTERNS)
+    for p in bg_patterns:
+        _check_choice("background pattern", p, BG_PATTERNS)
+    n = int(rng.integers(min_objects, max_objects + 1))
+    cells = rng.choice(len(POSITIONS), size=n, replace=False)
+    zs = rng.permutation(n)
+    objects = []
+    for cell, z in zip(cells, zs, strict=True):
+        position = POSITIONS[int(cell)]
+        shape, colour = _sample_identity(rng, position, exclude)
+        objects.append(
+            Obj(
+                shape=shape,
+                colour=colour,
+                size=SIZES[int(rng.integers(len(SIZES)))],
+                position=position,
+                pattern=patterns[int(rng.integers(len(patterns)))],
+                z=int(z),
+            )
+        )
+    background = Background(
+        pattern=bg_patterns[int(rng.integers(len(bg_patterns)))],
+        palette=tuple(BG_PALETTES)[int(rng.integers(len(BG_PALETTES)))],
+    )
+    return Scene(objects=tuple(objects), background=background)
+
+
+def _sample_identity(
+    rng: np.random.Generator, position: str, exclude: frozenset[Triple]
+) -> tuple[str, str]:
+    """Uniform (shape, colour) among those not excluded at `position`."""
+    allowed = [
+        (s, c) for s in SHAPES for c in COLOURS if (s, c, position) not in exclude
+    ]
+    if not allowed:
+        raise ValueError(f"Every (shape, colour) is excluded at {position!r}.")
+    return allowed[int(rng.integers(len(allowed)))]
+
+
+def _check_resolution(resolution: int) -> None:
+    if resolution <= 0 or resolution % 16:
+        raise ValueError(
+            f"resolution must be a positive multiple of 16, got {resolution}."
+        )
+
+
+def object_side(resolution: int, size: str) -> int:
+    """Side in pixels of the square box an object of `size` is drawn in."""
+    _check_choice("size", size, SIZES)
+    return max(2, int(SIZE_FRACTIONS[size] * resolution / 3))
+
+
+def object_box(resolution: int, obj: Obj) -> tuple[int, int, int]:
+    """(top, left, side) in pixels of the box `obj` is drawn in."""
+    side = object_side(resolution, obj.size)
+    row, col = divmod(POSITIONS.index(obj.position), 3)
+    cell = resolution / 3
+    top = math.floor((row + 0.5) * cell - side / 2 + 0.5)
+    left = math.floor((col + 0.5) * cell - side / 2 + 0.5)
+    return top, left, side
+
+
+def pattern_unit(resolution: int) -> int:
+    """Pixel unit of fill and background patterns (1 at 32 px, 2 at 64 px)."""
+    return max(1, resolution // 32)
+
+
+@functools.lru_cache(maxsize=4096)
+def shape_mask(shape: str, height: int, width: int) -> np.ndarray:
+    """Boolean [height, width] mask of `shape` filling its box.
+
+    A pixel is inside when at least half of it is covered (supersampled), so
+    masks are crisp and identical wherever the same box size is drawn.
+    """
+    _check_choice("shape", shape, SHAPES)
+    k = _SUPERSAMPLE
+    v = (np.arange(height * k) + 0.5) / (height * k)
+    u = (np.arange(width * k) + 0.5) / (width * k)
+    vv, uu = np.meshgrid(v, u, indexing="ij")
+    if shape == "circle":
+        inside = (uu - 0.5) ** 2 + (vv - 0.5) ** 2 <= 0.25
+    elif shape == "square":
+        inside = np.ones_like(uu, dtype=bool)
+    elif shape == "triangle":  # apex at the top, base at the bottom
+        inside = np.abs(uu - 0.5) <= vv / 2
+    else:  # cross: a plus sign with arms a third of the box wide
+        inside = (np.abs(uu - 0.5) <= 1 / 6) | (np.abs(vv - 0.5) <= 1 / 6)
+    coverage = inside.reshape(height, k, width, k).mean(axis=(1, 3))
+    mask = coverage >= 0.5
+    mask.setflags(write=False)
+    return mask
+
+
+@functools.lru_cache(maxsize=256)
+def pattern_mask(pattern: str, height: int, width: int, unit: int) -> np.ndarray:
+    """Read-only boolean [height, width] mask of a fill's darker-shade pixels."""
+    _check_choice("pattern", pattern, PATTERNS)
+    y, x = np.mgrid[:height, :width]
+    if pattern == "striped":  # diagonal bands
+        mask = ((x + y) // (2 * unit)) % 2 == 1
+    elif pattern == "dotted":  # a dot lattice with one dot at the box centre
+        period = 3 * unit
+        dy, dx = (y - (height - unit) // 2) % period, (x - (width - unit) // 2) % period
+        mask = (dy < unit) & (dx < unit)
+    else:
+        mask = np.zeros((height, width), dtype=bool)
+    mask.setflags(write=False)
+    return mask
+
+
+@functools.lru_cache(maxsize=256)
+def background_mask(pattern: str, resolution: int) -> np.ndarray:
+    """Read-only boolean [R, R] mask of background pixels in the accent colour."""
+    _check_choice("background pattern", pattern, BG_PATTERNS)
+    unit = 4 * pattern_unit(resolution)
+    y, x = np.mgrid[:resolution, :resolution]
+    if pattern == "stripes":  # horizontal bands
+        mask = (y // unit) % 2 == 1
+    elif pattern == "checker":
+        mask = (y // unit + x // unit) % 2 == 1
+    elif pattern == "dots":  # square dots half a unit wide, two units apart
+        mask = ((x % (2 * unit)) // (unit // 2) == 1) & (
+            (y % (2 * unit)) // (unit // 2) == 1
+        )
+    else:
+        mask = np.zeros((resolution, resolution), dtype=bool)
+    mask.setflags(write=False)
+    return mask
+
+
+def render_background(background: Background, resolution: int = 32) -> np.ndarray:
+    """The background alone, uint8 [R, R, 3]."""
+    _check_resolution(resolution)
+    main, accent = (np.array(c, np.uint8) for c in BG_PALETTES[background.palette])
+    mask = background_mask(background.pattern, resolution)
+    return np.where(mask[..., None], accent, main)
+
+
+def render(scene: Scene, resolution: int = 32) -> np.ndarray:
+    """Renders `scene`: background, then objects in increasing z.
+
+    Args:
+      scene: the scene to draw.
+      resolution: image side in pixels; a positive multiple of 16.
+
+    Returns:
+      uint8 [resolution, resolution, 3] image.
+    """
+    image = render_background(scene.background, resolution)
+    unit = pattern_unit(resolution)
+    for obj in sorted(scene.objects, key=lambda o: o.z):
+        top, left, side = object_box(resolution, obj)
+        mask = shape_mask(obj.shape, side, side)
+        shade = pattern_mask(obj.pattern, side, side, unit)
+        fill = np.where(shade[..., None], SHADES[obj.colour], COLOURS[obj.colour])
+        window = image[top : top + side, left : left + side]
+        window[mask] = fill[mask]
+    return image
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _object_phrase(obj: Obj, *, with_size: bool, with_pattern: bool) -> str:
+    words = [obj.size] if with_size else []
+    words.append(obj.colour)
+    if with_pattern and obj.pattern != "solid":
+        words.append(obj.pattern)
+    words.append(obj.shape)
+    where = _POSITION_PHRASES.get(obj.position, f"at the {obj.position}")
+    return f"{_article(words[0])} {' '.join(words)} {where}"
+
+
+def background_phrase(background: Background) -> str:
+    """E.g. "on a grey checkered background"."""
+    template = _BG_PHRASES[background.pattern]
+    first = "plain" if background.pattern == "plain" else background.palette
+    return template.format(a=_article(first), p=background.palette)
+
+
+def _join(phrases: Sequence[str]) -> str:
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
+    """Plain-English description of `scene`.
+
+    Colour, shape and position of every object are always named. Without `rng`
+    the caption is canonical: objects in reading order, all attributes, and the
+    background. With `rng`, object order, size and pattern words and the
+    background clause vary.
+
+    Args:
+      scene: the scene to describe.
+      rng: optional generator for phrasing variation.
+
+    Returns:
+      The caption, e.g. "a large red striped circle at the top left and a small
+      blue square in the center on a grey checkered background".
+    """
+    objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
+    if rng is not None:
+        objects = [objects[i] for i in rng.permutation(len(objects))]
+
+    def keep(p_drop: float) -> bool:
+        return rng is None or bool(rng.random() >= p_drop)
+
+    phrases = [
+        _object_phrase(o, with_size=keep(0.25), with_pattern=keep(0.25))
+        for o in objects
+    ]
+    text = _join(phrases)
+    if keep(0.3):
+        text += " " + background_phrase(scene.background)
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def held_out_triples(seed: int = 0, fraction: float = 0.1) -> frozenset[Triple]:
+    """(shape, colour, position) combinations kept out of training.
+
+    Args:
+      seed: selects which combinations; the same seed gives the same set.
+      fraction: share of all 216 combinations held out, in [0, 1).
+
+    Returns:
+      The held-out triples.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}.")
+    triples = [(s, c, p) for s in SHAPES for c in COLOURS for p in POSITIONS]
+    count = int(round(fraction * len(triples)))
+    order = np.random.default_rng(seed).permutation(len(triples))
+    return frozenset(triples[i] for i in order[:count])
+
+
+def held_out_scene(
+    index: int, rng: np.random.Generator, triples: frozenset[Triple]
+) -> Scene:
+    """Single solid object with held-out triple number `index` (cycled)."""
+    if not triples:
+        raise ValueError("No held-out triples to draw evaluation scenes from.")
+    ordered = sorted(triples)
+    shape, colour, position = ordered[index % len(ordered)]
+    obj = Obj(
+        shape=shape,
+        colour=colour,
+        size=SIZES[int(rng.integers(len(SIZES)))],
+        position=position,
+    )
+    palette = tuple(BG_PALETTES)[int(rng.integers(len(BG_PALETTES)))]
+    return Scene(objects=(obj,), background=Background("plain", palette))
+
+
+def make_example(
+    split: str,
+    index: int,
+    seed: int,
+    resolution: int = 32,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    *,
+    patterns: Sequence[str] = PATTERNS,
+    bg_patterns: Sequence[str] = BG_PATTERNS,
+) -> dict[str, Any]:
+    """Example number `index` of `split`; a pure function of its arguments.
+
+    Train examples are random scenes (object count, fill and background
+    patterns as given) avoiding the held-out triples, with varied captions;
+    test examples are single solid held-out objects on plain backgrounds with
+    canonical captions.
+
+    Returns:
+      {"image": uint8 [R, R, 3], "caption": str, "scene": JSON str}.
+    """
+    _check_choice("split", split, tuple(_SPLIT_CODES))
+    _check_resolution(resolution)
+    rng = np.random.default_rng((seed, _SPLIT_CODES[split], index))
+    if split == "train":
+        scene = sample_scene(
+            rng,
+            min_objects=min_objects,
+            max_objects=max_objects,
+            patterns=patterns,
+            bg_patterns=bg_patterns,
+            exclude=held_out_triples(),
+        )
+        text = caption(scene, rng)
+    else:
+        scene = held_out_scene(index, rng, held_out_triples())
+        text = caption(scene)
+    return {
+        "image": render(scene, resolution),
+        "caption": text,
+        "scene": scene.to_json(),
+    }
+
+
+def generate(
+    split: str,
+    num_examples: int,
+    seed: int,
+    resolution: int = 32,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    *,
+    patterns: Sequence[str] = PATTERNS,
+    bg_patterns: Sequence[str] = BG_PATTERNS,
+) -> Iterator[dict[str, Any]]:
+    """Yields `num_examples` examples of `split` ("train" or "test").
+
+    Same arguments, same output; see `make_example`.
+    """
+    if num_examples < 0:
+        raise ValueError(f"num_examples must be >= 0, got {num_examples}.")
+    for index in range(num_examples):
+        yield make_example(
+            split,
+            index,
+            seed,
+            resolution,
+            min_objects,
+            max_objects,
+            patterns=patterns,
+            bg_patterns=bg_patterns,
+        )
+
+
+def eval_prompts(n: int, seed: int = 0, resolution: int = 32) -> list[dict[str, Any]]:
+    """`n` held-out single-object evaluation prompts.
+
+    Returns:
+      Dicts with "scene" (Scene), "caption" (canonical str) and "image" (the
+      ground-truth rendering, uint8 [R, R, 3]).
+    """
+    prompts = []
+    for example in generate("test", n, seed, resolution):
+        scene = Scene.from_json(example["scene"])
+        prompts.append({**example, "scene": scene})
+    return prompts
