@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.base_channels = 64
     c.model.channel_mults = (1, 2, 2)
     c.model.num_res_blocks = 1
-    c.model.attn_levels = (False, False, True)
+    c.model.attn_levels = (False, True, True)
     c.model.num_heads = 4
     c.model.head_dim = 32
     c.model.cond_dim = 256
@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 2_200
+    c.train.num_steps = 2_600
     # Stop early (with a checkpoint) after this many minutes; 0 = no limit.
     c.train.time_budget_minutes = arg.minutes
     c.train.log_every = 50

@@ -12,7 +12,8 @@ CONFIG="experiments/t2i_shapes.py:minutes=$MINUTES"
 START=$(date +%s)
 
 echo "== building ShapesWorld in $DATA_DIR"
-python -m launch.build_data --dataset shapes_world --data_dir "$DATA_DIR"
+python -m launch.build_data --dataset shapes_world --data_dir "$DATA_DIR" \
+  --variant simple --num_train 10000
 echo "== training ($MINUTES min budget) into $WORKDIR"
 python -m launch.train --config "$CONFIG" --workdir "$WORKDIR" \
   --config.data.data_dir="$DATA_DIR"

@@ -16,7 +16,9 @@ from imagen_jax.evaluation import evaluate
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    shapes_world_tfds.build(str(d), resolution=32, num_train=96, num_test=8)
+    variant = t2i_shapes.get_config("smoke").data.variant
+    shapes_world_tfds.build(str(d), resolution=32, num_train=96, num_test=8,
+                            variant=variant)
     return str(d)
 
 
