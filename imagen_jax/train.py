@@ -21,6 +21,7 @@ from imagen_jax import checkpointing, config_utils, sampling, sharding
 from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
 from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.instructions import MARKERS
 from imagen_jax.text.tokenizers import Tokenizer, get_tokenizer
 
 
@@ -37,8 +38,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The config's tokenizer; every `[ref#k]` marker is one special token.
+
+    Text-to-image models get the markers too, so that their embedding table
+    has the shape an instruction-tuned model initialised from them needs.
+    """
     kwargs = {"model_path": config.text.vocab_path} if config.text.vocab_path else {}
-    return get_tokenizer(config.text.tokenizer, **kwargs)
+    return get_tokenizer(config.text.tokenizer, extra_tokens=MARKERS, **kwargs)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> Any:
@@ -149,26 +155,6 @@ def drop_conditions(rng: jax.Array, batch: dict, drop) -> dict:
     return out
 
 
-def conditioning(model: Imagen, variables, batch: dict, masks: dict) -> dict:
-    """Encoded text, context and input image for `Imagen.denoise`."""
-    text = model.apply(
-        variables, batch["text_tokens"], masks["text_mask"], method=Imagen.encode_text
-    )
-    cond = {"text": text, "text_mask": masks["text_mask"]}
-    if "ctx_mask" in masks:
-        cond["context"] = model.apply(
-            variables,
-            batch["ctx_images"],
-            batch["ctx_tokens"],
-            batch["ctx_text_mask"],
-            masks["ctx_mask"],
-            method=Imagen.encode_context,
-        )
-        image = batch["cond_image"].astype(jnp.float32) / 127.5 - 1.0
-        cond["cond_image"] = image * masks["cond_keep"][:, None, None, None]
-    return cond
-
-
 def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> tuple:
     """One optimisation step. Pure; RNG from fold_in(seed, step)."""
     d = config.diffusion
@@ -179,7 +165,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
 
     def loss_fn(params):
         variables = {"params": params}
-        cond = conditioning(model, variables, batch, masks)
+        cond = model.apply(variables, batch, masks, method=Imagen.condition)
         text, text_mask = cond.pop("text"), cond.pop("text_mask")
 
         def apply_fn(z, logsnr):
