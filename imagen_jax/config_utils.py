@@ -44,7 +44,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 # Enumerated config fields and their allowed values, checked before any work.
 CHOICES = {
-    "data.name": ("shapes_world",),
+    "data.name": ("shapes_world", "shapes_world_tasks"),
     "data.variant": ("full", "simple"),
     "data.resolution": (16, 32, 64, 128),
     "text.tokenizer": ("byte", "sentencepiece"),
