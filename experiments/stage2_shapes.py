@@ -24,6 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.mixture = ml_collections.ConfigDict()
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
+    # Seed of the procedural examples (evaluation uses other seeds).
+    c.data.seed = 0
     c.data.max_context = 4
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24

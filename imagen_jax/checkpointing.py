@@ -82,14 +82,28 @@ def restore_params(
         wrong shape, or (without `partial`) a missing parameter.
     """
     ckpt_dir = _checkpoint_dir(directory)
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"))
+    # Read as host numpy: works whatever mesh (or device count) wrote it.
+    mngr = ocp.CheckpointManager(
+        ckpt_dir,
+        item_names=("state", "data"),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+    )
     step = mngr.latest_step()
     if step is None:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}")
     key = "ema_params" if use_ema else "params"
     try:
+        item = {key: mngr.item_metadata(step)["state"][key]}
+        restore_args = jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item
+        )
         saved = mngr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=item, restore_args=restore_args, partial_restore=True
+                )
+            ),
         )["state"][key]
     except Exception as e:  # orbax raises many types for unreadable files
         raise CheckpointError(

@@ -20,8 +20,8 @@ from clu import metric_writers, periodic_actions
 from imagen_jax import checkpointing, config_utils, sampling, sharding
 from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
-from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.instructions import MARKERS
+from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.text.tokenizers import Tokenizer, get_tokenizer
 
 
@@ -93,14 +93,41 @@ def build_optimizer(config):
     ), lr
 
 
+def dummy_batch(config, batch_size: int = 1) -> dict:
+    """A zero batch with the shapes of the config's data (for init / tracing)."""
+    d = config.data
+    r, b = d.resolution, batch_size
+    batch = {
+        "image": np.zeros((b, r, r, 3), np.uint8),
+        "text_tokens": np.zeros((b, d.max_text_len), np.int32),
+        "text_mask": np.ones((b, d.max_text_len), bool),
+    }
+    if d.name == "shapes_world_tasks":
+        k, lc = d.max_context, d.ctx_text_len
+        batch.update(
+            ctx_images=np.zeros((b, k, r, r, 3), np.uint8),
+            ctx_tokens=np.zeros((b, k, lc), np.int32),
+            ctx_text_mask=np.ones((b, k, lc), bool),
+            ctx_mask=np.ones((b, k), bool),
+            cond_image=np.zeros((b, r, r, 3), np.uint8),
+            cond_image_mask=np.ones((b,), bool),
+        )
+    return batch
+
+
 def init_params(model: Imagen, config) -> Any:
-    """Boxed (logically annotated) initial params; call under jit or eval_shape."""
-    res, max_len = config.data.resolution, config.data.max_text_len
-    z = jnp.zeros((1, res, res, 3), jnp.float32)
-    tokens = jnp.zeros((1, max_len), jnp.int32)
-    mask = jnp.ones((1, max_len), bool)
+    """Boxed (logically annotated) initial params; call under jit or eval_shape.
+
+    Instruction configs also create the context and input-image layers.
+    """
+    batch = dummy_batch(config)
+    z = jnp.zeros(batch["image"].shape, jnp.float32)
     return model.init(
-        jax.random.PRNGKey(config.seed), z, jnp.zeros((1,)), tokens, mask
+        jax.random.PRNGKey(config.seed),
+        z,
+        jnp.zeros((1,)),
+        batch,
+        method=Imagen.forward,
     )["params"]
 
 

@@ -57,6 +57,25 @@ class Imagen(nn.Module):
             mask=mask,
         )
 
+    def condition(self, batch: dict, masks: dict) -> dict:
+        """Encoded conditions of a batch, as keyword arguments of `denoise`.
+
+        `masks` holds the (possibly dropped) `text_mask` and, for instruction
+        batches, `ctx_mask` and `cond_keep` (input image kept, [B] bool).
+        """
+        cond = {
+            "text": self.encode_text(batch["text_tokens"], masks["text_mask"]),
+            "text_mask": masks["text_mask"],
+        }
+        if "ctx_mask" in masks:
+            cond["context"] = self.encode_context(
+                batch["ctx_images"], batch["ctx_tokens"], batch["ctx_text_mask"],
+                masks["ctx_mask"],
+            )
+            image = batch["cond_image"].astype(jnp.float32) / 127.5 - 1.0
+            cond["cond_image"] = image * masks["cond_keep"][:, None, None, None]
+        return cond
+
     def denoise(
         self,
         z,
@@ -71,6 +90,15 @@ class Imagen(nn.Module):
             z, logsnr, text, text_mask, train, context=context, cond_image=cond_image
         )
         return out.astype(jnp.float32)
+
+    def forward(self, z, logsnr, batch: dict, train: bool = False) -> jax.Array:
+        """Denoises `z` under every condition the batch carries (none dropped)."""
+        masks = {"text_mask": batch["text_mask"]}
+        if "ctx_mask" in batch:
+            masks.update(ctx_mask=batch["ctx_mask"], cond_keep=batch["cond_image_mask"])
+        cond = self.condition(batch, masks)
+        text, text_mask = cond.pop("text"), cond.pop("text_mask")
+        return self.denoise(z, logsnr, text, text_mask, train, **cond)
 
     def __call__(self, z, logsnr, tokens, mask, train: bool = False) -> jax.Array:
         return self.denoise(z, logsnr, self.encode_text(tokens, mask), mask, train)
