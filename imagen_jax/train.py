@@ -276,7 +276,8 @@ def restore_or_init(config, workdir, state, mngr, data_iter):
         params, step = checkpointing.restore_params(
             config.init_from, state.params, partial=True
         )
-        state = state.replace(params=params, ema_params=params)
+        # Separate buffers: the step donates both trees.
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
         data_state, source = None, f"initialised from {config.init_from} (step {step})"
     else:
         data_state, source = None, "from scratch"
