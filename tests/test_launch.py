@@ -26,8 +26,12 @@ def _run(*args, timeout=300):
 @pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_help(name):
     out = _run(f"launch.{name}", "--help")
-    assert out.returncode == 0, out.stderr
-    assert "--" in out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    # absl prints the module docstring and its flags, then exits with 1.
+    assert out.returncode in (0, 1), text[-2000:]
+    assert "Traceback" not in text
+    assert f"launch/{name}.py" in text or "USAGE" in text
+    assert "--workdir" in text or "--data_dir" in text
 
 
 def _error_lines(out):
