@@ -77,6 +77,9 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.data.batch_size = 8
     c.data.resolution = 16
     c.model.base_channels = 16
+    c.model.channel_mults = (1, 2)
+    c.model.num_res_blocks = 1
+    c.model.attn_levels = (False, True)
     c.model.num_heads = 2
     c.model.head_dim = 8
     c.model.cond_dim = 32

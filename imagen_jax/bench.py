@@ -132,12 +132,20 @@ def unet_train_step(
     """
     d = config.diffusion
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
-    drop_rng, loss_rng = jax.random.split(rng)
+    drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
     mask = train.drop_conditions(drop_rng, batch, d.cond_drop)["text_mask"]
 
     def loss_fn(params):
         def apply_fn(z, logsnr):
-            return unet.apply({"params": params}, z, logsnr, batch["text"], mask, True)
+            return unet.apply(
+                {"params": params},
+                z,
+                logsnr,
+                batch["text"],
+                mask,
+                True,
+                rngs={"dropout": dropout_rng},
+            )
 
         return losses.diffusion_loss(
             apply_fn,

@@ -1,0 +1,56 @@
+"""Times training or sampling and prints one JSON line.
+
+    python -m launch.bench --config experiments/bench.py:peer --mode train
+    python -m launch.bench --config experiments/bench.py:peer --mode sample
+
+Train: images_per_s, step_ms, gflop_per_image (XLA cost analysis of the
+compiled step), gflop_per_s, peak_gflop_per_s (a float32 matmul timed in the
+same run) and mfu. Sample: images_per_s and batch_seconds for --sample_steps
+steps of the config's sampler.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch import common
+
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to time.")
+flags.DEFINE_integer("steps", 5, "Timed train steps (train) or batches (sample).")
+flags.DEFINE_integer("warmup", 2, "Untimed runs after compilation.")
+flags.DEFINE_integer("sample_steps", 64, "Sampler steps per batch (sample).")
+flags.DEFINE_string("sampler", None, "Sampler (sample); default config.sample.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the peak-FLOP/s matmul.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def _bench():
+    from imagen_jax import bench
+
+    config = FLAGS.config
+    if FLAGS.mode == "train":
+        out = bench.run_train(config, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
+    else:
+        out = bench.run_sample(
+            config,
+            FLAGS.sample_steps,
+            FLAGS.steps,
+            FLAGS.warmup,
+            FLAGS.sampler or config.sample.sampler,
+        )
+    print(json.dumps(out, sort_keys=True), flush=True)
+
+
+def main(argv):
+    del argv
+    common.initialize()
+    common.run_main(_bench)
+
+
+if __name__ == "__main__":
+    app.run(main)
