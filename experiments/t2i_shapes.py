@@ -63,6 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.patch_size = 2
     # A jax.checkpoint_policies name, or "none".
     c.model.remat_policy = "none"
+    # Text vector added to the time embedding: "mean" (Imagen) or "attention"
+    # (a learned query per head picks out the colour and shape words).
+    c.model.text_pool = "attention"
+    # Coordinate maps appended to the stem's input: positions ("top left")
+    # are learned from the start instead of inferred from the borders.
+    c.model.coord_channels = True
 
     c.diffusion = ml_collections.ConfigDict()
     # Schedule: "cosine" or "shifted_cosine".

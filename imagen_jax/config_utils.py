@@ -57,6 +57,10 @@ CHOICES = {
     "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
     "sample.clip_x0": ("dynamic", "static", "none"),
 }
+# Checked when present (older configs and bench configs may lack them).
+OPTIONAL_CHOICES = {
+    "model.text_pool": ("mean", "attention"),
+}
 POSITIVE = (
     "data.batch_size",
     "data.max_text_len",
@@ -87,6 +91,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = _get(config, field)
         if value not in allowed:
             raise ValueError(f"config.{field}={value!r} is not one of {allowed}")
+    for field, allowed in OPTIONAL_CHOICES.items():
+        parent, _, leaf = field.rpartition(".")
+        if leaf in _get(config, parent) and _get(config, field) not in allowed:
+            raise ValueError(
+                f"config.{field}={_get(config, field)!r} is not one of {allowed}"
+            )
     for field in POSITIVE:
         if not _get(config, field) > 0:
             raise ValueError(f"config.{field}={_get(config, field)!r} must be > 0")

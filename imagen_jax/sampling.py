@@ -17,6 +17,35 @@ from imagen_jax.diffusion import guidance, losses, samplers, schedules
 from imagen_jax.models.imagen import Imagen
 
 
+def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Callable:
+    """`run(denoise_fn, rng, batch, num_steps)`: the configured sampler from noise.
+
+    Raises:
+      ValueError: unknown sampler name (checked here, before any tracing).
+    """
+    sampler = sampler or config.sample.sampler
+    names = samplers.get_sampler_names()
+    if sampler not in names:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {names}")
+    schedule_fn = schedules.get_schedule(config.diffusion.schedule)
+    res = config.data.resolution
+
+    def run(denoise_fn, rng, batch, num_steps):
+        noise_rng, sample_rng = jax.random.split(rng)
+        x_t = jax.random.normal(noise_rng, (batch, res, res, 3), jnp.float32)
+        return samplers.sample(
+            denoise_fn,
+            sample_rng,
+            x_t,
+            num_steps,
+            sampler=sampler,
+            schedule_fn=schedule_fn,
+            clip_x0=config.sample.clip_x0,
+        )
+
+    return run
+
+
 def make_generate_fn(
     model: Imagen, config: ml_collections.ConfigDict, sampler: str | None = None
 ) -> Callable:
@@ -25,12 +54,7 @@ def make_generate_fn(
     Output: images in [-1, 1], `[B, R, R, 3]` float32.
     """
     d = config.diffusion
-    sampler = sampler or config.sample.sampler
-    names = samplers.get_sampler_names()
-    if sampler not in names:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {names}")
-    schedule_fn = schedules.get_schedule(d.schedule)
-    res = config.data.resolution
+    run = _make_runner(config, sampler)
 
     def generate(params, tokens, mask, rng, num_steps, scale):
         text = model.apply({"params": params}, tokens, mask, method=Imagen.encode_text)
@@ -47,17 +71,7 @@ def make_generate_fn(
             cond, uncond = jnp.split(x0, 2)
             return guidance.cfg(cond, uncond, scale)
 
-        noise_rng, sample_rng = jax.random.split(rng)
-        x_t = jax.random.normal(noise_rng, (tokens.shape[0], res, res, 3), jnp.float32)
-        return samplers.sample(
-            denoise_fn,
-            sample_rng,
-            x_t,
-            num_steps,
-            sampler=sampler,
-            schedule_fn=schedule_fn,
-            clip_x0=config.sample.clip_x0,
-        )
+        return run(denoise_fn, rng, tokens.shape[0], num_steps)
 
     return jax.jit(generate)
 
@@ -81,12 +95,7 @@ def make_instruction_generate_fn(
     scales apply on even steps only (Instruct-Imagen). All scales are traced.
     """
     d = config.diffusion
-    sampler = sampler or config.sample.sampler
-    names = samplers.get_sampler_names()
-    if sampler not in names:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {names}")
-    schedule_fn = schedules.get_schedule(d.schedule)
-    res = config.data.resolution
+    run = _make_runner(config, sampler)
 
     def generate(params, batch, rng, num_steps, s_text, s_image, oscillate):
         variables = {"params": params}
@@ -126,16 +135,6 @@ def make_instruction_generate_fn(
             st, si = jnp.where(on, s_text, 1.0), jnp.where(on, s_image, 1.0)
             return guidance.dual_guidance(e_00, e_i0, e_it, st, si)
 
-        noise_rng, sample_rng = jax.random.split(rng)
-        x_t = jax.random.normal(noise_rng, (b, res, res, 3), jnp.float32)
-        return samplers.sample(
-            denoise_fn,
-            sample_rng,
-            x_t,
-            num_steps,
-            sampler=sampler,
-            schedule_fn=schedule_fn,
-            clip_x0=config.sample.clip_x0,
-        )
+        return run(denoise_fn, rng, b, num_steps)
 
     return jax.jit(generate)

@@ -1,4 +1,5 @@
 """Test set-up: 8 fake CPU devices, created before JAX starts."""
+
 import os
 
 os.environ["XLA_FLAGS"] = (

@@ -56,3 +56,9 @@ def test_validate_names_the_bad_value():
     c.diffusion.cond_drop.all = 1.5
     with pytest.raises(ValueError, match="cond_drop.all"):
         config_utils.validate(c)
+    c = t2i_shapes.get_config("smoke")
+    c.model.text_pool = "max"
+    with pytest.raises(ValueError, match=r"config.model.text_pool='max'"):
+        config_utils.validate(c)
+    del c.model["text_pool"]  # optional field: absent is fine
+    config_utils.validate(c)

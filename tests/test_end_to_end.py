@@ -17,8 +17,9 @@ from imagen_jax.evaluation import evaluate
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     variant = t2i_shapes.get_config("smoke").data.variant
-    shapes_world_tfds.build(str(d), resolution=32, num_train=96, num_test=8,
-                            variant=variant)
+    shapes_world_tfds.build(
+        str(d), resolution=32, num_train=96, num_test=8, variant=variant
+    )
     return str(d)
 
 

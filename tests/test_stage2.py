@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments import stage2_shapes, t2i_shapes
-from imagen_jax import checkpointing, train
+from imagen_jax import checkpointing, instructions, train
 from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
 from imagen_jax.evaluation import evaluate
 
@@ -48,12 +48,18 @@ def test_stage2_starts_from_the_text_to_image_model(t2i_workdir, tmp_path):
     assert "ctx_attn_0" in state.params["unet"]["enc_2"]
 
 
-def test_stage2_trains_on_the_mixture_and_scores_every_task(t2i_workdir, tmp_path):
-    from imagen_jax.data import tasks
-
-    workdir = str(tmp_path / "s2")
+@pytest.fixture(scope="module")
+def stage2_run(t2i_workdir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("s2"))
     cfg = _stage2(t2i_workdir, 3)
     state = train.train_and_evaluate(cfg, workdir)
+    return cfg, workdir, state
+
+
+def test_stage2_trains_on_the_mixture_and_scores_every_task(stage2_run):
+    from imagen_jax.data import tasks
+
+    cfg, workdir, state = stage2_run
     assert int(state.step) == 3
     rows = evaluate.evaluate(cfg, workdir)
     names = {r["task"] for r in rows}
@@ -65,3 +71,59 @@ def test_stage2_trains_on_the_mixture_and_scores_every_task(t2i_workdir, tmp_pat
         assert np.isfinite(r["value"]), r
     metrics = {(r["task"], r["metric"]) for r in rows}
     assert ("segmentation", "iou") in metrics and ("text_to_image", "o") in metrics
+
+
+def _request(tmp_path, image_size=32, **overrides):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("subject", "style", "input"):
+        path = tmp_path / f"{name}.png"
+        pixels = rng.integers(0, 256, (image_size, image_size, 3), np.uint8)
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    req = {
+        "text": "Generate [ref#1] in the style of [ref#2]",
+        "context": [
+            {"marker": "[ref#1]", "text": "a glim", "image": paths[0]},
+            {"marker": "[ref#2]", "text": "style image", "image": paths[1]},
+        ],
+        "image": paths[2],
+        "steps": 2,
+        "guidance": {"text": 3.0, "image": 1.5, "oscillate": 1},
+        "num_images": 2,
+    }
+    return instructions.parse_request({**req, **overrides})
+
+
+def test_stage2_model_answers_multimodal_requests(stage2_run, tmp_path):
+    from imagen_jax import generate, inference
+
+    _, workdir, _ = stage2_run
+    loaded = inference.load(workdir)
+    images = generate.generate_images(loaded, _request(tmp_path))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    # Same request without the input image: context alone still conditions.
+    images = generate.generate_images(loaded, _request(tmp_path, image=None))
+    assert images.shape == (2, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "overrides, size, message",
+    [
+        ({}, 16, "32"),
+        ({"image": "/nonexistent/input.png"}, 32, "does not exist"),
+        ({"guidance": {"style": 2.0}}, 32, "style"),
+        ({"text": "Generate [ref#1] in the style of [ref#3]"}, 32, "ref#"),
+    ],
+)
+def test_stage2_bad_requests_name_the_problem(
+    stage2_run, tmp_path, overrides, size, message
+):
+    from imagen_jax import generate, inference
+
+    _, workdir, _ = stage2_run
+    loaded = inference.load(workdir)
+    with pytest.raises(ValueError, match=message):
+        generate.generate_images(loaded, _request(tmp_path, size, **overrides))

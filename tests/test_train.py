@@ -174,9 +174,11 @@ def test_restore_params_partial_and_shape_errors(tmp_path):
     mngr.wait_until_finished()
     params, step = checkpointing.restore_params(str(tmp_path), state.params)
     assert step == 3
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a),
-                                                            np.asarray(b)),
-                 params, state.ema_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+        params,
+        state.ema_params,
+    )
     # A model with an extra parameter: partial keeps its init, strict refuses.
     bigger = {**state.params, "extra": jnp.full((2, 3), 7.0)}
     merged, _ = checkpointing.restore_params(str(tmp_path), bigger, partial=True)

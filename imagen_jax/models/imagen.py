@@ -69,7 +69,9 @@ class Imagen(nn.Module):
         }
         if "ctx_mask" in masks:
             cond["context"] = self.encode_context(
-                batch["ctx_images"], batch["ctx_tokens"], batch["ctx_text_mask"],
+                batch["ctx_images"],
+                batch["ctx_tokens"],
+                batch["ctx_text_mask"],
                 masks["ctx_mask"],
             )
             image = batch["cond_image"].astype(jnp.float32) / 127.5 - 1.0
@@ -132,6 +134,8 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         dropout=m.dropout,
         remat_policy=m.remat_policy,
         patch_size=m.patch_size,
+        text_pool=m.get("text_pool", "mean"),
+        coord_channels=m.get("coord_channels", False),
     )
     text_config = t5.T5Config(
         vocab_size=vocab_size,

@@ -148,6 +148,39 @@ def attention(
     return jnp.einsum("bnqk,bknd->bqnd", weights, v)
 
 
+class AttentionPool(nn.Module):
+    """Pools [B, L, D] tokens to [B, D] with one learned query per head.
+
+    The query starts at zero, so at initialisation this is the masked mean;
+    training lets each head pick out the words that matter (a colour, a
+    shape). Fully masked rows (dropped text) give zeros.
+    """
+
+    num_heads: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        b, length, d = x.shape
+        if d % self.num_heads:
+            raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
+        query = self.param(
+            "query",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+            (d,),
+            self.param_dtype,
+        )
+        x = x.astype(jnp.float32)
+        heads = x.reshape(b, length, self.num_heads, d // self.num_heads)
+        q = query.astype(jnp.float32).reshape(self.num_heads, d // self.num_heads)
+        logits = jnp.einsum("blnd,nd->bln", heads, q) / math.sqrt(d // self.num_heads)
+        logits = jnp.where(mask[..., None], logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=1)
+        # All-masked rows: softmax of -inf is nan; they pool to zeros.
+        weights = jnp.where(mask[..., None], weights, 0.0)
+        return jnp.einsum("bln,blnd->bnd", weights, heads).reshape(b, d)
+
+
 class Attention(nn.Module):
     """Pre-norm multi-head attention over the pixels of a feature map.
 

@@ -41,6 +41,12 @@ class UNetConfig:
       patch_size: space-to-depth factor of the stem (1 = none). With 2 the UNet
         runs at half resolution on 2x2 patches (as in "simple diffusion"),
         about 4x cheaper at the top level.
+      text_pool: how the text becomes the vector added to the time embedding:
+        "mean" (masked mean, as in Imagen) or "attention" (one learned query
+        per head; starts as the mean).
+      coord_channels: append (row, column) coordinate maps in [-1, 1] to the
+        stem's input (CoordConv), so that "top left" has somewhere to go
+        without the network first inferring position from the borders.
     """
 
     base_channels: int = 32
@@ -54,8 +60,14 @@ class UNetConfig:
     out_channels: int = 3
     remat_policy: str = "none"
     patch_size: int = 1
+    text_pool: str = "mean"
+    coord_channels: bool = False
 
     def __post_init__(self):
+        if self.text_pool not in ("mean", "attention"):
+            raise ValueError(
+                f"text_pool must be 'mean' or 'attention', got {self.text_pool!r}"
+            )
         if len(self.attn_levels) != len(self.channel_mults):
             raise ValueError(
                 f"attn_levels {self.attn_levels} must have one flag per level of "
@@ -150,7 +162,7 @@ class UNet(nn.Module):
         if context is not None:
             memory, memory_mask = self._encode_context(mods, context, train)
         cond = _conditioning(mods, logsnr, text, text_mask, cfg.cond_dim)
-        h = mods["conv_in"](space_to_depth(z.astype(self.dtype), cfg.patch_size))
+        h = self._stem(mods, z)
         if cond_image is not None:
             _check_resolution(cond_image.shape, cfg.downsample_factor)
             x_c = space_to_depth(cond_image.astype(self.dtype), cfg.patch_size)
@@ -203,7 +215,21 @@ class UNet(nn.Module):
             "pooled_text": layers.dense(
                 cfg.cond_dim, ("embed", "mlp"), name="pooled_text", **f32
             ),
+            "pool": (
+                layers.AttentionPool(
+                    cfg.num_heads, param_dtype=self.param_dtype, name="text_pool"
+                )
+                if cfg.text_pool == "attention"
+                else masked_mean
+            ),
         }
+
+    def _stem(self, mods, x: jax.Array) -> jax.Array:
+        """Patchify (and append coordinates to) an image; the first conv."""
+        x = space_to_depth(x.astype(self.dtype), self.config.patch_size)
+        if self.config.coord_channels:
+            x = jnp.concatenate([x, coordinate_maps(x)], axis=-1)
+        return mods["conv_in"](x)
 
     def _encode_context(self, mods, context: Context, train: bool):
         """Clean context images -> memory tokens [B, K*h*w, C] and their mask."""
@@ -214,11 +240,7 @@ class UNet(nn.Module):
         cond = _conditioning(
             mods, jnp.full((b * k,), 20.0), text, text_mask, self.config.cond_dim
         )
-        h = mods["conv_in"](
-            space_to_depth(
-                flat(context.images).astype(self.dtype), self.config.patch_size
-            )
-        )
+        h = self._stem(mods, flat(context.images))
         for i, level in enumerate(mods["enc"]):
             h = mods["down"][i](h) if i > 0 else h
             h = level(h, cond, text, text_mask, None, None, train)
@@ -244,7 +266,7 @@ def _conditioning(mods, logsnr, text, text_mask, dim) -> jax.Array:
     # log-SNR spans about [-20, 20]; scaled so the sinusoids resolve it.
     t_emb = layers.sinusoidal_embedding(logsnr * 50.0, dim)
     t_emb = mods["time_2"](nn.silu(mods["time_1"](t_emb)))
-    return t_emb + mods["pooled_text"](masked_mean(text, text_mask))
+    return t_emb + mods["pooled_text"](mods["pool"](text, text_mask))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -252,6 +274,15 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     m = mask.astype(jnp.float32)[..., None]
     total = jnp.sum(x.astype(jnp.float32) * m, axis=1)
     return total / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+def coordinate_maps(x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H, W, 2]: row and column centres in [-1, 1]."""
+    b, h, w, _ = x.shape
+    rows = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h * 2.0 - 1.0
+    cols = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w * 2.0 - 1.0
+    grid = jnp.stack(jnp.meshgrid(rows, cols, indexing="ij"), axis=-1)
+    return jnp.broadcast_to(grid, (b, h, w, 2)).astype(x.dtype)
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:

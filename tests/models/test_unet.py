@@ -1,5 +1,7 @@
 """UNet and Imagen model: shapes, dtypes, axis names, conditioning."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,8 +69,11 @@ def test_fresh_model_predicts_zero():
     assert float(jnp.abs(model.apply({"params": params}, *inputs)).max()) == 0.0
 
 
-def test_text_padding_does_not_matter_but_text_does():
-    model = UNet(CFG)
+@pytest.mark.parametrize(
+    "options", [{}, {"text_pool": "attention", "coord_channels": True}]
+)
+def test_text_padding_does_not_matter_but_text_does(options):
+    model = UNet(dataclasses.replace(CFG, **options))
     z, logsnr, text, mask = _inputs()
     params = _init_perturbed(model, (z, logsnr, text, mask))
     out = model.apply({"params": params}, z, logsnr, text, mask)
@@ -77,6 +82,44 @@ def test_text_padding_does_not_matter_but_text_does():
     np.testing.assert_allclose(out2, out, atol=1e-5)
     out3 = model.apply({"params": params}, z, logsnr, text.at[0, 0].set(3.0), mask)
     assert float(jnp.abs(out3[0] - out[0]).max()) > 1e-4
+
+
+def test_attention_pool_starts_as_the_masked_mean_and_ignores_padding():
+    from imagen_jax.models.unet import masked_mean
+
+    _, _, text, mask = _inputs(dim=12)
+    pool = layers.AttentionPool(num_heads=3)
+    params = pool.init(jax.random.PRNGKey(0), text, mask)
+    np.testing.assert_allclose(
+        pool.apply(params, text, mask), masked_mean(text, mask), atol=1e-6
+    )
+    query = jax.random.normal(jax.random.PRNGKey(1), (12,))
+    trained = {"params": {"query": query}}
+    out = pool.apply(trained, text, mask)
+    assert float(jnp.abs(out - masked_mean(text, mask)).max()) > 1e-3
+    # Row 0 has 3 valid tokens: what the padding holds does not matter.
+    np.testing.assert_allclose(
+        pool.apply(trained, text.at[0, 3:].set(50.0), mask), out, atol=1e-6
+    )
+    # Dropped text (all masked) pools to zeros, not nan.
+    assert float(jnp.abs(pool.apply(trained, text, mask & False)).max()) == 0.0
+
+
+def test_coordinate_channels_reach_the_stem():
+    from imagen_jax.models.unet import coordinate_maps
+
+    grid = coordinate_maps(jnp.zeros((1, 4, 4, 3)))
+    np.testing.assert_allclose(grid[0, 0, 0], [-0.75, -0.75])
+    np.testing.assert_allclose(grid[0, 3, 1], [0.75, -0.25])  # (row, column)
+    cfg = dataclasses.replace(CFG, coord_channels=True, patch_size=2)
+    params = UNet(cfg).init(jax.random.PRNGKey(0), *_inputs())["params"]
+    # 2x2 patches of RGB (12 channels) + 2 coordinate channels.
+    assert nn.meta.unbox(params)["conv_in"]["kernel"].shape[2] == 14
+
+
+def test_bad_text_pool_is_a_clear_error():
+    with pytest.raises(ValueError, match="text_pool"):
+        dataclasses.replace(CFG, text_pool="max")
 
 
 def test_bad_resolution_is_a_clear_error():
