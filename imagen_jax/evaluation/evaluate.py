@@ -20,19 +20,24 @@ from imagen_jax.data import shapes_world
 from imagen_jax.evaluation import grids, oracle
 
 
-def _sample_in_batches(loaded, generate, captions, batch_size, steps, scale, seed):
-    images = []
-    for i in range(0, len(captions), batch_size):
-        chunk = captions[i : i + batch_size]
-        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
-        tokens, mask = loaded.tokenizer.encode_batch(
-            padded, loaded.config.data.max_text_len
-        )
-        rng = jax.random.PRNGKey(seed + i)
-        out = generate(loaded.params, tokens, mask, rng, steps, scale)
-        images.append(sampling.to_uint8(out)[: len(chunk)])
-        print(f"  sampled {i + len(chunk)}/{len(captions)}", flush=True)
-    return np.concatenate(images)
+def _in_batches(arrays: dict, batch_size: int, fn: Callable, label: str) -> np.ndarray:
+    """uint8 images of `fn(chunk, offset)` over fixed-size chunks of `arrays`.
+
+    The last chunk is padded with copies of its last row so that every call
+    has one compiled shape; the padding's outputs are dropped.
+    """
+    n = len(next(iter(arrays.values())))
+    out = []
+    for i in range(0, n, batch_size):
+        chunk = {k: v[i : i + batch_size] for k, v in arrays.items()}
+        m = len(next(iter(chunk.values())))
+        chunk = {
+            k: np.concatenate([v, np.repeat(v[-1:], batch_size - m, 0)])
+            for k, v in chunk.items()
+        }
+        out.append(sampling.to_uint8(fn(chunk, i))[:m])
+        print(f"  {label}: sampled {i + m}/{n}", flush=True)
+    return np.concatenate(out)
 
 
 def single_object(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
@@ -43,14 +48,23 @@ def single_object(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     generate = sampling.make_generate_fn(
         loaded.model, loaded.config, sample_cfg.sampler
     )
-    images = _sample_in_batches(
-        loaded,
-        generate,
-        [p["caption"] for p in prompts],
-        eval_cfg.batch_size,
-        sample_cfg.steps,
-        sample_cfg.guidance,
-        seed=1234,
+    tokens, mask = loaded.tokenizer.encode_batch(
+        [p["caption"] for p in prompts], loaded.config.data.max_text_len
+    )
+
+    def fn(chunk, offset):
+        rng = jax.random.PRNGKey(1234 + offset)
+        return generate(
+            loaded.params,
+            chunk["tokens"],
+            chunk["mask"],
+            rng,
+            sample_cfg.steps,
+            sample_cfg.guidance,
+        )
+
+    images = _in_batches(
+        {"tokens": tokens, "mask": mask}, eval_cfg.batch_size, fn, "held-out"
     )
     scores = [oracle.score_single(img, p["scene"]) for img, p in zip(images, prompts)]
     grids.save_grid(images, os.path.join(out_dir, "single_object.png"))
@@ -94,26 +108,19 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
         yield name, examples, {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
 
 
-def _generate_tasks(loaded, generate, batch, sample_cfg, batch_size, seed):
-    n = batch["text_tokens"].shape[0]
-    out = []
-    for i in range(0, n, batch_size):
-        chunk = {k: v[i : i + batch_size] for k, v in batch.items()}
-        pad = batch_size - chunk["text_tokens"].shape[0]
-        chunk = {
-            k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()
-        }  # one compiled shape
-        images = generate(
+def _generate_tasks(loaded, generate, batch, sample_cfg, batch_size, seed, label):
+    def fn(chunk, offset):
+        return generate(
             loaded.params,
             chunk,
-            jax.random.PRNGKey(seed + i),
+            jax.random.PRNGKey(seed + offset),
             sample_cfg.steps,
             sample_cfg.guidance,
             sample_cfg.image_guidance,
             int(sample_cfg.oscillate),
         )
-        out.append(sampling.to_uint8(images)[: batch_size - pad])
-    return np.concatenate(out)
+
+    return _in_batches(batch, batch_size, fn, label)
 
 
 def _task_rows(name, examples, images, suffix=""):
@@ -151,7 +158,13 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             loaded, names, eval_cfg.per_task, unseen
         ):
             images = _generate_tasks(
-                loaded, generate, batch, sample_cfg, eval_cfg.batch_size, seed=77
+                loaded,
+                generate,
+                batch,
+                sample_cfg,
+                eval_cfg.batch_size,
+                seed=77,
+                label=name + suffix,
             )
             rows += _task_rows(name, examples, images, suffix)
             grid += [images[0], examples[0].target]
