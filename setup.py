@@ -1,4 +1,5 @@
 """Shim so that `pip install -e .` works with older setuptools."""
+
 import setuptools
 
 setuptools.setup()

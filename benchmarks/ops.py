@@ -30,9 +30,20 @@ OPS = [
     ("attention_8x64_8x8", "attn", (8, 8, 64)),
     ("dense_128_to_512_16x16", "dense", (16, 128, 512)),
 ]
+# JAX-only rewrites of the same ops (named base/variant), compared against the
+# base op of the other framework: a 3x3 conv as one im2col matmul, attention
+# with heads moved in front so both einsums are plain batched GEMMs.
+JAX_VARIANTS = [
+    ("conv3x3_64ch_32x32/im2col", "conv_im2col", (32, 64, 64)),
+    ("conv3x3_128ch_16x16/im2col", "conv_im2col", (16, 128, 128)),
+    ("conv3x3_256ch_8x8/im2col", "conv_im2col", (8, 256, 256)),
+    ("attention_8x64_16x16/heads_first", "attn_heads_first", (16, 8, 64)),
+    ("attention_8x64_8x8/heads_first", "attn_heads_first", (8, 8, 64)),
+]
 
 
 def flops(kind, args) -> float:
+    kind = kind.split("_")[0]
     if kind == "conv":
         r, cin, cout = args
         return 3 * 2 * BATCH * r * r * cin * cout * 9
@@ -74,6 +85,18 @@ def jax_op(kind, args):
             return jnp.sum(y**2)
 
         inputs = (x, w)
+    elif kind == "conv_im2col":
+        r, cin, cout = args
+        x = jax.random.normal(key, (BATCH, r, r, cin))
+        w = jax.random.normal(key, (3, 3, cin, cout)) * 0.05
+
+        def f(x, w):
+            xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            cols = [xp[:, i : i + r, j : j + r] for i in range(3) for j in range(3)]
+            y = jnp.concatenate(cols, axis=-1) @ w.reshape(9 * cin, cout)
+            return jnp.sum(y**2)
+
+        inputs = (x, w)
     elif kind == "norm":
         r, c = args
         x = jax.random.normal(key, (BATCH, r, r, c))
@@ -96,6 +119,19 @@ def jax_op(kind, args):
             logits = jnp.einsum("bqnd,bknd->bnqk", q, k) / dim**0.5
             w = jax.nn.softmax(logits, axis=-1)
             return jnp.sum(jnp.einsum("bnqk,bknd->bqnd", w, v) ** 2)
+
+        inputs = (q, q * 0.5, q * 0.25)
+    elif kind == "attn_heads_first":
+        r, heads, dim = args
+        t = r * r
+        q = jax.random.normal(key, (BATCH, t, heads, dim))
+
+        def f(q, k, v):
+            q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+            logits = jnp.einsum("bnqd,bnkd->bnqk", q, k) / dim**0.5
+            w = jax.nn.softmax(logits, axis=-1)
+            out = jnp.einsum("bnqk,bnkd->bnqd", w, v).transpose(0, 2, 1, 3)
+            return jnp.sum(out**2)
 
         inputs = (q, q * 0.5, q * 0.25)
     else:
@@ -173,6 +209,7 @@ def compare(path_a: str, path_b: str) -> None:
             return {r["op"]: r for r in map(json.loads, f) if r.get("op")}
 
     a, b = load(path_a), load(path_b)
+    b.update({op: b[op.split("/")[0]] for op in a if op.split("/")[0] in b})
     fa = next(iter(a.values()))["framework"]
     fb = next(iter(b.values()))["framework"]
     print(f"| op | {fa} ms | {fb} ms | {fa} GFLOP/s | {fb} GFLOP/s | {fb}/{fa} time |")
@@ -199,7 +236,8 @@ def main() -> None:
         return
     if not args.framework:
         parser.error("give --framework jax|torch, or --compare A B")
-    for name, kind, shape in OPS:
+    ops = OPS + (JAX_VARIANTS if args.framework == "jax" else [])
+    for name, kind, shape in ops:
         if args.framework == "jax":
             fn = jax_op(kind, shape)
         else:

@@ -60,6 +60,7 @@ CHOICES = {
 # Checked when present (older configs and bench configs may lack them).
 OPTIONAL_CHOICES = {
     "model.text_pool": ("mean", "attention"),
+    "model.attn_blocks": ("all", "last"),
 }
 POSITIVE = (
     "data.batch_size",

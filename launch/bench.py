@@ -46,11 +46,5 @@ def _bench():
     print(json.dumps(out, sort_keys=True), flush=True)
 
 
-def main(argv):
-    del argv
-    common.initialize()
-    common.run_main(_bench)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main(_bench))

@@ -43,10 +43,5 @@ def _build():
     )
 
 
-def main(argv):
-    del argv
-    common.run_main(_build)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main(_build, distributed=False))

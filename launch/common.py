@@ -54,3 +54,15 @@ def run_main(fn: Callable[[], None]) -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+
+
+def main(fn: Callable[[], None], distributed: bool = True) -> Callable[[list], None]:
+    """An absl `main` running `fn` after `initialize()` (unless not distributed)."""
+
+    def absl_main(argv: list) -> None:
+        del argv
+        if distributed:
+            initialize()
+        run_main(fn)
+
+    return absl_main

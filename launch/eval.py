@@ -24,11 +24,5 @@ def _eval():
     print(f"results: {FLAGS.workdir}/eval/results.json")
 
 
-def main(argv):
-    del argv
-    common.initialize()
-    common.run_main(_eval)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main(_eval))

@@ -23,11 +23,5 @@ def _sample():
     print(f"wrote {len(images)} samples of step {loaded.step} to {path}")
 
 
-def main(argv):
-    del argv
-    common.initialize()
-    common.run_main(_sample)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main(_sample))

@@ -13,13 +13,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def _train():
     from imagen_jax import train
 
-    common.initialize()
-    common.run_main(lambda: train.train_and_evaluate(FLAGS.config, FLAGS.workdir))
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main(_train))

@@ -50,12 +50,8 @@ def test_train_record_has_the_keys_and_sane_values(unet_record):
 
 def test_train_gflop_is_about_three_forwards(unet_record):
     """Cost analysis covers the backward: a train step is ~3 forward passes."""
-    config = bench_configs.get_config("peer,smoke")
-    unet = bench.unet_of(config)
-    batch = bench._unet_batch(config, 8)
-    args = (batch["image"], jnp.zeros((8,)), batch["text"], batch["text_mask"])
+    unet, args, params = _peer_unet("peer,smoke", batch_size=8)
     with nn.logical_axis_rules(()):
-        params = jax.eval_shape(lambda: unet.init(jax.random.PRNGKey(0), *args))
         forward = jax.jit(lambda p: unet.apply(p, *args)).lower(params).compile()
     fwd_per_image = bench.compiled_gflop(forward) / 8
     ratio = unet_record["gflop_per_image"] / fwd_per_image
@@ -82,14 +78,19 @@ def test_sample_record():
     )
 
 
-def _peer_params():
-    config = bench_configs.get_config("peer")
+def _peer_unet(config_arg="peer", batch_size=1):
+    """The bench UNet, its call arguments and its (abstract, boxed) variables."""
+    config = bench_configs.get_config(config_arg)
     unet = bench.unet_of(config)
-    batch = bench._unet_batch(config, 1)
-    args = (batch["image"], jnp.zeros((1,)), batch["text"], batch["text_mask"])
+    batch = bench._unet_batch(config, batch_size)
+    args = (batch["image"], jnp.zeros((batch_size,)), batch["text"], batch["text_mask"])
     with nn.logical_axis_rules(()):
         boxed = jax.eval_shape(lambda: unet.init(jax.random.PRNGKey(0), *args))
-    return nn.meta.unbox(boxed)["params"]
+    return unet, args, boxed
+
+
+def _peer_params():
+    return nn.meta.unbox(_peer_unet()[2])["params"]
 
 
 def test_peer_config_matches_imagen_pytorch_spec():

@@ -136,6 +136,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         patch_size=m.patch_size,
         text_pool=m.get("text_pool", "mean"),
         coord_channels=m.get("coord_channels", False),
+        attn_blocks=m.get("attn_blocks", "all"),
     )
     text_config = t5.T5Config(
         vocab_size=vocab_size,

@@ -47,6 +47,10 @@ class UNetConfig:
       coord_channels: append (row, column) coordinate maps in [-1, 1] to the
         stem's input (CoordConv), so that "top left" has somewhere to go
         without the network first inferring position from the borders.
+      attn_blocks: which ResNet blocks of an attention level are followed by
+        attention: "all" (Instruct-Imagen: every block of those stages) or
+        "last" (once per level, after its ResNet blocks, where imagen-pytorch
+        puts its transformer block). The same with num_res_blocks=1.
     """
 
     base_channels: int = 32
@@ -62,8 +66,13 @@ class UNetConfig:
     patch_size: int = 1
     text_pool: str = "mean"
     coord_channels: bool = False
+    attn_blocks: str = "all"
 
     def __post_init__(self):
+        if self.attn_blocks not in ("all", "last"):
+            raise ValueError(
+                f"attn_blocks must be 'all' or 'last', got {self.attn_blocks!r}"
+            )
         if self.text_pool not in ("mean", "attention"):
             raise ValueError(
                 f"text_pool must be 'mean' or 'attention', got {self.text_pool!r}"
@@ -80,7 +89,7 @@ class UNetConfig:
 
 
 class Level(nn.Module):
-    """`num_res_blocks` ResNet blocks, each followed by attention when asked.
+    """`num_res_blocks` ResNet blocks, followed by attention when asked.
 
     With `memory` (the encoded context items) each attention block also gets a
     context cross-attention beside the text cross-attention (Re-Imagen /
@@ -98,7 +107,8 @@ class Level(nn.Module):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         for b in range(cfg.num_res_blocks):
             h = layers.ResBlock(self.features, cfg.dropout, **kw)(h, cond, train)
-            if self.attend:
+            last = b == cfg.num_res_blocks - 1
+            if self.attend and (cfg.attn_blocks == "all" or last):
                 h = _attend(h, text, text_mask, cfg, kw)
                 if memory is not None:
                     h = layers.Attention(

@@ -117,9 +117,21 @@ def test_coordinate_channels_reach_the_stem():
     assert nn.meta.unbox(params)["conv_in"]["kernel"].shape[2] == 14
 
 
-def test_bad_text_pool_is_a_clear_error():
-    with pytest.raises(ValueError, match="text_pool"):
-        dataclasses.replace(CFG, text_pool="max")
+@pytest.mark.parametrize("attn_blocks, per_level", [("all", 2), ("last", 1)])
+def test_attention_blocks_per_level(attn_blocks, per_level):
+    cfg = dataclasses.replace(CFG, num_res_blocks=2, attn_blocks=attn_blocks)
+    params = UNet(cfg).init(jax.random.PRNGKey(0), *_inputs())["params"]
+    for level in ("enc_1", "dec_1"):
+        attns = [k for k in params[level] if k.startswith("Attention")]
+        # Self- and text cross-attention after each attending ResNet block.
+        assert len(attns) == 2 * per_level, (level, sorted(params[level]))
+    assert not any(k.startswith("Attention") for k in params["enc_0"])
+
+
+@pytest.mark.parametrize("field", ["text_pool", "attn_blocks"])
+def test_bad_choice_is_a_clear_error(field):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(CFG, **{field: "max"})
 
 
 def test_bad_resolution_is_a_clear_error():
