@@ -120,7 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 1_800
+    c.train.num_steps = 2_500
     # Stop early (with a checkpoint) after this many minutes; 0 = no limit.
     c.train.time_budget_minutes = arg.minutes
     c.train.log_every = 50

@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
 WORKDIR="${WORKDIR:-runs/demo}"
 DATA_DIR="${DATA_DIR:-data}"
-MINUTES="${MINUTES:-19}"
+MINUTES="${MINUTES:-23}"
 CONFIG="experiments/t2i_shapes.py:minutes=$MINUTES"
 START=$(date +%s)
 
