@@ -13,7 +13,12 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 VENV="$HERE/.venv-peer"
-PY="${PYTHON:-/work/venv/ij/bin/python}"
+# Ours runs in the project's environment (launch/setup_env.sh makes .venv).
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+if [[ ! -x "$PY" ]]; then
+  echo "error: $PY not found; run 'bash launch/test.sh' (or set PYTHON) first" >&2
+  exit 1
+fi
 TORCH_VERSION="2.13.0"
 
 has_peer() {
