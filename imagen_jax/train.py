@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
 from imagen_jax import checkpointing, config_utils, sampling, sharding
 from imagen_jax.data import pipeline
@@ -81,9 +83,12 @@ def _text_encoder_mask(params, frozen_value: bool):
     return jax.tree_util.tree_map_with_path(flag, params)
 
 
-def build_optimizer(config):
-    """The optimizer; a frozen text encoder gets zero updates (and no state)."""
-    opt, lr = make_optimizer(config.optim, config.train.num_steps)
+def build_optimizer(config, num_steps: int | None = None):
+    """The optimizer; a frozen text encoder gets zero updates (and no state).
+
+    `num_steps` is where the LR schedule ends (default `config.train.num_steps`).
+    """
+    opt, lr = make_optimizer(config.optim, num_steps or config.train.num_steps)
     if not config.text.frozen:
         return opt, lr
     trained = functools.partial(_text_encoder_mask, frozen_value=False)
@@ -303,7 +308,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             process_count=jax.process_count(),
         )
     )
-    tx, lr_fn = build_optimizer(config)
+    horizon = _Horizon(workdir, config)
+    tx, lr_fn = build_optimizer(config, horizon.num_steps)
     state, state_shardings = init_state(model, tx, config, mesh, rules)
     mngr = checkpointing.manager(
         os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints
@@ -312,17 +318,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step_fn, batch_sharding = compile_train_step(
         model, tx, config, mesh, state_shardings
     )
-    loop = _Loop(config, workdir, model, tokenizer, mngr, lr_fn)
+
+    def reschedule(num_steps):
+        horizon.save(num_steps)
+        tx, lr_fn = build_optimizer(config, num_steps)
+        step_fn, _ = compile_train_step(model, tx, config, mesh, state_shardings)
+        return step_fn, lr_fn
+
+    loop = _Loop(config, workdir, model, tokenizer, mngr, lr_fn, horizon.num_steps)
     with mesh, nn.logical_axis_rules(rules):
-        state = loop.run(state, data_iter, step_fn, batch_sharding)
+        state = loop.run(state, data_iter, step_fn, batch_sharding, reschedule)
     return state
+
+
+def budget_horizon(step: int, steps_per_s: float, seconds_left: float, num_steps: int):
+    """The last step a time budget reaches at the measured rate (<= num_steps)."""
+    return min(num_steps, step + max(int(steps_per_s * seconds_left), 1))
+
+
+class _Horizon:
+    """Where this run's LR schedule ends, kept in the workdir.
+
+    `config.train.num_steps` unless a time budget shortened the run (see
+    `_Loop.run`); the shortened horizon is saved so that re-running the same
+    command resumes on the same schedule (and a finished run stays finished).
+    """
+
+    def __init__(self, workdir: str, config):
+        self.path = os.path.join(workdir, "schedule.json")
+        self.num_steps = config.train.num_steps
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.num_steps = min(self.num_steps, int(json.load(f)["num_steps"]))
+
+    def save(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+        if jax.process_index() == 0:
+            with open(self.path, "w") as f:
+                json.dump({"num_steps": num_steps}, f)
 
 
 class _Loop:
     """The host-side loop: metrics, progress, sample grids, checkpoints."""
 
-    def __init__(self, config, workdir, model, tokenizer, mngr, lr_fn):
+    def __init__(self, config, workdir, model, tokenizer, mngr, lr_fn, num_steps=None):
         self.config, self.workdir, self.mngr, self.lr_fn = config, workdir, mngr, lr_fn
+        self.num_steps = num_steps or config.train.num_steps
         self.writer = metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() > 0
         )
@@ -332,12 +373,20 @@ class _Loop:
         self.model, self.tokenizer = model, tokenizer
         self._generate = None
 
-    def run(self, state, data_iter, step_fn, batch_sharding):
+    def run(self, state, data_iter, step_fn, batch_sharding, reschedule=None):
+        """Trains to `self.num_steps` or the time budget, whichever comes first.
+
+        With a time budget, a decaying LR schedule and `reschedule` (steps ->
+        (step_fn, lr_fn)), the rate measured over the first `log_every` steps
+        decides whether the schedule fits; if not it is shortened to end when
+        the budget does (one recompilation), so the run always anneals.
+        """
         t = self.config.train
         first = step = int(state.step)
         start = t0 = time.time()
         budget, pending = t.time_budget_minutes * 60.0, []
-        while step < t.num_steps:
+        adapt = bool(budget and reschedule and self.config.optim.decay != "constant")
+        while step < self.num_steps:
             batch = sharding.global_batch(next(data_iter), batch_sharding)
             state, metrics = step_fn(state, batch)
             step += 1
@@ -346,15 +395,18 @@ class _Loop:
             if step == first + 1:  # rates exclude compilation
                 jax.block_until_ready(metrics)
                 start = time.time()
+            if adapt and step == first + 1 + t.log_every:
+                adapt = False
+                step_fn = self._fit_budget(step, first, start, t0, step_fn, reschedule)
             self.progress(step)
             pending.append(metrics)
-            if step % t.log_every == 0 or step == t.num_steps:
+            if step % t.log_every == 0 or step == self.num_steps:
                 self._log(step, pending, start, first)
                 pending = []
             if step % t.sample_every == 0:
                 self.write_samples(state, step)
             out_of_time = budget and time.time() - t0 > budget
-            if step % t.checkpoint_every == 0 or step == t.num_steps or out_of_time:
+            if step % t.checkpoint_every == 0 or step == self.num_steps or out_of_time:
                 self._check_finite(metrics, step)
                 checkpointing.save(self.mngr, step, state, data_iter.get_state())
             if out_of_time:
@@ -367,6 +419,26 @@ class _Loop:
         self.mngr.wait_until_finished()
         self.writer.flush()
         return state
+
+    def _fit_budget(self, step, first, start, t0, step_fn, reschedule):
+        now = time.time()
+        rate = (step - first - 1) / max(now - start, 1e-9)
+        # Keep back the first step's time: the new schedule compiles again.
+        left = self.config.train.time_budget_minutes * 60.0 - (now - t0) - (start - t0)
+        horizon = budget_horizon(step, rate, left, self.num_steps)
+        # Every host must switch at the same step to the same schedule.
+        horizon = int(multihost_utils.broadcast_one_to_all(np.int32(horizon)))
+        if horizon >= self.num_steps:
+            return step_fn
+        print(
+            f"{self.num_steps} steps do not fit the "
+            f"{self.config.train.time_budget_minutes} min budget at {rate:.2f} "
+            f"steps/s: the LR schedule now ends at step {horizon}",
+            flush=True,
+        )
+        self.num_steps = horizon
+        step_fn, self.lr_fn = reschedule(horizon)
+        return step_fn
 
     def _check_finite(self, metrics, step):
         loss = float(metrics["loss"])
@@ -382,9 +454,9 @@ class _Loop:
         mean["lr"] = float(self.lr_fn(step))
         self.writer.write_scalars(step, mean)
         rate = (step - first - 1) / max(time.time() - start, 1e-9)
-        eta = (self.config.train.num_steps - step) / max(rate, 1e-9)
+        eta = (self.num_steps - step) / max(rate, 1e-9)
         print(
-            f"step {step}/{self.config.train.num_steps}  loss {mean['loss']:.4f}  "
+            f"step {step}/{self.num_steps}  loss {mean['loss']:.4f}  "
             f"{rate:.2f} steps/s  {rate * self.config.data.batch_size:.1f} img/s  "
             f"ETA {eta / 60:.1f} min",
             flush=True,

@@ -189,3 +189,41 @@ def test_restore_params_partial_and_shape_errors(tmp_path):
     wrong["unet"]["conv_in"]["bias"] = jnp.zeros((5,))
     with pytest.raises(checkpointing.CheckpointError, match=r"conv_in.*shape"):
         checkpointing.restore_params(str(tmp_path), wrong, partial=True)
+
+
+def test_budget_horizon():
+    # 2 steps/s with 100 s left from step 60 reaches step 260.
+    assert train.budget_horizon(60, 2.0, 100.0, 1000) == 260
+    assert train.budget_horizon(60, 50.0, 100.0, 1000) == 1000  # it all fits
+    assert train.budget_horizon(60, 2.0, -5.0, 1000) == 61  # over budget already
+
+
+def test_time_budget_shortens_the_schedule_and_keeps_it(tmp_path, monkeypatch):
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup()
+    cfg.train.num_steps, cfg.train.log_every = 1000, 5
+    cfg.train.checkpoint_every, cfg.train.sample_every = 10_000, 10_000
+    cfg.train.time_budget_minutes = 0.5
+    # A clock that ticks one second per reading: about one second per step.
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(train.time, "time", lambda: float(next(ticks)))
+    asked = []
+
+    def reschedule(num_steps):
+        asked.append(num_steps)
+        train._Horizon(str(tmp_path), cfg).save(num_steps)
+        return step_fn, train.build_optimizer(cfg, num_steps)[1]
+
+    model = train.build_model(cfg, tok.vocab_size)
+    mngr = checkpointing.manager(str(tmp_path / "checkpoints"))
+    loop = train._Loop(cfg, str(tmp_path), model, tok, mngr, lambda s: 0.0)
+    with mesh, nn.logical_axis_rules(rules):
+        state = loop.run(state, _Batches(_batch(cfg, tok)), step_fn, bs, reschedule)
+    # 1000 steps at ~1 step/s do not fit 30 s: the schedule was cut once, to a
+    # horizon inside the budget, and the run stopped there.
+    assert len(asked) == 1 and 6 < asked[0] < 30
+    assert int(state.step) <= asked[0] and loop.num_steps == asked[0]
+    # The shortened schedule still anneals: the LR at its end is the cosine floor.
+    lr_fn = train.build_optimizer(cfg, asked[0])[1]
+    assert float(lr_fn(asked[0])) == pytest.approx(0.05 * cfg.optim.lr, rel=1e-5)
+    # A re-run of the same workdir starts from the saved horizon.
+    assert train._Horizon(str(tmp_path), cfg).num_steps == asked[0]
