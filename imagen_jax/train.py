@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -49,28 +48,92 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     return get_tokenizer(config.text.tokenizer, extra_tokens=MARKERS, **kwargs)
 
 
+class LRState(NamedTuple):
+    """State of `scale_by_lr_schedule`.
+
+    `horizon` is the step at which the schedule ends; it is data, not a
+    constant of the compiled step, so a time budget can move it while training
+    (`set_horizon`) without recompiling. `planned` is the `num_steps` it was
+    created for, so a resumed run with another `num_steps` starts over from it.
+    """
+
+    count: jax.Array
+    horizon: jax.Array
+    planned: jax.Array
+
+
+def learning_rate(optim: ml_collections.ConfigDict, step, horizon) -> jax.Array:
+    """Linear warm-up to `optim.lr`, then constant or cosine to 5% at `horizon`."""
+    step = jnp.asarray(step, jnp.float32)
+    warmup = optim.warmup_steps
+    ramp = jnp.minimum(step / max(warmup, 1), 1.0)
+    if optim.decay == "constant":
+        return optim.lr * ramp
+    frac = (step - warmup) / jnp.maximum(jnp.asarray(horizon, jnp.float32) - warmup, 1)
+    cosine = 0.05 + 0.95 * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(frac, 0.0, 1.0)))
+    return optim.lr * jnp.where(step < warmup, ramp, cosine)
+
+
+def scale_by_lr_schedule(optim, num_steps: int) -> optax.GradientTransformation:
+    """Multiplies updates by -learning_rate(count, horizon) (gradient descent)."""
+
+    def init(params):
+        del params
+        n = jnp.asarray(num_steps, jnp.int32)
+        return LRState(jnp.zeros([], jnp.int32), n, n)
+
+    def update(updates, state, params=None):
+        del params
+        lr = learning_rate(optim, state.count, state.horizon)
+        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+        count = optax.safe_int32_increment(state.count)
+        return updates, state._replace(count=count)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> Any:
-    """Warm-up then constant or cosine LR; AdamW or Adafactor; clipping."""
-    decay_steps = max(num_steps - optim.warmup_steps, 1)
-    after = {
-        "constant": optax.constant_schedule(optim.lr),
-        "cosine": optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=0.05),
-    }
-    if optim.decay not in after:
-        raise ValueError(f"unknown optim.decay {optim.decay!r}; use {sorted(after)}")
-    lr = optax.join_schedules(
-        [optax.linear_schedule(0.0, optim.lr, optim.warmup_steps), after[optim.decay]],
-        [optim.warmup_steps],
-    )
+    """Warm-up then constant or cosine LR; AdamW or Adafactor; clipping.
+
+    Returns the transformation and `lr_fn(step, horizon)`.
+    """
+    if optim.decay not in ("constant", "cosine"):
+        raise ValueError(
+            f"unknown optim.decay {optim.decay!r}; use ['constant', 'cosine']"
+        )
     if optim.name == "adamw":
-        opt = optax.adamw(lr, optim.b1, optim.b2, weight_decay=optim.weight_decay)
+        opt = optax.chain(
+            optax.scale_by_adam(optim.b1, optim.b2),
+            optax.add_decayed_weights(optim.weight_decay),
+        )
     elif optim.name == "adafactor":
-        opt = optax.adafactor(lr, momentum=optim.b1, decay_rate=optim.b2)
+        # The LR applies after Adafactor's momentum (as AdamW's after Adam's).
+        opt = optax.chain(
+            optax.adafactor(None, momentum=optim.b1, decay_rate=optim.b2),
+            optax.scale(-1.0),
+        )
     else:
         raise ValueError(
             f"unknown optim.name {optim.name!r}; use 'adamw' or 'adafactor'"
         )
-    return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt), lr
+    tx = optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip),
+        opt,
+        scale_by_lr_schedule(optim, num_steps),
+    )
+    return tx, functools.partial(learning_rate, optim)
+
+
+def get_horizon(opt_state) -> int:
+    """Where the LR schedule of this optimizer state ends."""
+    return int(optax.tree_utils.tree_get(opt_state, "horizon"))
+
+
+def set_horizon(opt_state, horizon: int):
+    """The optimizer state with its LR schedule ending at `horizon`."""
+    old = optax.tree_utils.tree_get(opt_state, "horizon")
+    new = jax.device_put(np.asarray(horizon, np.int32), old.sharding)
+    return optax.tree_utils.tree_set(opt_state, horizon=new)
 
 
 def _text_encoder_mask(params, frozen_value: bool):
@@ -83,12 +146,9 @@ def _text_encoder_mask(params, frozen_value: bool):
     return jax.tree_util.tree_map_with_path(flag, params)
 
 
-def build_optimizer(config, num_steps: int | None = None):
-    """The optimizer; a frozen text encoder gets zero updates (and no state).
-
-    `num_steps` is where the LR schedule ends (default `config.train.num_steps`).
-    """
-    opt, lr = make_optimizer(config.optim, num_steps or config.train.num_steps)
+def build_optimizer(config):
+    """The optimizer; a frozen text encoder gets zero updates (and no state)."""
+    opt, lr = make_optimizer(config.optim, config.train.num_steps)
     if not config.text.frozen:
         return opt, lr
     trained = functools.partial(_text_encoder_mask, frozen_value=False)
@@ -308,8 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             process_count=jax.process_count(),
         )
     )
-    horizon = _Horizon(workdir, config)
-    tx, lr_fn = build_optimizer(config, horizon.num_steps)
+    tx, lr_fn = build_optimizer(config)
     state, state_shardings = init_state(model, tx, config, mesh, rules)
     mngr = checkpointing.manager(
         os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints
@@ -318,16 +377,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step_fn, batch_sharding = compile_train_step(
         model, tx, config, mesh, state_shardings
     )
-
-    def reschedule(num_steps):
-        horizon.save(num_steps)
-        tx, lr_fn = build_optimizer(config, num_steps)
-        step_fn, _ = compile_train_step(model, tx, config, mesh, state_shardings)
-        return step_fn, lr_fn
-
-    loop = _Loop(config, workdir, model, tokenizer, mngr, lr_fn, horizon.num_steps)
+    loop = _Loop(config, workdir, model, tokenizer, mngr, lr_fn)
     with mesh, nn.logical_axis_rules(rules):
-        state = loop.run(state, data_iter, step_fn, batch_sharding, reschedule)
+        state = loop.run(state, data_iter, step_fn, batch_sharding)
     return state
 
 
@@ -336,34 +388,12 @@ def budget_horizon(step: int, steps_per_s: float, seconds_left: float, num_steps
     return min(num_steps, step + max(int(steps_per_s * seconds_left), 1))
 
 
-class _Horizon:
-    """Where this run's LR schedule ends, kept in the workdir.
-
-    `config.train.num_steps` unless a time budget shortened the run (see
-    `_Loop.run`); the shortened horizon is saved so that re-running the same
-    command resumes on the same schedule (and a finished run stays finished).
-    """
-
-    def __init__(self, workdir: str, config):
-        self.path = os.path.join(workdir, "schedule.json")
-        self.num_steps = config.train.num_steps
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.num_steps = min(self.num_steps, int(json.load(f)["num_steps"]))
-
-    def save(self, num_steps: int) -> None:
-        self.num_steps = num_steps
-        if jax.process_index() == 0:
-            with open(self.path, "w") as f:
-                json.dump({"num_steps": num_steps}, f)
-
-
 class _Loop:
     """The host-side loop: metrics, progress, sample grids, checkpoints."""
 
-    def __init__(self, config, workdir, model, tokenizer, mngr, lr_fn, num_steps=None):
+    def __init__(self, config, workdir, model, tokenizer, mngr, lr_fn):
         self.config, self.workdir, self.mngr, self.lr_fn = config, workdir, mngr, lr_fn
-        self.num_steps = num_steps or config.train.num_steps
+        self.num_steps = config.train.num_steps
         self.writer = metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() > 0
         )
@@ -373,19 +403,24 @@ class _Loop:
         self.model, self.tokenizer = model, tokenizer
         self._generate = None
 
-    def run(self, state, data_iter, step_fn, batch_sharding, reschedule=None):
-        """Trains to `self.num_steps` or the time budget, whichever comes first.
+    def run(self, state, data_iter, step_fn, batch_sharding):
+        """Trains to the schedule's horizon or the time budget, whichever is first.
 
-        With a time budget, a decaying LR schedule and `reschedule` (steps ->
-        (step_fn, lr_fn)), the rate measured over the first `log_every` steps
-        decides whether the schedule fits; if not it is shortened to end when
-        the budget does (one recompilation), so the run always anneals.
+        The horizon is `config.train.num_steps` unless a time budget moved it:
+        with a budget and a decaying LR, every `log_every` steps the rate so
+        far says where the budget will end, and the schedule's horizon (in the
+        optimizer state, so no recompilation, and kept by checkpoints) moves
+        there, so the run anneals whatever the machine's speed.
         """
         t = self.config.train
         first = step = int(state.step)
         start = t0 = time.time()
         budget, pending = t.time_budget_minutes * 60.0, []
-        adapt = bool(budget and reschedule and self.config.optim.decay != "constant")
+        adapt = bool(budget) and self.config.optim.decay != "constant"
+        planned = int(optax.tree_utils.tree_get(state.opt_state, "planned"))
+        if planned != t.num_steps:  # resumed with another plan: start from it
+            state = state.replace(opt_state=set_horizon(state.opt_state, t.num_steps))
+        self.num_steps = get_horizon(state.opt_state)
         while step < self.num_steps:
             batch = sharding.global_batch(next(data_iter), batch_sharding)
             state, metrics = step_fn(state, batch)
@@ -395,9 +430,8 @@ class _Loop:
             if step == first + 1:  # rates exclude compilation
                 jax.block_until_ready(metrics)
                 start = time.time()
-            if adapt and step == first + 1 + t.log_every:
-                adapt = False
-                step_fn = self._fit_budget(step, first, start, t0, step_fn, reschedule)
+            if adapt and step > first + 1 and step % t.log_every == 0:
+                state = self._fit_budget(state, step, first, start, t0)
             self.progress(step)
             pending.append(metrics)
             if step % t.log_every == 0 or step == self.num_steps:
@@ -420,25 +454,25 @@ class _Loop:
         self.writer.flush()
         return state
 
-    def _fit_budget(self, step, first, start, t0, step_fn, reschedule):
+    def _fit_budget(self, state, step, first, start, t0):
         now = time.time()
         rate = (step - first - 1) / max(now - start, 1e-9)
-        # Keep back the first step's time: the new schedule compiles again.
-        left = self.config.train.time_budget_minutes * 60.0 - (now - t0) - (start - t0)
-        horizon = budget_horizon(step, rate, left, self.num_steps)
-        # Every host must switch at the same step to the same schedule.
+        left = self.config.train.time_budget_minutes * 60.0 - (now - t0)
+        horizon = budget_horizon(step, rate, left, self.config.train.num_steps)
+        # Every host must move to the same horizon at the same step.
         horizon = int(multihost_utils.broadcast_one_to_all(np.int32(horizon)))
-        if horizon >= self.num_steps:
-            return step_fn
-        print(
-            f"{self.num_steps} steps do not fit the "
-            f"{self.config.train.time_budget_minutes} min budget at {rate:.2f} "
-            f"steps/s: the LR schedule now ends at step {horizon}",
-            flush=True,
-        )
+        if horizon == self.num_steps:
+            return state
+        if self.num_steps == self.config.train.num_steps:
+            print(
+                f"{self.num_steps} steps do not fit the "
+                f"{self.config.train.time_budget_minutes} min budget at {rate:.2f} "
+                f"steps/s: the LR schedule now ends at step {horizon} (re-estimated "
+                f"every {self.config.train.log_every} steps)",
+                flush=True,
+            )
         self.num_steps = horizon
-        step_fn, self.lr_fn = reschedule(horizon)
-        return step_fn
+        return state.replace(opt_state=set_horizon(state.opt_state, horizon))
 
     def _check_finite(self, metrics, step):
         loss = float(metrics["loss"])
@@ -451,7 +485,8 @@ class _Loop:
     def _log(self, step, pending, start, first):
         metrics = jax.device_get(pending)
         mean = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
-        mean["lr"] = float(self.lr_fn(step))
+        mean["lr"] = float(self.lr_fn(step, self.num_steps))
+        mean["lr_horizon"] = float(self.num_steps)
         self.writer.write_scalars(step, mean)
         rate = (step - first - 1) / max(time.time() - start, 1e-9)
         eta = (self.num_steps - step) / max(rate, 1e-9)
