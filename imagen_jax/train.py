@@ -129,11 +129,18 @@ def get_horizon(opt_state) -> int:
     return int(optax.tree_utils.tree_get(opt_state, "horizon"))
 
 
-def set_horizon(opt_state, horizon: int):
-    """The optimizer state with its LR schedule ending at `horizon`."""
-    old = optax.tree_utils.tree_get(opt_state, "horizon")
-    new = jax.device_put(np.asarray(horizon, np.int32), old.sharding)
-    return optax.tree_utils.tree_set(opt_state, horizon=new)
+def set_horizon(opt_state, horizon: int, replan: bool = False):
+    """The optimizer state with its LR schedule ending at `horizon`.
+
+    With `replan`, `horizon` is also the new plan (`LRState.planned`).
+    """
+    sharding = optax.tree_utils.tree_get(opt_state, "horizon").sharding
+
+    def put():  # one buffer per leaf: the step donates the state's buffers
+        return jax.device_put(np.asarray(horizon, np.int32), sharding)
+
+    fields = {"horizon": put(), "planned": put()} if replan else {"horizon": put()}
+    return optax.tree_utils.tree_set(opt_state, **fields)
 
 
 def _text_encoder_mask(params, frozen_value: bool):
@@ -388,6 +395,11 @@ def budget_horizon(step: int, steps_per_s: float, seconds_left: float, num_steps
     return min(num_steps, step + max(int(steps_per_s * seconds_left), 1))
 
 
+def _rate(step: int, first: int, start: float) -> float:
+    """Steps/s since `start` (the end of the run's first, compiling, step)."""
+    return (step - first - 1) / max(time.time() - start, 1e-9)
+
+
 class _Loop:
     """The host-side loop: metrics, progress, sample grids, checkpoints."""
 
@@ -419,7 +431,8 @@ class _Loop:
         adapt = bool(budget) and self.config.optim.decay != "constant"
         planned = int(optax.tree_utils.tree_get(state.opt_state, "planned"))
         if planned != t.num_steps:  # resumed with another plan: start from it
-            state = state.replace(opt_state=set_horizon(state.opt_state, t.num_steps))
+            opt_state = set_horizon(state.opt_state, t.num_steps, replan=True)
+            state = state.replace(opt_state=opt_state)
         self.num_steps = get_horizon(state.opt_state)
         while step < self.num_steps:
             batch = sharding.global_batch(next(data_iter), batch_sharding)
@@ -455,9 +468,8 @@ class _Loop:
         return state
 
     def _fit_budget(self, state, step, first, start, t0):
-        now = time.time()
-        rate = (step - first - 1) / max(now - start, 1e-9)
-        left = self.config.train.time_budget_minutes * 60.0 - (now - t0)
+        rate = _rate(step, first, start)
+        left = self.config.train.time_budget_minutes * 60.0 - (time.time() - t0)
         horizon = budget_horizon(step, rate, left, self.config.train.num_steps)
         # Every host must move to the same horizon at the same step.
         horizon = int(multihost_utils.broadcast_one_to_all(np.int32(horizon)))
@@ -488,7 +500,7 @@ class _Loop:
         mean["lr"] = float(self.lr_fn(step, self.num_steps))
         mean["lr_horizon"] = float(self.num_steps)
         self.writer.write_scalars(step, mean)
-        rate = (step - first - 1) / max(time.time() - start, 1e-9)
+        rate = _rate(step, first, start)
         eta = (self.num_steps - step) / max(rate, 1e-9)
         print(
             f"step {step}/{self.num_steps}  loss {mean['loss']:.4f}  "

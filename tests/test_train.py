@@ -250,3 +250,5 @@ def test_time_budget_moves_the_horizon_without_recompiling(tmp_path, monkeypatch
         cfg.train.num_steps = int(state.step) + 2
         state = loop.run(state, _Batches(_batch(cfg, tok)), step_fn, bs)
     assert loop.num_steps == cfg.train.num_steps == int(state.step)
+    planned = optax.tree_utils.tree_get(state.opt_state, "planned")
+    assert int(planned) == cfg.train.num_steps  # the new plan is kept
