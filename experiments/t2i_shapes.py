@@ -77,6 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.param = "v"
     # Min-SNR-gamma loss weighting; 0 disables it.
     c.diffusion.min_snr_gamma = 5.0
+    # Clip 1 + snr instead of snr: keeps the plain v-loss weight at high noise.
+    c.diffusion.min_snr_plus_one = False
     # Conditioning dropout for classifier-free guidance: per example one of
     # drop everything / only the text / only the context / only the input
     # image (mutually exclusive; probabilities sum to at most 1).
@@ -136,6 +138,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Thresholding of x0: "dynamic", "static" or "none".
     c.sample.clip_x0 = "static"
     c.sample.num_images = 16
+    # Sample (eval, launch.sample) with the EMA weights or the trained ones.
+    c.sample.use_ema = True
 
     c.evals = ml_collections.ConfigDict()
     c.evals.held_out = ml_collections.ConfigDict()

@@ -154,6 +154,7 @@ def unet_train_step(
             schedule_fn=schedules.get_schedule(d.schedule),
             param=d.param,
             min_snr_gamma=d.min_snr_gamma or None,
+            min_snr_plus_one=d.get("min_snr_plus_one", False),
         )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

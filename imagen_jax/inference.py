@@ -28,14 +28,19 @@ class Loaded:
 def load(
     workdir: str,
     config: ml_collections.ConfigDict | None = None,
-    use_ema: bool = True,
+    use_ema: bool | None = None,
 ) -> Loaded:
     """Rebuilds the model of `workdir` (config.json unless given) and its params.
+
+    The params are the EMA weights or the trained ones as `use_ema` says, by
+    default as the config's `sample.use_ema` says (EMA when it is unset).
 
     Raises:
       checkpointing.CheckpointError: no config or checkpoint, or a corrupt one.
     """
     config = config or checkpointing.load_config(workdir)
+    if use_ema is None:
+        use_ema = bool(config.sample.get("use_ema", True))
     tokenizer = train.make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size)
     rules = train.mesh_rules(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -287,6 +288,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
             schedule_fn=schedules.get_schedule(d.schedule),
             param=d.param,
             min_snr_gamma=d.min_snr_gamma or None,
+            min_snr_plus_one=d.get("min_snr_plus_one", False),
         )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -400,6 +402,13 @@ def _rate(step: int, first: int, start: float) -> float:
     return (step - first - 1) / max(time.time() - start, 1e-9)
 
 
+def _say(line: str) -> None:
+    """Prints a progress line in one write, so log lines from other threads
+    (the metric writer, checkpointing) cannot land in the middle of it."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class _Loop:
     """The host-side loop: metrics, progress, sample grids, checkpoints."""
 
@@ -457,11 +466,7 @@ class _Loop:
                 self._check_finite(metrics, step)
                 checkpointing.save(self.mngr, step, state, data_iter.get_state())
             if out_of_time:
-                print(
-                    f"time budget of {t.time_budget_minutes} min reached at step "
-                    f"{step}",
-                    flush=True,
-                )
+                _say(f"time budget of {t.time_budget_minutes} min reached: step {step}")
                 break
         self.mngr.wait_until_finished()
         self.writer.flush()
@@ -476,12 +481,11 @@ class _Loop:
         if horizon == self.num_steps:
             return state
         if self.num_steps == self.config.train.num_steps:
-            print(
+            _say(
                 f"{self.num_steps} steps do not fit the "
                 f"{self.config.train.time_budget_minutes} min budget at {rate:.2f} "
                 f"steps/s: the LR schedule now ends at step {horizon} (re-estimated "
-                f"every {self.config.train.log_every} steps)",
-                flush=True,
+                f"every {self.config.train.log_every} steps)"
             )
         self.num_steps = horizon
         return state.replace(opt_state=set_horizon(state.opt_state, horizon))
@@ -502,11 +506,10 @@ class _Loop:
         self.writer.write_scalars(step, mean)
         rate = _rate(step, first, start)
         eta = (self.num_steps - step) / max(rate, 1e-9)
-        print(
+        _say(
             f"step {step}/{self.num_steps}  loss {mean['loss']:.4f}  "
             f"{rate:.2f} steps/s  {rate * self.config.data.batch_size:.1f} img/s  "
-            f"ETA {eta / 60:.1f} min",
-            flush=True,
+            f"ETA {eta / 60:.1f} min"
         )
 
     def write_samples(self, state, step):

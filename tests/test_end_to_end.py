@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -52,6 +53,20 @@ def test_train_resume_eval_sample(data_dir, tmp_path):
     assert os.path.exists(os.path.join(workdir, "eval", "results.md"))
 
     loaded = inference.load(workdir)
+    # config.sample.use_ema picks the trained weights instead of the EMA ones.
+    raw_cfg = _config(data_dir, 6)
+    raw_cfg.sample.use_ema = False
+    ema, raw, raw_arg = (
+        jax.tree.leaves(x.params)
+        for x in (
+            loaded,
+            inference.load(workdir, raw_cfg),
+            inference.load(workdir, use_ema=False),
+        )
+    )
+    assert not all(np.allclose(a, b) for a, b in zip(ema, raw))
+    for a, b in zip(raw, raw_arg):
+        np.testing.assert_array_equal(a, b)
     req = instructions.parse_request(
         {"text": "a red circle", "steps": 3, "num_images": 2, "seed": 1}
     )

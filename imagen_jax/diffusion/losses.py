@@ -92,7 +92,9 @@ def target(x: jax.Array, eps: jax.Array, logsnr: jax.Array, param: str) -> jax.A
     return alpha * eps - sigma * x
 
 
-def min_snr_weight(logsnr: jax.Array, gamma: float | None, param: str) -> jax.Array:
+def min_snr_weight(
+    logsnr: jax.Array, gamma: float | None, param: str, plus_one: bool = False
+) -> jax.Array:
     """Min-SNR-gamma loss weight (Hang et al. 2023) on the `param` target's MSE.
 
     The min-SNR weighting of the x0 error is min(snr, gamma). Since
@@ -100,10 +102,17 @@ def min_snr_weight(logsnr: jax.Array, gamma: float | None, param: str) -> jax.Ar
     the same weighting on the eps and v errors is min(snr, gamma) / snr and
     min(snr, gamma) / (1 + snr).
 
+    With `plus_one` the x0 weighting is min(snr, gamma) + 1 = min(1 + snr,
+    1 + gamma): the plain v-loss's own x0 weight, 1 + snr, clipped. On the v
+    error that is min(1, (1 + gamma) / (1 + snr)): weight 1 at high noise, where
+    plain min-SNR's weight falls to ~snr and the layout (object positions) gets
+    almost no signal, and min-SNR's clipping at low noise.
+
     Args:
       logsnr: [B] log-SNR of each example.
       gamma: the clip value; None gives weight 1 (plain L2 on the target).
       param: parameterisation of the error being weighted.
+      plus_one: clip 1 + snr instead of snr (see above).
 
     Returns:
       [B] float32 weights.
@@ -115,11 +124,13 @@ def min_snr_weight(logsnr: jax.Array, gamma: float | None, param: str) -> jax.Ar
     if isinstance(gamma, int | float) and gamma <= 0:
         raise ValueError(f"min_snr_gamma must be positive or None, got {gamma}.")
     snr = jnp.exp(logsnr)
+    extra = 1.0 if plus_one else 0.0
     if param == "x0":
-        return jnp.minimum(snr, gamma)
-    if param == "eps":
-        return jnp.minimum(1.0, gamma * jnp.exp(-logsnr))  # = min(snr, gamma) / snr
-    return jnp.minimum(snr, gamma) * jax.nn.sigmoid(-logsnr)  # 1/(1+snr) = sigm(-l)
+        return jnp.minimum(snr, gamma) + extra
+    if param == "eps":  # = (min(snr, gamma) + extra) / snr
+        return jnp.minimum(1.0, gamma * jnp.exp(-logsnr)) + extra * jnp.exp(-logsnr)
+    # 1 / (1 + snr) = sigmoid(-logsnr)
+    return (jnp.minimum(snr, gamma) + extra) * jax.nn.sigmoid(-logsnr)
 
 
 def stratified_uniform(rng: jax.Array, batch_size: int) -> jax.Array:
@@ -144,6 +155,7 @@ def diffusion_loss(
     schedule_fn: schedules.ScheduleFn,
     param: str = "v",
     min_snr_gamma: float | None = 5.0,
+    min_snr_plus_one: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Denoising loss: L2 between the network output and the `param` target.
 
@@ -154,6 +166,7 @@ def diffusion_loss(
       schedule_fn: t -> logsnr (see `schedules.get_schedule`).
       param: how the network output is read: "v", "eps" or "x0".
       min_snr_gamma: min-SNR-gamma weighting; None for uniform weights.
+      min_snr_plus_one: clip 1 + snr instead of snr (see `min_snr_weight`).
 
     Returns:
       (loss, aux): the float32 scalar batch mean of the weighted loss, and [B]
@@ -170,7 +183,7 @@ def diffusion_loss(
     z = alpha * x + sigma * eps  # [B, H, W, C]
     out = apply_fn(z, logsnr).astype(jnp.float32)
     mse = _mean_over_example(jnp.square(out - target(x, eps, logsnr, param)))
-    weight = min_snr_weight(logsnr, min_snr_gamma, param)
+    weight = min_snr_weight(logsnr, min_snr_gamma, param, min_snr_plus_one)
     x0_mse = _mean_over_example(jnp.square(predict_x0(out, z, logsnr, param) - x))
     per_example = weight * mse
     aux = {

@@ -85,6 +85,24 @@ def test_min_snr_weighting_is_the_same_loss_in_every_parameterisation():
         np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=param)
 
 
+def test_min_snr_plus_one_clips_the_v_loss_weight():
+    """plus_one: x0 weight min(snr, gamma) + 1; on v, min(1, (1 + g) / (1 + snr))."""
+    logsnr = np.linspace(-20.0, 20.0, 41)
+    snr = np.exp(logsnr)
+    x0_weight = np.minimum(snr, 5.0) + 1.0
+    expected = {"x0": x0_weight, "eps": x0_weight / snr, "v": x0_weight / (snr + 1)}
+    for param in PARAMS:
+        got = losses.min_snr_weight(
+            jnp.asarray(logsnr, jnp.float32), 5.0, param, plus_one=True
+        )
+        np.testing.assert_allclose(got, expected[param], rtol=1e-5, err_msg=param)
+    v = np.asarray(
+        losses.min_snr_weight(jnp.asarray(logsnr, jnp.float32), 5.0, "v", True)
+    )
+    np.testing.assert_allclose(v[snr <= 5.0], 1.0, rtol=1e-6)  # plain v-loss
+    np.testing.assert_allclose(v[snr > 5.0], 6.0 / (snr[snr > 5.0] + 1), rtol=1e-5)
+
+
 def test_gamma_must_be_positive():
     with pytest.raises(ValueError, match="-1.0"):
         losses.min_snr_weight(jnp.zeros(2), -1.0, "v")
