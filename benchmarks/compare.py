@@ -24,6 +24,11 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from imagen_jax import xla_flags
+
+# Our side runs with the project's XLA:CPU defaults (before JAX starts).
+xla_flags.apply_defaults()
+
 config_flags.DEFINE_config_file(
     "config", "experiments/bench.py:peer", "Our bench config.", lock_config=True
 )

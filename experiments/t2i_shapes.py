@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Min-SNR-gamma loss weighting; 0 disables it.
     c.diffusion.min_snr_gamma = 5.0
     # Clip 1 + snr instead of snr: keeps the plain v-loss weight at high noise.
-    c.diffusion.min_snr_plus_one = False
+    c.diffusion.min_snr_plus_one = True
     # Conditioning dropout for classifier-free guidance: per example one of
     # drop everything / only the text / only the context / only the input
     # image (mutually exclusive; probabilities sum to at most 1).

@@ -418,9 +418,9 @@ class _Loop:
         self.writer = metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() > 0
         )
-        self.progress = periodic_actions.ReportProgress(
-            num_train_steps=config.train.num_steps, writer=self.writer
-        )
+        # No step total: a time budget moves the horizon, and clu's ETA would
+        # keep counting to `num_steps`; the progress lines carry the real ETA.
+        self.progress = periodic_actions.ReportProgress(writer=self.writer)
         self.model, self.tokenizer = model, tokenizer
         self._generate = None
 

@@ -10,6 +10,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags, logging  # noqa: E402
 
+from imagen_jax import xla_flags  # noqa: E402
+
+# Before JAX starts its backend (XLA reads XLA_FLAGS once, then).
+xla_flags.apply_defaults()
+
 flags.DEFINE_bool(
     "distributed",
     False,
