@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from imagen_jax import sampling, sharding, train
-from imagen_jax.diffusion import losses, schedules
+from imagen_jax.diffusion import losses
 from imagen_jax.models.imagen import build_model
 from imagen_jax.models.unet import UNet
 
@@ -151,10 +151,7 @@ def unet_train_step(
             apply_fn,
             batch["image"],
             loss_rng,
-            schedule_fn=schedules.get_schedule(d.schedule),
-            param=d.param,
-            min_snr_gamma=d.min_snr_gamma or None,
-            min_snr_plus_one=d.get("min_snr_plus_one", False),
+            **train.loss_options(d),
         )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -255,6 +255,16 @@ def drop_conditions(rng: jax.Array, batch: dict, drop) -> dict:
     return out
 
 
+def loss_options(d: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`losses.diffusion_loss` keyword arguments from `config.diffusion`."""
+    return dict(
+        schedule_fn=schedules.get_schedule(d.schedule),
+        param=d.param,
+        min_snr_gamma=d.min_snr_gamma or None,
+        min_snr_plus_one=d.get("min_snr_plus_one", False),
+    )
+
+
 def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> tuple:
     """One optimisation step. Pure; RNG from fold_in(seed, step)."""
     d = config.diffusion
@@ -285,10 +295,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
             apply_fn,
             x,
             loss_rng,
-            schedule_fn=schedules.get_schedule(d.schedule),
-            param=d.param,
-            min_snr_gamma=d.min_snr_gamma or None,
-            min_snr_plus_one=d.get("min_snr_plus_one", False),
+            **loss_options(d),
         )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
