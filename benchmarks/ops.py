@@ -32,13 +32,17 @@ OPS = [
 ]
 # JAX-only rewrites of the same ops (named base/variant), compared against the
 # base op of the other framework: a 3x3 conv as one im2col matmul, attention
-# with heads moved in front so both einsums are plain batched GEMMs.
+# with heads moved in front so both einsums are plain batched GEMMs, and
+# heads first with the scale on q and the softmax normalisation applied to the
+# [Q, D] output (imagen_jax.models.layers.attention).
 JAX_VARIANTS = [
     ("conv3x3_64ch_32x32/im2col", "conv_im2col", (32, 64, 64)),
     ("conv3x3_128ch_16x16/im2col", "conv_im2col", (16, 128, 128)),
     ("conv3x3_256ch_8x8/im2col", "conv_im2col", (8, 256, 256)),
     ("attention_8x64_16x16/heads_first", "attn_heads_first", (16, 8, 64)),
     ("attention_8x64_8x8/heads_first", "attn_heads_first", (8, 8, 64)),
+    ("attention_8x64_16x16/deferred_norm", "attn_deferred", (16, 8, 64)),
+    ("attention_8x64_8x8/deferred_norm", "attn_deferred", (8, 8, 64)),
 ]
 
 
@@ -132,6 +136,21 @@ def jax_op(kind, args):
             w = jax.nn.softmax(logits, axis=-1)
             out = jnp.einsum("bnqk,bnkd->bnqd", w, v).transpose(0, 2, 1, 3)
             return jnp.sum(out**2)
+
+        inputs = (q, q * 0.5, q * 0.25)
+    elif kind == "attn_deferred":
+        r, heads, dim = args
+        t = r * r
+        q = jax.random.normal(key, (BATCH, t, heads, dim))
+
+        def f(q, k, v):
+            q = q * dim**-0.5
+            q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+            logits = jnp.einsum("bnqd,bnkd->bnqk", q, k)
+            logits = logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+            e = jnp.exp(logits)
+            out = jnp.einsum("bnqk,bnkd->bnqd", e, v) / e.sum(-1, keepdims=True)
+            return jnp.sum(out.transpose(0, 2, 1, 3) ** 2)
 
         inputs = (q, q * 0.5, q * 0.25)
     else:
