@@ -1,5 +1,10 @@
 """The project's XLA:CPU defaults: merged into XLA_FLAGS, and in effect."""
 
+import os
+import resource
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -41,3 +46,59 @@ def test_convolutions_run_on_xla_kernels_not_ynnpack():
     hlo = conv.lower(x, w).compile().as_text()
     assert "convolution(" in hlo
     assert "ynn_fusion" not in hlo
+
+
+_FAULTS_OF_A_REUSED_BLOCK = """
+import ctypes, resource, threading
+from imagen_jax import xla_flags
+print(xla_flags.retain_freed_memory())
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 64 << 20
+
+def touch_and_free():
+    block = libc.malloc(SIZE)
+    ctypes.memset(block, 1, SIZE)
+    libc.free(block)
+
+def churn(out):
+    # A 64 MB block from a worker thread, as XLA allocates its temporaries
+    # (plain malloc: numpy would ask for huge pages): touched and freed, then
+    # allocated and touched again.
+    touch_and_free()
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    touch_and_free()
+    out.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+
+out = []
+worker = threading.Thread(target=churn, args=(out,))
+worker.start()
+worker.join()
+print(out[0])
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="glibc's allocator (Linux)"
+)
+@pytest.mark.parametrize("retain", ["1", "0"])
+def test_retained_memory_is_reused_without_page_faults(retain):
+    env = dict(os.environ, IMAGEN_JAX_RETAIN_FREED_MEMORY=retain)
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS_OF_A_REUSED_BLOCK],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    applied, faults = out[0] == "True", int(out[1])
+    pages = (64 << 20) // resource.getpagesize()
+    if retain == "1":
+        assert applied
+        # The freed block is reused as it is: no page is faulted in again.
+        assert faults < pages // 10, faults
+    else:
+        # Without it glibc mmaps the block afresh and every page faults.
+        assert not applied
+        assert faults >= pages // 2, faults
