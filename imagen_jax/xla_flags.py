@@ -50,8 +50,11 @@ def retain_freed_memory() -> bool:
     step faults its whole working set back in (about 510k page faults per
     step, 15% of the step on the 2-core VM of docs/performance.md). One arena,
     no `mmap` and no trimming make the freed blocks stay in the heap, where
-    the next step reuses them (a few thousand faults per step). The cost is
-    that the process keeps its peak footprint. It must run before other
+    the next step reuses them (a few thousand faults per step). The costs:
+    the process keeps its peak footprint, and XLA's multi-threaded compiler
+    contends for the one arena (the demo's train step compiled in 38-43 s
+    instead of 34-35 s; the compile-bound test suite ran 35% slower, so
+    tests/conftest.py turns this off). It must run before other
     threads allocate (JAX's worker threads start with its backend): a thread
     that already has an arena of its own keeps `mmap`ing. No-op off glibc,
     and when `IMAGEN_JAX_RETAIN_FREED_MEMORY=0`.
