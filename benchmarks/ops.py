@@ -72,6 +72,15 @@ def _time(fn, reps, warmup=2) -> float:
     return statistics.median(times)
 
 
+def _attention_inputs(key, args):
+    """Head width and (q, k, v) [BATCH, tokens, heads, dim] for the attention ops."""
+    import jax
+
+    r, heads, dim = args
+    q = jax.random.normal(key, (BATCH, r * r, heads, dim))
+    return dim, (q, q * 0.5, q * 0.25)
+
+
 def jax_op(kind, args):
     import jax
     import jax.numpy as jnp
@@ -115,20 +124,15 @@ def jax_op(kind, args):
 
         inputs = (x, g)
     elif kind == "attn":
-        r, heads, dim = args
-        t = r * r
-        q = jax.random.normal(key, (BATCH, t, heads, dim))
+        dim, inputs = _attention_inputs(key, args)
 
         def f(q, k, v):
             logits = jnp.einsum("bqnd,bknd->bnqk", q, k) / dim**0.5
             w = jax.nn.softmax(logits, axis=-1)
             return jnp.sum(jnp.einsum("bnqk,bknd->bqnd", w, v) ** 2)
 
-        inputs = (q, q * 0.5, q * 0.25)
     elif kind == "attn_heads_first":
-        r, heads, dim = args
-        t = r * r
-        q = jax.random.normal(key, (BATCH, t, heads, dim))
+        dim, inputs = _attention_inputs(key, args)
 
         def f(q, k, v):
             q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
@@ -137,11 +141,8 @@ def jax_op(kind, args):
             out = jnp.einsum("bnqk,bnkd->bnqd", w, v).transpose(0, 2, 1, 3)
             return jnp.sum(out**2)
 
-        inputs = (q, q * 0.5, q * 0.25)
     elif kind == "attn_deferred":
-        r, heads, dim = args
-        t = r * r
-        q = jax.random.normal(key, (BATCH, t, heads, dim))
+        dim, inputs = _attention_inputs(key, args)
 
         def f(q, k, v):
             q = q * dim**-0.5
@@ -152,7 +153,6 @@ def jax_op(kind, args):
             out = jnp.einsum("bnqk,bnkd->bnqd", e, v) / e.sum(-1, keepdims=True)
             return jnp.sum(out.transpose(0, 2, 1, 3) ** 2)
 
-        inputs = (q, q * 0.5, q * 0.25)
     else:
         r, cin, cout = args
         x = jax.random.normal(key, (BATCH, r * r, cin))
