@@ -1,10 +1,17 @@
-"""Stage 2 on ShapesWorld: instruction tuning on the task mixture (issue 3).
+"""Stage 2 on ShapesWorld: instruction tuning on the task mixture (issue 3, 13).
 
     python -m launch.train --config experiments/stage2_shapes.py \
         --workdir runs/stage2 --config.init_from=runs/demo
     python -m launch.eval --config experiments/stage2_shapes.py --workdir runs/stage2
 
-Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config).
+Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
+- simple: the CPU world (one object per scene, any fill and background, any
+  subject identity under a made-up name; `tasks.WORLDS`), which 2 CPU cores
+  learn; without it the full world (1-3 objects), for accelerators;
+- task=NAME: train on that one task (a mechanism probe or a single-task
+  specialist) and evaluate it alone;
+- t2i: the text-to-image starting model of this world (its text_to_image
+  task, text conditioning only).
 The mixture defaults to `imagen_jax.data.tasks.MIXTURE` (subject-heavy, after
 the paper); `--config.data.mixture` overrides it. Zero-shot combinations are
 never trained on and are scored by `launch.eval`.
@@ -13,15 +20,23 @@ never trained on and are scored by `launch.eval`.
 import ml_collections
 
 from experiments import t2i_shapes
+from imagen_jax.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = t2i_shapes.get_config(arg)
+    opts = parse_arg(arg, **t2i_shapes.OPTIONS, simple=False, task="", t2i=False)
+    c = t2i_shapes.build(opts)
     smoke = c.train.num_steps < 100
 
     c.data.name = "shapes_world_tasks"
+    # Task world: "full" (1-3 objects) or "simple" (the CPU world).
+    c.data.variant = "simple" if opts.simple else "full"
     # Task -> weight; empty means tasks.MIXTURE.
     c.data.mixture = ml_collections.ConfigDict()
+    if opts.t2i:
+        c.data.mixture = {"text_to_image": 1.0}
+    elif opts.task:
+        c.data.mixture = {opts.task: 1.0}
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).
@@ -47,6 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.tasks = ml_collections.ConfigDict()
     # Evaluator "tasks": every task (trained, zero-shot, unseen paraphrases).
     c.evals.tasks.type = "tasks"
+    # Tasks to score; empty means all of them.
+    c.evals.tasks.names = [opts.task] if opts.task else []
     c.evals.tasks.per_task = 4 if smoke else 24
     c.evals.tasks.batch_size = 8 if smoke else 24
     c.evals.tasks.robustness = True

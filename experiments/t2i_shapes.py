@@ -11,9 +11,16 @@ import ml_collections
 
 from imagen_jax.config_utils import parse_arg
 
+# `:arg` options and their defaults (configs deriving from this one add theirs).
+OPTIONS = dict(res=32, smoke=False, minutes=0.0)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = parse_arg(arg, res=32, smoke=False, minutes=0.0)
+    return build(parse_arg(arg, **OPTIONS))
+
+
+def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config for parsed options `arg` (fields of `OPTIONS`)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     # Resume order: workdir checkpoint, else `resume` (a checkpoint dir to

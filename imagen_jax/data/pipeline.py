@@ -51,6 +51,8 @@ class TaskSource:
         self._p = p / p.sum()
         self._seed = cfg.seed + (0 if split == "train" else 1)
         self._resolution = cfg.resolution
+        tasks.get_world(cfg.variant, cfg.resolution)  # fail early on a bad name
+        self._world = cfg.variant
         self._size = cfg.num_examples
 
     def __len__(self) -> int:
@@ -59,7 +61,9 @@ class TaskSource:
     def __getitem__(self, index: int):
         rng = np.random.default_rng((self._seed, int(index)))
         name = self._names[rng.choice(len(self._names), p=self._p)]
-        return self._tasks.make_example(name, int(index), self._seed, self._resolution)
+        return self._tasks.make_example(
+            name, int(index), self._seed, self._resolution, world=self._world
+        )
 
 
 _SOURCES: dict[str, Callable] = {

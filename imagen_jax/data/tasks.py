@@ -55,9 +55,57 @@ from imagen_jax.data import controls, shapes_world
 from imagen_jax.data.shapes_world import Background, Obj, Scene
 from imagen_jax.instructions import ContextItem, MultiModalInstruction
 
+Identity = tuple[str, str, str]  # a subject's (shape, colour, pattern)
 # Most context items any task builds (multi_subject: 2 subjects x 2 images).
 MAX_CONTEXT = 4
 _HELD_OUT = shapes_world.held_out_triples()
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """The scenes the tasks draw: one code path, two sizes (DESIGN §4).
+
+    Attributes:
+      name: "full" (what an accelerator run learns) or "simple" (the CPU
+        world: 2 CPU cores learn it within a couple of hours).
+      resolution: image side in pixels; a positive multiple of 16.
+      max_objects: most objects in a scene, a subject's companions included;
+        scenes that must hold more (two subjects) hold exactly those.
+      depth_objects: (fewest, most) objects of a depth-estimation scene:
+        ordering is only scored between two objects or more.
+      named_subjects: subjects are shapes_world's named identities (a fixed,
+        long-tailed set) or, if False, any (shape, colour, fill) under a
+        made-up name drawn per example, so that the identity can only come
+        from the reference images.
+    """
+
+    name: str
+    resolution: int = 32
+    max_objects: int = 3
+    depth_objects: tuple[int, int] = (1, 3)
+    named_subjects: bool = True
+
+
+WORLDS: Mapping[str, World] = types.MappingProxyType(
+    {
+        "full": World("full"),
+        "simple": World(
+            "simple", max_objects=1, depth_objects=(2, 2), named_subjects=False
+        ),
+    }
+)
+
+
+def get_world(name: str, resolution: int = 32) -> World:
+    """The world called `name` at `resolution`."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown task world {name!r}; known: {sorted(WORLDS)}")
+    if resolution <= 0 or resolution % 16:
+        raise ValueError(
+            f"resolution must be a positive multiple of 16, got {resolution}"
+        )
+    return dataclasses.replace(WORLDS[name], resolution=resolution)
+
 
 # --------------------------------------------------------------------------
 # Templates. Fields: {caption} full caption, {content} caption without the
@@ -529,6 +577,28 @@ _CONTROL_MAPS: Mapping[str, Callable[[Scene, int], np.ndarray]] = {
     "depth": controls.depth_map,
     "sketch": controls.sketch_map,
 }
+# Made-up subject names of the simple world: onset + vowel syllables, a coda.
+_ONSETS = (
+    "b",
+    "br",
+    "d",
+    "f",
+    "gl",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pl",
+    "r",
+    "s",
+    "sn",
+    "t",
+    "tr",
+    "v",
+    "z",
+)
+_CODAS = ("", "k", "m", "n", "p", "t", "x", "sh")
 _STYLE_TEXTS = ("style image", "a style reference", "the style", "reference style")
 _CONTENT_TEXTS = ("content image", "the content", "the image to restyle")
 
@@ -637,27 +707,37 @@ def _random_background(rng: np.random.Generator) -> Background:
 
 
 def _random_scene(
-    rng: np.random.Generator, background: Background | None = None
+    rng: np.random.Generator,
+    w: World,
+    background: Background | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> Scene:
-    """1-3 objects avoiding the held-out triples, ground-plane z, any background."""
-    scene = shapes_world.sample_scene(rng, exclude=_HELD_OUT)
+    """1..max_objects objects (or `counts`) avoiding the held-out triples,
+    ground-plane z, any background."""
+    low, high = counts or (1, w.max_objects)
+    scene = shapes_world.sample_scene(
+        rng, min_objects=low, max_objects=high, exclude=_HELD_OUT
+    )
     return _ground_plane(Scene(scene.objects, background or scene.background))
 
 
 def _with_objects(
     rng: np.random.Generator,
+    w: World,
     fixed: Sequence[Obj],
     max_extra: int,
     background: Background | None = None,
 ) -> Scene:
-    """`fixed` objects plus 0..max_extra random others that do not resemble them."""
+    """`fixed` objects plus 0..max_extra random others that do not resemble
+    them, within the world's object count."""
     taken = {o.position for o in fixed}
     looks = {(o.shape, o.colour) for o in fixed}
     others = [
         o
-        for o in _random_scene(rng).objects
+        for o in _random_scene(rng, dataclasses.replace(w, max_objects=3)).objects
         if o.position not in taken and (o.shape, o.colour) not in looks
     ]
+    max_extra = max(0, min(max_extra, w.max_objects - len(fixed)))
     count = int(rng.integers(max_extra + 1))
     return _ground_plane(
         Scene(
@@ -700,9 +780,11 @@ def _scene_conditions(scene: Scene, text: str) -> dict[str, Condition]:
     return conditions
 
 
-def _subject_obj(rng: np.random.Generator, name: str, positions: Sequence[str]) -> Obj:
-    """Subject `name` at a random allowed position among `positions`."""
-    shape, colour, pattern = shapes_world.NAMED_SUBJECTS[name]
+def _subject_obj(
+    rng: np.random.Generator, identity: Identity, positions: Sequence[str]
+) -> Obj:
+    """A subject of `identity` at a random allowed position among `positions`."""
+    shape, colour, pattern = identity
     allowed = [p for p in positions if (shape, colour, p) not in _HELD_OUT]
     return Obj(
         shape,
@@ -713,24 +795,53 @@ def _subject_obj(rng: np.random.Generator, name: str, positions: Sequence[str]) 
     )
 
 
-def _sample_subjects(rng: np.random.Generator, count: int) -> list[str]:
-    names = list(shapes_world.NAMED_SUBJECTS)
-    weights = np.array([shapes_world.NAMED_SUBJECT_WEIGHTS[n] for n in names])
-    picked = rng.choice(
-        len(names), size=count, replace=False, p=weights / weights.sum()
-    )
-    return [names[int(i)] for i in picked]
+def _made_up_name(rng: np.random.Generator) -> str:
+    """A pronounceable nonsense word, e.g. "bravik"."""
+    syllables = int(rng.integers(2, 4))
+    return "".join(
+        _choice(rng, _ONSETS) + _choice(rng, "aeiou") for _ in range(syllables)
+    ) + _choice(rng, _CODAS)
+
+
+def _sample_subjects(
+    rng: np.random.Generator, w: World, count: int
+) -> list[tuple[str, Identity]]:
+    """`count` distinct subjects as (name, (shape, colour, pattern))."""
+    if w.named_subjects:
+        names = list(shapes_world.NAMED_SUBJECTS)
+        weights = np.array([shapes_world.NAMED_SUBJECT_WEIGHTS[n] for n in names])
+        picked = rng.choice(
+            len(names), size=count, replace=False, p=weights / weights.sum()
+        )
+        return [
+            (names[int(i)], shapes_world.NAMED_SUBJECTS[names[int(i)]]) for i in picked
+        ]
+    subjects: list[tuple[str, Identity]] = []
+    while len(subjects) < count:
+        identity = (
+            _choice(rng, shapes_world.SHAPES),
+            _choice(rng, tuple(shapes_world.COLOURS)),
+            _choice(rng, shapes_world.PATTERNS),
+        )
+        if all(identity[:2] != other[:2] for _, other in subjects):
+            subjects.append((_made_up_name(rng), identity))
+    return subjects
 
 
 def _subject_references(
-    rng: np.random.Generator, name: str, marker: str, resolution: int, count: int
+    rng: np.random.Generator,
+    w: World,
+    subject: tuple[str, Identity],
+    marker: str,
+    count: int,
 ) -> list[ContextItem]:
-    """`count` images of subject `name` in other scenes, each under `marker`."""
+    """`count` images of `subject` in other scenes, each under `marker`."""
+    name, identity = subject
     items = []
     for _ in range(count):
-        obj = _subject_obj(rng, name, shapes_world.POSITIONS)
-        scene = _with_objects(rng, [obj], max_extra=1)
-        image = shapes_world.render(scene, resolution)
+        obj = _subject_obj(rng, identity, shapes_world.POSITIONS)
+        scene = _with_objects(rng, w, [obj], max_extra=1)
+        image = shapes_world.render(scene, w.resolution)
         items.append(ContextItem(marker, f"{_article(name)} {name}", image))
     return items
 
@@ -745,8 +856,8 @@ def _subject_condition(obj: Obj) -> Condition:
 Built = tuple[MultiModalInstruction, np.ndarray, dict[str, Any]]
 
 
-def _text_to_image(rng: np.random.Generator, r: int, templates) -> Built:
-    scene = _random_scene(rng)
+def _text_to_image(rng: np.random.Generator, w: World, templates) -> Built:
+    scene = _random_scene(rng, w)
     caption = shapes_world.caption(scene, rng)
     text, template = _pick(rng, templates, caption=caption)
     meta = {
@@ -754,15 +865,15 @@ def _text_to_image(rng: np.random.Generator, r: int, templates) -> Built:
         "conditions": _scene_conditions(scene, caption),
         "template": template,
     }
-    return MultiModalInstruction(text), shapes_world.render(scene, r), meta
+    return MultiModalInstruction(text), shapes_world.render(scene, w.resolution), meta
 
 
 def _control_to_image(kind: str) -> Callable[..., Built]:
-    def build(rng: np.random.Generator, r: int, templates) -> Built:
-        scene = _random_scene(rng)
+    def build(rng: np.random.Generator, w: World, templates) -> Built:
+        scene = _random_scene(rng, w)
         caption = shapes_world.caption(scene, rng)
         noun = _choice(rng, _CONTROL_NOUNS[kind])
-        control = _CONTROL_MAPS[kind](scene, r)
+        control = _CONTROL_MAPS[kind](scene, w.resolution)
         text, template = _pick(rng, templates, caption=caption, control=noun)
         conditions = {
             "control": Condition("layout", objects=scene.objects),
@@ -776,24 +887,28 @@ def _control_to_image(kind: str) -> Callable[..., Built]:
             "control": kind,
         }
         instruction = MultiModalInstruction(text, context, input_image=control)
-        return instruction, shapes_world.render(scene, r), meta
+        return instruction, shapes_world.render(scene, w.resolution), meta
 
     return build
 
 
 def _subject_scene(
-    rng: np.random.Generator, names: Sequence[str], max_extra: int, background=None
+    rng: np.random.Generator,
+    w: World,
+    subjects: Sequence[tuple[str, Identity]],
+    max_extra: int,
+    background=None,
 ) -> tuple[Scene, list[Obj]]:
-    """A scene holding the named subjects (at distinct positions) and extras."""
-    subjects: list[Obj] = []
-    for name in names:
+    """A scene holding the subjects (at distinct positions) and extras."""
+    placed: list[Obj] = []
+    for _, identity in subjects:
         free = [
-            p for p in shapes_world.POSITIONS if p not in {o.position for o in subjects}
+            p for p in shapes_world.POSITIONS if p not in {o.position for o in placed}
         ]
-        subjects.append(_subject_obj(rng, name, free))
-    scene = _with_objects(rng, subjects, max_extra, background)
+        placed.append(_subject_obj(rng, identity, free))
+    scene = _with_objects(rng, w, placed, max_extra, background)
     by_position = {o.position: o for o in scene.objects}
-    return scene, [by_position[o.position] for o in subjects]
+    return scene, [by_position[o.position] for o in placed]
 
 
 def _subject_where(scene: Scene, subject: Obj, rng: np.random.Generator) -> str:
@@ -807,10 +922,10 @@ def _subject_where(scene: Scene, subject: Obj, rng: np.random.Generator) -> str:
     return where
 
 
-def _subject(rng: np.random.Generator, r: int, templates) -> Built:
-    (name,) = _sample_subjects(rng, 1)
-    refs = _subject_references(rng, name, "[ref#1]", r, int(rng.integers(1, 4)))
-    scene, (subject,) = _subject_scene(rng, [name], max_extra=1)
+def _subject(rng: np.random.Generator, w: World, templates) -> Built:
+    subjects = _sample_subjects(rng, w, 1)
+    refs = _subject_references(rng, w, subjects[0], "[ref#1]", int(rng.integers(1, 4)))
+    scene, (subject,) = _subject_scene(rng, w, subjects, max_extra=1)
     extra = _maybe_background(scene, rng)
     text, template = _pick(
         rng, templates, scene=_subject_where(scene, subject, rng) + extra
@@ -822,9 +937,10 @@ def _subject(rng: np.random.Generator, r: int, templates) -> Built:
             **_scene_conditions(scene, extra),
         },
         "template": template,
-        "subjects": (name,),
+        "subjects": (subjects[0][0],),
     }
-    return MultiModalInstruction(text, tuple(refs)), shapes_world.render(scene, r), meta
+    image = shapes_world.render(scene, w.resolution)
+    return MultiModalInstruction(text, tuple(refs)), image, meta
 
 
 def _style_item(rng: np.random.Generator, marker: str, scene: Scene, r: int):
@@ -833,9 +949,9 @@ def _style_item(rng: np.random.Generator, marker: str, scene: Scene, r: int):
     )
 
 
-def _style_generation(rng: np.random.Generator, r: int, templates) -> Built:
-    style_scene = _random_scene(rng)
-    scene = _random_scene(rng, background=style_scene.background)
+def _style_generation(rng: np.random.Generator, w: World, templates) -> Built:
+    style_scene = _random_scene(rng, w)
+    scene = _random_scene(rng, w, background=style_scene.background)
     text, template = _pick(rng, templates, content=_objects_caption(scene, rng))
     meta = {
         "scene": scene,
@@ -845,8 +961,12 @@ def _style_generation(rng: np.random.Generator, r: int, templates) -> Built:
         },
         "template": template,
     }
-    context = (_style_item(rng, "[ref#1]", style_scene, r),)
-    return MultiModalInstruction(text, context), shapes_world.render(scene, r), meta
+    context = (_style_item(rng, "[ref#1]", style_scene, w.resolution),)
+    return (
+        MultiModalInstruction(text, context),
+        shapes_world.render(scene, w.resolution),
+        meta,
+    )
 
 
 def _other_background(rng: np.random.Generator, background: Background) -> Background:
@@ -856,15 +976,15 @@ def _other_background(rng: np.random.Generator, background: Background) -> Backg
             return other
 
 
-def _style_transfer(rng: np.random.Generator, r: int, templates) -> Built:
-    content = _random_scene(rng)
-    style_scene = _random_scene(rng, _other_background(rng, content.background))
+def _style_transfer(rng: np.random.Generator, w: World, templates) -> Built:
+    content = _random_scene(rng, w)
+    style_scene = _random_scene(rng, w, _other_background(rng, content.background))
     scene = Scene(content.objects, style_scene.background)
     text, template = _pick(rng, templates)
-    content_image = shapes_world.render(content, r)
+    content_image = shapes_world.render(content, w.resolution)
     context = (
         ContextItem("[ref#1]", _choice(rng, _CONTENT_TEXTS), content_image),
-        _style_item(rng, "[ref#2]", style_scene, r),
+        _style_item(rng, "[ref#2]", style_scene, w.resolution),
     )
     meta = {
         "scene": scene,
@@ -876,7 +996,7 @@ def _style_transfer(rng: np.random.Generator, r: int, templates) -> Built:
         "template": template,
     }
     instruction = MultiModalInstruction(text, context, input_image=content_image)
-    return instruction, shapes_world.render(scene, r), meta
+    return instruction, shapes_world.render(scene, w.resolution), meta
 
 
 def _edit_options(scene: Scene, obj: Obj) -> dict[str, list]:
@@ -896,8 +1016,8 @@ def _edit_options(scene: Scene, obj: Obj) -> dict[str, list]:
     return {op: values for op, values in options.items() if values}
 
 
-def _edit(rng: np.random.Generator, r: int, templates) -> Built:
-    scene = _random_scene(rng)
+def _edit(rng: np.random.Generator, w: World, templates) -> Built:
+    scene = _random_scene(rng, w)
     index = int(rng.integers(len(scene.objects)))
     obj = scene.objects[index]
     options = _edit_options(scene, obj)
@@ -932,10 +1052,10 @@ def _edit(rng: np.random.Generator, r: int, templates) -> Built:
         "template": template,
         "op": op,
     }
-    image = shapes_world.render(scene, r)
+    image = shapes_world.render(scene, w.resolution)
     return (
         MultiModalInstruction(text, input_image=image),
-        shapes_world.render(target, r),
+        shapes_world.render(target, w.resolution),
         meta,
     )
 
@@ -943,29 +1063,29 @@ def _edit(rng: np.random.Generator, r: int, templates) -> Built:
 def _query_task(target_fn: Callable[[Scene, np.ndarray, int, int], np.ndarray]):
     """A vision task asking about one object of the input image."""
 
-    def build(rng: np.random.Generator, r: int, templates) -> Built:
-        scene = _random_scene(rng)
+    def build(rng: np.random.Generator, w: World, templates) -> Built:
+        scene = _random_scene(rng, w)
         index = int(rng.integers(len(scene.objects)))
         text, template = _pick(rng, templates, object=_refer(scene, index, rng))
-        image = shapes_world.render(scene, r)
+        image = shapes_world.render(scene, w.resolution)
         meta = {"scene": scene, "query": index, "template": template}
-        target = target_fn(scene, image, index, r)
+        target = target_fn(scene, image, index, w.resolution)
         return MultiModalInstruction(text, input_image=image), target, meta
 
     return build
 
 
-def _depth_estimation(rng: np.random.Generator, r: int, templates) -> Built:
-    scene = _random_scene(rng)
+def _depth_estimation(rng: np.random.Generator, w: World, templates) -> Built:
+    scene = _random_scene(rng, w, counts=w.depth_objects)
     text, template = _pick(rng, templates)
-    image = shapes_world.render(scene, r)
+    image = shapes_world.render(scene, w.resolution)
     meta = {"scene": scene, "template": template}
-    target = controls.depth_target(scene, r)
+    target = controls.depth_target(scene, w.resolution)
     return MultiModalInstruction(text, input_image=image), target, meta
 
 
-def _classification(rng: np.random.Generator, r: int, templates) -> Built:
-    scene = _random_scene(rng)
+def _classification(rng: np.random.Generator, w: World, templates) -> Built:
+    scene = _random_scene(rng, w)
     present_classes = sorted({(o.shape, o.colour) for o in scene.objects})
     present = bool(rng.random() < 0.5)
     if present:
@@ -987,16 +1107,16 @@ def _classification(rng: np.random.Generator, r: int, templates) -> Built:
         "present": present,
         "template": template,
     }
-    image = shapes_world.render(scene, r)
-    target = controls.classification_target(present, r)
+    image = shapes_world.render(scene, w.resolution)
+    target = controls.classification_target(present, w.resolution)
     return MultiModalInstruction(text, input_image=image), target, meta
 
 
-def _subject_style(rng: np.random.Generator, r: int, templates) -> Built:
-    (name,) = _sample_subjects(rng, 1)
-    refs = _subject_references(rng, name, "[ref#1]", r, int(rng.integers(1, 3)))
-    style_scene = _random_scene(rng)
-    scene, (subject,) = _subject_scene(rng, [name], 1, style_scene.background)
+def _subject_style(rng: np.random.Generator, w: World, templates) -> Built:
+    subjects = _sample_subjects(rng, w, 1)
+    refs = _subject_references(rng, w, subjects[0], "[ref#1]", int(rng.integers(1, 3)))
+    style_scene = _random_scene(rng, w)
+    scene, (subject,) = _subject_scene(rng, w, subjects, 1, style_scene.background)
     text, template = _pick(rng, templates, scene=_subject_where(scene, subject, rng))
     conditions = {
         "subject": _subject_condition(subject),
@@ -1007,19 +1127,23 @@ def _subject_style(rng: np.random.Generator, r: int, templates) -> Built:
         "scene": scene,
         "conditions": conditions,
         "template": template,
-        "subjects": (name,),
+        "subjects": (subjects[0][0],),
     }
-    context = (*refs, _style_item(rng, "[ref#2]", style_scene, r))
-    return MultiModalInstruction(text, context), shapes_world.render(scene, r), meta
+    context = (*refs, _style_item(rng, "[ref#2]", style_scene, w.resolution))
+    return (
+        MultiModalInstruction(text, context),
+        shapes_world.render(scene, w.resolution),
+        meta,
+    )
 
 
-def _control_subject(rng: np.random.Generator, r: int, templates) -> Built:
-    (name,) = _sample_subjects(rng, 1)
-    refs = _subject_references(rng, name, "[ref#1]", r, int(rng.integers(1, 3)))
-    scene, (subject,) = _subject_scene(rng, [name], max_extra=0)
+def _control_subject(rng: np.random.Generator, w: World, templates) -> Built:
+    subjects = _sample_subjects(rng, w, 1)
+    refs = _subject_references(rng, w, subjects[0], "[ref#1]", int(rng.integers(1, 3)))
+    scene, (subject,) = _subject_scene(rng, w, subjects, max_extra=0)
     kind = _choice(rng, tuple(_CONTROL_MAPS))
     noun = _choice(rng, _CONTROL_NOUNS[kind])
-    control = _CONTROL_MAPS[kind](scene, r)
+    control = _CONTROL_MAPS[kind](scene, w.resolution)
     extra = _maybe_background(scene, rng)
     text, template = _pick(rng, templates, control=noun, extra=extra)
     conditions = {
@@ -1032,20 +1156,20 @@ def _control_subject(rng: np.random.Generator, r: int, templates) -> Built:
         "scene": scene,
         "conditions": conditions,
         "template": template,
-        "subjects": (name,),
+        "subjects": (subjects[0][0],),
         "control": kind,
     }
     context = (*refs, ContextItem("[ref#2]", noun, control))
     instruction = MultiModalInstruction(text, context, input_image=control)
-    return instruction, shapes_world.render(scene, r), meta
+    return instruction, shapes_world.render(scene, w.resolution), meta
 
 
-def _control_style(rng: np.random.Generator, r: int, templates) -> Built:
-    style_scene = _random_scene(rng)
-    scene = _random_scene(rng, background=style_scene.background)
+def _control_style(rng: np.random.Generator, w: World, templates) -> Built:
+    style_scene = _random_scene(rng, w)
+    scene = _random_scene(rng, w, background=style_scene.background)
     kind = _choice(rng, tuple(_CONTROL_MAPS))
     noun = _choice(rng, _CONTROL_NOUNS[kind])
-    control = _CONTROL_MAPS[kind](scene, r)
+    control = _CONTROL_MAPS[kind](scene, w.resolution)
     content = _objects_caption(scene, rng)
     text, template = _pick(rng, templates, content=content, control=noun)
     conditions = {
@@ -1061,18 +1185,20 @@ def _control_style(rng: np.random.Generator, r: int, templates) -> Built:
     }
     context = (
         ContextItem("[ref#1]", noun, control),
-        _style_item(rng, "[ref#2]", style_scene, r),
+        _style_item(rng, "[ref#2]", style_scene, w.resolution),
     )
     instruction = MultiModalInstruction(text, context, input_image=control)
-    return instruction, shapes_world.render(scene, r), meta
+    return instruction, shapes_world.render(scene, w.resolution), meta
 
 
-def _multi_subject(rng: np.random.Generator, r: int, templates) -> Built:
-    names = _sample_subjects(rng, 2)
+def _multi_subject(rng: np.random.Generator, w: World, templates) -> Built:
+    chosen = _sample_subjects(rng, w, 2)
     refs = []
-    for k, name in enumerate(names, start=1):
-        refs += _subject_references(rng, name, f"[ref#{k}]", r, int(rng.integers(1, 3)))
-    scene, subjects = _subject_scene(rng, names, max_extra=0)
+    for k, subject in enumerate(chosen, start=1):
+        refs += _subject_references(
+            rng, w, subject, f"[ref#{k}]", int(rng.integers(1, 3))
+        )
+    scene, subjects = _subject_scene(rng, w, chosen, max_extra=0)
     extra = _maybe_background(scene, rng)
     text, template = _pick(
         rng,
@@ -1090,9 +1216,10 @@ def _multi_subject(rng: np.random.Generator, r: int, templates) -> Built:
         "scene": scene,
         "conditions": conditions,
         "template": template,
-        "subjects": tuple(names),
+        "subjects": tuple(name for name, _ in chosen),
     }
-    return MultiModalInstruction(text, tuple(refs)), shapes_world.render(scene, r), meta
+    image = shapes_world.render(scene, w.resolution)
+    return MultiModalInstruction(text, tuple(refs)), image, meta
 
 
 # --------------------------------------------------------------------------
@@ -1105,24 +1232,24 @@ class Task:
 
     Attributes:
       name: the task name.
-      build: (rng, resolution, templates) -> (instruction, target, meta).
+      build: (rng, world, templates) -> (instruction, target, meta).
       templates: training paraphrases.
       unseen_templates: paraphrases kept out of training, for robustness.
       zero_shot: whether the task is held out of training.
     """
 
     name: str
-    build: Callable[[np.random.Generator, int, Sequence[str]], Built]
+    build: Callable[[np.random.Generator, World, Sequence[str]], Built]
     templates: tuple[str, ...]
     unseen_templates: tuple[str, ...]
     zero_shot: bool = False
 
     def make(
-        self, rng: np.random.Generator, resolution: int, *, unseen: bool = False
+        self, rng: np.random.Generator, world: World, *, unseen: bool = False
     ) -> TaskExample:
         """One example; `unseen` phrases it with an unseen template."""
         templates = self.unseen_templates if unseen else self.templates
-        instruction, target, meta = self.build(rng, resolution, templates)
+        instruction, target, meta = self.build(rng, world, templates)
         return TaskExample(self.name, instruction, target, meta, self.zero_shot)
 
 
@@ -1250,6 +1377,7 @@ def make_example(
     seed: int,
     resolution: int = 32,
     unseen: bool = False,
+    world: str = "full",
 ) -> TaskExample:
     """Example number `index` of a task; a pure function of its arguments.
 
@@ -1259,15 +1387,13 @@ def make_example(
       seed: dataset seed, >= 0.
       resolution: image side; a positive multiple of 16.
       unseen: phrase the instruction with an unseen template.
+      world: "full" or "simple" (`WORLDS`).
     """
     task = get_task(task_name)
     if index < 0 or seed < 0:
         raise ValueError(f"index and seed must be >= 0, got index={index}, seed={seed}")
-    if resolution <= 0 or resolution % 16:
-        raise ValueError(
-            f"resolution must be a positive multiple of 16, got {resolution}"
-        )
+    spec = get_world(world, resolution)
     rng = np.random.default_rng(
         [seed, zlib.crc32(task_name.encode()), index, int(unseen)]
     )
-    return task.make(rng, resolution, unseen=unseen)
+    return task.make(rng, spec, unseen=unseen)

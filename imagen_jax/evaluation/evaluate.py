@@ -91,7 +91,7 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
     d = loaded.config.data
     for name in names:
         examples = [
-            tasks.make_example(name, i, seed, d.resolution, unseen=unseen)
+            tasks.make_example(name, i, seed, d.resolution, unseen, world=d.variant)
             for i in range(per_task)
         ]
         arrays = [
