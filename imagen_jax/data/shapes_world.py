@@ -388,7 +388,7 @@ def _join(phrases: Sequence[str]) -> str:
 
 
 def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
-    """Plain-English description of `scene`.
+    """Plain-English description of `scene` (the "plain" grammar).
 
     Colour, shape and position of every object are always named. Without `rng`
     the caption is canonical: objects in reading order, all attributes, and the
@@ -403,6 +403,115 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
       The caption, e.g. "a large red striped circle at the top left and a small
       blue square in the center on a grey checkered background".
     """
+    return describe(scene, rng)[0]
+
+
+# Caption grammars. "plain": one construction, optional size and pattern words
+# (the text-to-image demo). "varied": word order, synonyms, terse and wordy
+# forms (what the task world trains on). "unseen": constructions kept out of
+# training, made of the same words, to measure robustness to phrasing (a text
+# encoder trained from scratch cannot know a word it never saw).
+GRAMMARS = ("plain", "varied", "unseen")
+_SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+_PATTERN_WORDS = {"striped": ("striped", "stripy"), "dotted": ("dotted", "spotted")}
+_PATTERN_NOUNS = {"striped": "stripes", "dotted": "dots"}
+_BG_PREPOSITIONS = {"varied": ("on", "on", "with", "against"), "unseen": ("over",)}
+
+
+def _where(position: str, rng: np.random.Generator | None, grammar: str) -> str:
+    where = _POSITION_PHRASES.get(position, f"at the {position}")
+    if grammar == "varied" and rng.random() < 0.3:
+        if position == "center":
+            return "in the middle"
+        if " " in position:  # a corner
+            return f"in the {position} corner"
+    return where
+
+
+def _object_words(obj: Obj, rng, grammar: str) -> dict[str, str]:
+    """The words of one object, synonyms drawn in the varied grammars."""
+
+    def pick(options):
+        return options[0] if grammar == "plain" else _choose(rng, options)
+
+    words = {
+        "colour": obj.colour,
+        "shape": obj.shape,
+        "size": pick(_SIZE_WORDS[obj.size]),
+    }
+    if obj.pattern != "solid":
+        words["pattern"] = pick(_PATTERN_WORDS[obj.pattern])
+        words["pattern_noun"] = _PATTERN_NOUNS[obj.pattern]
+    return words
+
+
+def _choose(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _varied_object(obj: Obj, rng: np.random.Generator, grammar: str) -> str:
+    """One object in a construction of `grammar` ("varied" or "unseen")."""
+    w = _object_words(obj, rng, grammar)
+    with_size, with_pattern = rng.random() >= 0.25, rng.random() >= 0.25
+    adjs = [w["size"]] if with_size else []
+    adjs.append(w["colour"])
+    if with_pattern and "pattern" in w:
+        adjs.append(w["pattern"])
+    noun = " ".join(adjs + [w["shape"]])
+    a = _article(noun)
+    where = _where(obj.position, rng, grammar)
+    if grammar == "unseen":
+        form = int(rng.integers(3))
+        if form == 0:  # "top left: a big red circle"
+            return f"{obj.position}: {a} {noun}"
+        if form == 1:  # "a big circle in red at the top left"
+            thing = f"{w['size']} {w['shape']}" if with_size else w["shape"]
+            return f"{_article(thing)} {thing} in {w['colour']} {where}"
+        return f"there is {a} {noun} {where}"
+    form = int(rng.integers(5))
+    if form == 1:  # where first
+        return f"{where}, {a} {noun}"
+    if form == 2:  # terse
+        return f"{noun}, {obj.position}"
+    if form == 3:  # wordy
+        traits = " and ".join([w["colour"]] + ([w["size"]] if with_size else []))
+        return f"{_article(w['shape'])} {w['shape']} that is {traits}, {where}"
+    if form == 4 and "pattern" in w and with_pattern:  # pattern as a noun
+        plain = " ".join(([w["size"]] if with_size else []) + [w["colour"], w["shape"]])
+        return f"{_article(plain)} {plain} with {w['pattern_noun']} {where}"
+    return f"{a} {noun} {where}"
+
+
+def _background_clause(
+    background: Background, rng: np.random.Generator | None, grammar: str
+) -> str:
+    phrase = background_phrase(background)  # "on a grey checkered background"
+    if grammar == "plain":
+        return phrase
+    return _choose(rng, _BG_PREPOSITIONS[grammar]) + phrase[len("on") :]
+
+
+def describe(
+    scene: Scene,
+    rng: np.random.Generator | None = None,
+    grammar: str = "plain",
+    background: bool | None = None,
+) -> tuple[str, bool]:
+    """A caption of `scene` in `grammar`, and whether it names the background.
+
+    Args:
+      scene: the scene to describe.
+      rng: phrasing variation; None gives the canonical caption (plain only).
+      grammar: one of `GRAMMARS`.
+      background: name the background always (True), never (False) or 70% of
+        the time (None; always without `rng`).
+
+    Returns:
+      (caption, names_background).
+    """
+    _check_choice("caption grammar", grammar, GRAMMARS)
+    if rng is None and grammar != "plain":
+        raise ValueError(f"the {grammar!r} grammar needs an rng")
     objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
     if rng is not None:
         objects = [objects[i] for i in rng.permutation(len(objects))]
@@ -410,14 +519,18 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
     def keep(p_drop: float) -> bool:
         return rng is None or bool(rng.random() >= p_drop)
 
-    phrases = [
-        _object_phrase(o, with_size=keep(0.25), with_pattern=keep(0.25))
-        for o in objects
-    ]
+    if grammar == "plain":
+        phrases = [
+            _object_phrase(o, with_size=keep(0.25), with_pattern=keep(0.25))
+            for o in objects
+        ]
+    else:
+        phrases = [_varied_object(o, rng, grammar) for o in objects]
     text = _join(phrases)
-    if keep(0.3):
-        text += " " + background_phrase(scene.background)
-    return text
+    named = keep(0.3) if background is None else background
+    if named:
+        text += " " + _background_clause(scene.background, rng, grammar)
+    return text, named
 
 
 @functools.lru_cache(maxsize=16)

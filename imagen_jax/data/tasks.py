@@ -77,6 +77,8 @@ class World:
         long-tailed set) or, if False, any (shape, colour, fill) under a
         made-up name drawn per example, so that the identity can only come
         from the reference images.
+      grammar: the captions' `shapes_world.GRAMMARS` entry; examples phrased
+        with unseen templates also use the "unseen" grammar.
     """
 
     name: str
@@ -84,6 +86,7 @@ class World:
     max_objects: int = 3
     depth_objects: tuple[int, int] = (1, 3)
     named_subjects: bool = True
+    grammar: str = "varied"
 
 
 WORLDS: Mapping[str, World] = types.MappingProxyType(
@@ -746,11 +749,9 @@ def _with_objects(
     )
 
 
-def _objects_caption(scene: Scene, rng: np.random.Generator) -> str:
+def _objects_caption(scene: Scene, rng: np.random.Generator, w: World) -> str:
     """A varied caption of the objects only (no background clause)."""
-    text = shapes_world.caption(scene, rng)
-    suffix = " " + shapes_world.background_phrase(scene.background)
-    return text[: -len(suffix)] if text.endswith(suffix) else text
+    return shapes_world.describe(scene, rng, w.grammar, background=False)[0]
 
 
 def _maybe_background(scene: Scene, rng: np.random.Generator) -> str:
@@ -772,10 +773,10 @@ def _refer(scene: Scene, index: int, rng: np.random.Generator) -> str:
     return _choice(rng, options)
 
 
-def _scene_conditions(scene: Scene, text: str) -> dict[str, Condition]:
+def _scene_conditions(scene: Scene, names_background: bool) -> dict[str, Condition]:
     """The caption's objects (exclusively), and the style if the text names it."""
     conditions = {"text": Condition("objects", objects=scene.objects, exclusive=True)}
-    if shapes_world.background_phrase(scene.background) in text:
+    if names_background:
         conditions["style"] = Condition("style", background=scene.background)
     return conditions
 
@@ -858,11 +859,11 @@ Built = tuple[MultiModalInstruction, np.ndarray, dict[str, Any]]
 
 def _text_to_image(rng: np.random.Generator, w: World, templates) -> Built:
     scene = _random_scene(rng, w)
-    caption = shapes_world.caption(scene, rng)
+    caption, named = shapes_world.describe(scene, rng, w.grammar)
     text, template = _pick(rng, templates, caption=caption)
     meta = {
         "scene": scene,
-        "conditions": _scene_conditions(scene, caption),
+        "conditions": _scene_conditions(scene, named),
         "template": template,
     }
     return MultiModalInstruction(text), shapes_world.render(scene, w.resolution), meta
@@ -871,13 +872,13 @@ def _text_to_image(rng: np.random.Generator, w: World, templates) -> Built:
 def _control_to_image(kind: str) -> Callable[..., Built]:
     def build(rng: np.random.Generator, w: World, templates) -> Built:
         scene = _random_scene(rng, w)
-        caption = shapes_world.caption(scene, rng)
+        caption, named = shapes_world.describe(scene, rng, w.grammar)
         noun = _choice(rng, _CONTROL_NOUNS[kind])
         control = _CONTROL_MAPS[kind](scene, w.resolution)
         text, template = _pick(rng, templates, caption=caption, control=noun)
         conditions = {
             "control": Condition("layout", objects=scene.objects),
-            **_scene_conditions(scene, caption),
+            **_scene_conditions(scene, named),
         }
         context = (ContextItem("[ref#1]", noun, control),)
         meta = {
@@ -911,13 +912,15 @@ def _subject_scene(
     return scene, [by_position[o.position] for o in placed]
 
 
-def _subject_where(scene: Scene, subject: Obj, rng: np.random.Generator) -> str:
+def _subject_where(
+    scene: Scene, subject: Obj, rng: np.random.Generator, w: World
+) -> str:
     """Where the subject goes, and which other objects join it."""
     others = tuple(o for o in scene.objects if o.position != subject.position)
     where = _where(subject.position)
     if others:
         where += ", together with " + _objects_caption(
-            Scene(others, scene.background), rng
+            Scene(others, scene.background), rng, w
         )
     return where
 
@@ -928,13 +931,13 @@ def _subject(rng: np.random.Generator, w: World, templates) -> Built:
     scene, (subject,) = _subject_scene(rng, w, subjects, max_extra=1)
     extra = _maybe_background(scene, rng)
     text, template = _pick(
-        rng, templates, scene=_subject_where(scene, subject, rng) + extra
+        rng, templates, scene=_subject_where(scene, subject, rng, w) + extra
     )
     meta = {
         "scene": scene,
         "conditions": {
             "subject": _subject_condition(subject),
-            **_scene_conditions(scene, extra),
+            **_scene_conditions(scene, bool(extra)),
         },
         "template": template,
         "subjects": (subjects[0][0],),
@@ -952,7 +955,7 @@ def _style_item(rng: np.random.Generator, marker: str, scene: Scene, r: int):
 def _style_generation(rng: np.random.Generator, w: World, templates) -> Built:
     style_scene = _random_scene(rng, w)
     scene = _random_scene(rng, w, background=style_scene.background)
-    text, template = _pick(rng, templates, content=_objects_caption(scene, rng))
+    text, template = _pick(rng, templates, content=_objects_caption(scene, rng, w))
     meta = {
         "scene": scene,
         "conditions": {
@@ -1117,7 +1120,7 @@ def _subject_style(rng: np.random.Generator, w: World, templates) -> Built:
     refs = _subject_references(rng, w, subjects[0], "[ref#1]", int(rng.integers(1, 3)))
     style_scene = _random_scene(rng, w)
     scene, (subject,) = _subject_scene(rng, w, subjects, 1, style_scene.background)
-    text, template = _pick(rng, templates, scene=_subject_where(scene, subject, rng))
+    text, template = _pick(rng, templates, scene=_subject_where(scene, subject, rng, w))
     conditions = {
         "subject": _subject_condition(subject),
         "text": Condition("objects", objects=scene.objects, exclusive=True),
@@ -1170,7 +1173,7 @@ def _control_style(rng: np.random.Generator, w: World, templates) -> Built:
     kind = _choice(rng, tuple(_CONTROL_MAPS))
     noun = _choice(rng, _CONTROL_NOUNS[kind])
     control = _CONTROL_MAPS[kind](scene, w.resolution)
-    content = _objects_caption(scene, rng)
+    content = _objects_caption(scene, rng, w)
     text, template = _pick(rng, templates, content=content, control=noun)
     conditions = {
         "control": Condition("layout", objects=scene.objects),
@@ -1210,7 +1213,7 @@ def _multi_subject(rng: np.random.Generator, w: World, templates) -> Built:
     conditions = {
         "subject1": _subject_condition(subjects[0]),
         "subject2": _subject_condition(subjects[1]),
-        **_scene_conditions(scene, extra),
+        **_scene_conditions(scene, bool(extra)),
     }
     meta = {
         "scene": scene,
@@ -1393,6 +1396,8 @@ def make_example(
     if index < 0 or seed < 0:
         raise ValueError(f"index and seed must be >= 0, got index={index}, seed={seed}")
     spec = get_world(world, resolution)
+    if unseen:
+        spec = dataclasses.replace(spec, grammar="unseen")
     rng = np.random.default_rng(
         [seed, zlib.crc32(task_name.encode()), index, int(unseen)]
     )

@@ -337,6 +337,82 @@ def grade_condition(
     raise ValueError(f"unknown condition kind {condition.kind!r}")
 
 
+def condition_attributes(
+    condition: Condition,
+    objects: Sequence[Any],
+    background,
+    resolution: int | None = None,
+) -> dict[str, float]:
+    """What part of a condition holds, so a low SC says what failed.
+
+    Each value is 1 or 0 (averaged over the condition's objects):
+    - objects: `colour`, `shape` (some parsed object has the wanted colour /
+      shape, wherever it is) and `position` (some object is at the wanted
+      position); `absent` positions empty count as `removed`;
+    - layout (control maps): `shape`, `size`, `position` as above;
+    - subject: `identity` (shape, colour and fill all right) and each of them;
+    - style: `pattern`, `palette` of the background.
+    """
+    if condition.kind in ("objects", "layout"):
+        attrs = ("shape", "size") if condition.kind == "layout" else ("colour", "shape")
+        out = (
+            {
+                a: float(
+                    np.mean(
+                        [
+                            any(getattr(f, a) == getattr(o, a) for f in objects)
+                            for o in condition.objects
+                        ]
+                    )
+                )
+                for a in attrs
+            }
+            if condition.objects
+            else {}
+        )
+        if condition.objects:
+            out["position"] = float(
+                np.mean(
+                    [
+                        any(f.position == o.position for f in objects)
+                        for o in condition.objects
+                    ]
+                )
+            )
+        if condition.absent:
+            seen = {f.position for f in objects}
+            out["removed"] = float(np.mean([p not in seen for p in condition.absent]))
+        return out
+    if condition.kind == "subject":
+        shape, colour, pattern = condition.identity
+        best = {"identity": 0.0, "shape": 0.0, "colour": 0.0, "pattern": 0.0}
+        for o in objects:
+            if resolution is not None:
+                pattern = visible_pattern(
+                    shape, colour, o.size, condition.identity[2], resolution
+                )
+            hits = {
+                "shape": o.shape == shape,
+                "colour": o.colour == colour,
+                "pattern": o.pattern == pattern,
+            }
+            hits["identity"] = all(hits.values())
+            if (hits["identity"], sum(hits.values())) > (
+                best["identity"],
+                sum(best.values()),
+            ):
+                best = {k: float(v) for k, v in hits.items()}
+        return best
+    if condition.kind == "style":
+        if background is None:
+            return {"pattern": 0.0, "palette": 0.0}
+        return {
+            "pattern": float(background.pattern == condition.background.pattern),
+            "palette": float(background.palette == condition.background.palette),
+        }
+    raise ValueError(f"unknown condition kind {condition.kind!r}")
+
+
 def _grade_subject(
     identity: tuple[str, str, str], objects: Sequence[Any], resolution: int | None
 ) -> float:
@@ -459,15 +535,32 @@ def perceptual_quality(image: np.ndarray, objects: Sequence[Any], background) ->
 
 
 def score_generation(image: np.ndarray, example: TaskExample) -> dict[str, Any]:
-    """SC (least satisfied condition), PQ, O = sqrt(SC * PQ) and each condition."""
+    """SC (least satisfied condition), PQ, O = sqrt(SC * PQ), each condition's
+    grade (`per_condition`) and what of it holds (`attributes`, keyed
+    "condition/attribute", see `condition_attributes`)."""
     objects, background = _parse(image)
+    r = image.shape[0]
+    conditions = example.meta["conditions"]
     per_condition = {
-        name: grade_condition(condition, objects, background, image.shape[0])
-        for name, condition in example.meta["conditions"].items()
+        name: grade_condition(condition, objects, background, r)
+        for name, condition in conditions.items()
+    }
+    attributes = {
+        f"{name}/{attr}": value
+        for name, condition in conditions.items()
+        for attr, value in condition_attributes(
+            condition, objects, background, r
+        ).items()
     }
     sc = min(per_condition.values())
     pq = perceptual_quality(image, objects, background)
-    return {"sc": sc, "pq": pq, "o": math.sqrt(sc * pq), "per_condition": per_condition}
+    return {
+        "sc": sc,
+        "pq": pq,
+        "o": math.sqrt(sc * pq),
+        "per_condition": per_condition,
+        "attributes": attributes,
+    }
 
 
 # --------------------------------------------------------------------------

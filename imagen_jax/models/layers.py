@@ -209,7 +209,13 @@ def attention(
         v,
         preferred_element_type=jnp.float32,
     )
-    return (out / total).astype(v.dtype).transpose(0, 2, 1, 3)
+    out = out / total
+    if mask is not None:
+        # A row with every key masked (dropped text, no context items) would
+        # otherwise average all the masked values: the "unconditional" branch
+        # of guidance would still see the condition. It attends to nothing.
+        out = out * jnp.any(mask, axis=-1)[:, None, None, None]
+    return out.astype(v.dtype).transpose(0, 2, 1, 3)
 
 
 class AttentionPool(nn.Module):

@@ -297,3 +297,52 @@ def test_examples_tokenise_to_arrays():
         assert bool(arrays["cond_image_mask"]) == (
             ex.instruction.input_image is not None
         )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_simple_world_scenes_hold_one_object(name):
+    wanted = {"multi_subject": 2, "depth_estimation": 2}.get(name, 1)
+    for index in range(8):
+        ex = tasks.make_example(name, index, 0, R, world="simple")
+        scene = ex.meta.get("input_scene", ex.meta["scene"])  # edits may remove
+        assert len(scene.objects) == wanted, scene
+        for item in ex.instruction.context:  # references and style images too
+            assert item.image.shape == (R, R, 3)
+        instructions.validate(
+            ex.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
+        )
+
+
+def test_simple_world_subjects_are_any_identity_under_a_made_up_name():
+    identities, names = set(), set()
+    for index in range(60):
+        ex = tasks.make_example("subject", index, 0, R, world="simple")
+        (name,) = ex.meta["subjects"]
+        identity = ex.meta["conditions"]["subject"].identity
+        identities.add(identity)
+        names.add(name)
+        assert name not in shapes_world.NAMED_SUBJECTS
+        assert name not in ex.instruction.text
+        for item in ex.instruction.context:
+            assert item.text.endswith(name)
+            assert (item.image == shapes_world.COLOURS[identity[1]]).all(-1).any()
+    # Far more identities than the 8 named ones, and a fresh name almost always.
+    assert len(identities) > 25 and len(names) > 50
+
+
+def test_unknown_world_is_an_error():
+    with pytest.raises(ValueError, match="unknown task world 'tiny'"):
+        tasks.make_example("subject", 0, 0, R, world="tiny")
+
+
+def test_unseen_examples_use_the_unseen_caption_grammar():
+    # The held-apart constructions never appear in training captions.
+    markers = (": a", ": an", "there is", " over a ")
+    for index in range(40):
+        seen = tasks.make_example("text_to_image", index, 0, R, world="simple")
+        assert not any(m in seen.instruction.text for m in markers)
+    unseen = [
+        tasks.make_example("text_to_image", i, 0, R, unseen=True, world="simple")
+        for i in range(40)
+    ]
+    assert sum(any(m in e.instruction.text for m in markers) for e in unseen) > 20

@@ -349,3 +349,40 @@ def test_real_oracle_scores_wrong_images_low():
     assert scores["per_condition"]["text"] == 0.0 and scores["o"] == 0.0
     noise = np.random.default_rng(0).integers(0, 256, (R, R, 3), dtype=np.uint8)
     assert tm.score_example(noise, ex)["pq"] == 0.0
+
+
+def test_condition_attributes_say_what_failed(scene_parse):
+    ex = next(
+        e
+        for e in (
+            tasks.make_example("subject", i, 0, R, world="simple") for i in range(40)
+        )
+        if e.meta["conditions"]["subject"].identity[2] == "solid"
+    )
+    (subject,) = ex.meta["scene"].objects
+    right = tm.score_example(scene_parse(ex.meta["scene"]), ex)["attributes"]
+    assert right["subject/identity"] == 1.0
+    assert right["text/position"] == 1.0
+    # Right identity, wrong colour: identity and colour fail, shape and fill hold.
+    colour = next(c for c in shapes_world.COLOURS if c != subject.colour)
+    recoloured = dataclasses.replace(subject, colour=colour)
+    image = scene_parse(Scene((recoloured,), ex.meta["scene"].background))
+    got = tm.score_example(image, ex)["attributes"]
+    assert got["subject/identity"] == 0.0 and got["subject/colour"] == 0.0
+    assert got["subject/shape"] == 1.0 and got["subject/pattern"] == 1.0
+    # Moved: the position fails, the identity holds.
+    spot = next(p for p in shapes_world.POSITIONS if p != subject.position)
+    moved = dataclasses.replace(subject, position=spot)
+    image = scene_parse(Scene((moved,), ex.meta["scene"].background))
+    got = tm.score_example(image, ex)["attributes"]
+    assert got["subject/identity"] == 1.0 and got["text/position"] == 0.0
+
+
+def test_style_attributes():
+    bg = Background("dots", "mint")
+    style = Condition("style", background=bg)
+    assert tm.condition_attributes(style, [], Background("dots", "grey")) == {
+        "pattern": 1.0,
+        "palette": 0.0,
+    }
+    assert tm.condition_attributes(style, [], None) == {"pattern": 0.0, "palette": 0.0}
