@@ -11,7 +11,9 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
 - task=NAME: train on that one task (a mechanism probe or a single-task
   specialist) and evaluate it alone;
 - t2i: the text-to-image starting model of this world (its text_to_image
-  task, text conditioning only).
+  task, text conditioning only);
+- plain: the multi-task baseline without instructions (the paper's Table 4):
+  the same mixture, texts stripped to their captions and markers.
 The mixture defaults to `imagen_jax.data.tasks.MIXTURE` (subject-heavy, after
 the paper); `--config.data.mixture` overrides it. Zero-shot combinations are
 never trained on and are scored by `launch.eval`.
@@ -24,11 +26,14 @@ from imagen_jax.config_utils import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, **t2i_shapes.OPTIONS, simple=False, task="", t2i=False)
+    opts = parse_arg(
+        arg, **t2i_shapes.OPTIONS, simple=False, task="", t2i=False, plain=False
+    )
     c = t2i_shapes.build(opts)
     smoke = c.train.num_steps < 100
 
     c.data.name = "shapes_world_tasks"
+    c.model.conditioning = "text" if opts.t2i else "instruction"
     # Task world: "full" (1-3 objects) or "simple" (the CPU world).
     c.data.variant = "simple" if opts.simple else "full"
     # Task -> weight; empty means tasks.MIXTURE.
@@ -37,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.mixture = {"text_to_image": 1.0}
     elif opts.task:
         c.data.mixture = {opts.task: 1.0}
+    # Texts stripped of instruction words (`tasks.plain_templates`).
+    c.data.plain_text = opts.plain
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).
@@ -66,5 +73,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.tasks.names = [opts.task] if opts.task else []
     c.evals.tasks.per_task = 4 if smoke else 24
     c.evals.tasks.batch_size = 8 if smoke else 24
-    c.evals.tasks.robustness = True
+    # Unseen paraphrases (and caption grammar); a plain model has no phrasing.
+    c.evals.tasks.robustness = not opts.plain
     return c

@@ -53,6 +53,7 @@ class TaskSource:
         self._resolution = cfg.resolution
         tasks.get_world(cfg.variant, cfg.resolution)  # fail early on a bad name
         self._world = cfg.variant
+        self._plain = bool(cfg.get("plain_text", False))
         self._size = cfg.num_examples
 
     def __len__(self) -> int:
@@ -62,7 +63,12 @@ class TaskSource:
         rng = np.random.default_rng((self._seed, int(index)))
         name = self._names[rng.choice(len(self._names), p=self._p)]
         return self._tasks.make_example(
-            name, int(index), self._seed, self._resolution, world=self._world
+            name,
+            int(index),
+            self._seed,
+            self._resolution,
+            world=self._world,
+            plain=self._plain,
         )
 
 

@@ -43,6 +43,7 @@ the InstructCV tasks are added at smaller weights:
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 import types
 import zlib
@@ -56,6 +57,7 @@ from imagen_jax.data.shapes_world import Background, Obj, Scene
 from imagen_jax.instructions import ContextItem, MultiModalInstruction
 
 Identity = tuple[str, str, str]  # a subject's (shape, colour, pattern)
+_MARKER = re.compile(r"\[ref#[0-9]+\]")
 # Most context items any task builds (multi_subject: 2 subjects x 2 images).
 MAX_CONTEXT = 4
 _HELD_OUT = shapes_world.held_out_triples()
@@ -1248,12 +1250,38 @@ class Task:
     zero_shot: bool = False
 
     def make(
-        self, rng: np.random.Generator, world: World, *, unseen: bool = False
+        self,
+        rng: np.random.Generator,
+        world: World,
+        *,
+        unseen: bool = False,
+        plain: bool = False,
     ) -> TaskExample:
-        """One example; `unseen` phrases it with an unseen template."""
-        templates = self.unseen_templates if unseen else self.templates
+        """One example; `unseen` phrases it with an unseen template, `plain`
+        gives the bare conditions without instruction words (`plain_templates`)."""
+        if plain:
+            templates = plain_templates(self.templates)
+        else:
+            templates = self.unseen_templates if unseen else self.templates
         instruction, target, meta = self.build(rng, world, templates)
+        if plain:
+            text = " ".join(instruction.text.split())
+            instruction = dataclasses.replace(instruction, text=text)
         return TaskExample(self.name, instruction, target, meta, self.zero_shot)
+
+
+def plain_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    """The templates stripped to their fields and markers, in order: the text of
+    the multi-task baseline trained without instructions (the paper's Table 4),
+    e.g. "Generate {content} in the style of [ref#1]." -> "{content} [ref#1]"."""
+    out = []
+    for template in templates:
+        fields = [f"{{{f}}}" for _, f, _, _ in string.Formatter().parse(template) if f]
+        markers = sorted(set(_MARKER.findall(template)))
+        bare = " ".join(fields + markers)
+        if bare not in out:
+            out.append(bare)
+    return tuple(out)
 
 
 def _tasks() -> dict[str, Task]:
@@ -1381,6 +1409,7 @@ def make_example(
     resolution: int = 32,
     unseen: bool = False,
     world: str = "full",
+    plain: bool = False,
 ) -> TaskExample:
     """Example number `index` of a task; a pure function of its arguments.
 
@@ -1391,6 +1420,7 @@ def make_example(
       resolution: image side; a positive multiple of 16.
       unseen: phrase the instruction with an unseen template.
       world: "full" or "simple" (`WORLDS`).
+      plain: the text without instruction words (`plain_templates`).
     """
     task = get_task(task_name)
     if index < 0 or seed < 0:
@@ -1401,4 +1431,4 @@ def make_example(
     rng = np.random.default_rng(
         [seed, zlib.crc32(task_name.encode()), index, int(unseen)]
     )
-    return task.make(rng, spec, unseen=unseen)
+    return task.make(rng, spec, unseen=unseen, plain=plain)

@@ -346,3 +346,19 @@ def test_unseen_examples_use_the_unseen_caption_grammar():
         for i in range(40)
     ]
     assert sum(any(m in e.instruction.text for m in markers) for e in unseen) > 20
+
+
+def test_plain_examples_keep_the_conditions_without_instruction_words():
+    assert tasks.plain_templates(
+        ("Generate {content} in the style of [ref#1].", "Draw {content} like [ref#1].")
+    ) == ("{content} [ref#1]",)
+    for name in ALL:
+        plain = tasks.make_example(name, 5, 0, R, world="simple", plain=True)
+        full = tasks.make_example(name, 5, 0, R, world="simple")
+        np.testing.assert_array_equal(plain.target, full.target)
+        assert len(plain.instruction.context) == len(full.instruction.context)
+        words = set(plain.instruction.text.lower().split())
+        assert not words & {"generate", "draw", "style", "render", "image"}, name
+        instructions.validate(
+            plain.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
+        )
