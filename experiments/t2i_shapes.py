@@ -56,6 +56,9 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "imagen"
+    # What the model is conditioned on: "text" (text-to-image) or "instruction"
+    # (text + context items + a channel-concatenated input image).
+    c.model.conditioning = "text"
     # Compute dtype: "float32" or "bfloat16" (parameters stay float32).
     c.model.dtype = "float32"
     c.model.base_channels = 64
@@ -78,7 +81,8 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.coord_channels = True
 
     c.diffusion = ml_collections.ConfigDict()
-    # Schedule: "cosine" or "shifted_cosine".
+    # Schedule: "cosine", "shifted_cosine" (cosine + 2 log(64 / resolution), as
+    # in simple diffusion) or "linear".
     c.diffusion.schedule = "cosine"
     # Parameterisation: "v" (Instruct-Imagen), "eps" or "x0".
     c.diffusion.param = "v"

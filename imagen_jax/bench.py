@@ -35,9 +35,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from imagen_jax import sampling, sharding, train
+from imagen_jax import conditioning, sampling, sharding, train
 from imagen_jax.diffusion import losses
-from imagen_jax.models.imagen import build_model
+from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.models.unet import UNet
 
 
@@ -130,10 +130,10 @@ def unet_train_step(
 
     `batch`: `image [B,H,W,3]` float in [-1, 1], `text [B,L,D]`, `text_mask [B,L]`.
     """
-    d = config.diffusion
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
     drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
-    mask = train.drop_conditions(drop_rng, batch, d.cond_drop)["text_mask"]
+    drop = config.diffusion.cond_drop
+    masks = train.drop_conditions(drop_rng, batch, drop, conditioning.TEXT)
 
     def loss_fn(params):
         def apply_fn(z, logsnr):
@@ -142,16 +142,13 @@ def unet_train_step(
                 z,
                 logsnr,
                 batch["text"],
-                mask,
+                masks["text_mask"],
                 True,
                 rngs={"dropout": dropout_rng},
             )
 
         return losses.diffusion_loss(
-            apply_fn,
-            batch["image"],
-            loss_rng,
-            **train.loss_options(d),
+            apply_fn, batch["image"], loss_rng, **train.loss_options(config)
         )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -228,17 +225,20 @@ def prepare_unet_train(config: ml_collections.ConfigDict, donate: bool = True) -
     )
 
 
-def _token_batch(config, batch_size: int, vocab_size: int) -> dict:
-    rng_img, rng_tok = jax.random.split(jax.random.PRNGKey(config.seed + 1))
-    res, length = config.data.resolution, config.data.max_text_len
-    image = jax.random.randint(rng_img, (batch_size, res, res, 3), 0, 256)
-    return {
-        "image": np.asarray(image, np.uint8),
-        "text_tokens": np.asarray(
-            jax.random.randint(rng_tok, (batch_size, length), 1, vocab_size), np.int32
-        ),
-        "text_mask": np.ones((batch_size, length), bool),
+def _token_batch(
+    config, kind: conditioning.Conditioning, batch_size: int, vocab_size: int
+) -> dict:
+    """Random uint8 images and tokens with every mask set: a `kind` batch of
+    the config's shapes (instructions with all K context items and an input
+    image)."""
+    shapes = conditioning.batch_shapes(config.data, kind, batch_size)
+    rng = np.random.default_rng(config.seed + 1)
+    draw = {
+        np.uint8: lambda shape: rng.integers(0, 256, shape, np.uint8),
+        np.int32: lambda shape: rng.integers(1, vocab_size, shape, np.int32),
+        np.bool_: lambda shape: np.ones(shape, np.bool_),
     }
+    return {name: draw[dtype](shape) for name, (shape, dtype) in shapes.items()}
 
 
 def prepare_full_train(config: ml_collections.ConfigDict) -> Bench:
@@ -252,7 +252,9 @@ def prepare_full_train(config: ml_collections.ConfigDict) -> Bench:
     jitted, batch_sharding = train.compile_train_step(
         model, tx, config, mesh, state_shardings
     )
-    local = _token_batch(config, config.data.batch_size, tokenizer.vocab_size)
+    local = _token_batch(
+        config, model.conditioning, config.data.batch_size, tokenizer.vocab_size
+    )
     batch = sharding.global_batch(local, batch_sharding)
     with mesh, nn.logical_axis_rules(rules):
         compiled = jitted.lower(state, batch).compile()
@@ -279,6 +281,15 @@ def prepare_train(config: ml_collections.ConfigDict) -> Bench:
     return prepare_unet_train(config, donate=bench_option(config, "donate", True))
 
 
+def _init_model(config: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
+    """The config's model, its initial params and its vocabulary size."""
+    tokenizer = train.make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size)
+    with nn.logical_axis_rules(train.mesh_rules(config)):
+        params = jax.jit(lambda: nn.meta.unbox(train.init_params(model, config)))()
+    return model, params, tokenizer.vocab_size
+
+
 def prepare_sample(
     config: ml_collections.ConfigDict,
     num_steps: int,
@@ -288,41 +299,115 @@ def prepare_sample(
     """One guided batch from `sampling.make_generate_fn`, compiled.
 
     The batch size is `config.bench.sample_batch` unless given; the guidance
-    scale is `config.sample.guidance` (> 1, so every step runs the conditional
-    and unconditional UNet).
+    scales are `config.sample.guidance` (> 1, so every step runs every guidance
+    branch) and, for instruction models, `config.sample.image_guidance`; their
+    requests carry all K context items and an input image.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    tokenizer = train.make_tokenizer(config)
-    model = build_model(config, tokenizer.vocab_size)
+    model, params, vocab_size = _init_model(config)
     batch_size = batch_size or bench_option(config, "sample_batch", 32)
-    with nn.logical_axis_rules(train.mesh_rules(config)):
-        params = jax.jit(lambda: nn.meta.unbox(train.init_params(model, config)))()
-    tokens = _token_batch(config, batch_size, tokenizer.vocab_size)
+    batch = _token_batch(config, model.conditioning, batch_size, vocab_size)
     generate = sampling.make_generate_fn(model, config, sampler)
+    s = config.sample
     args = (
         params,
-        jnp.asarray(tokens["text_tokens"]),
-        jnp.asarray(tokens["text_mask"]),
+        jax.tree.map(jnp.asarray, batch),
         jax.random.PRNGKey(0),
         jnp.int32(num_steps),
-        jnp.float32(config.sample.guidance),
+        jnp.float32(s.guidance),
+        jnp.float32(s.get("image_guidance", 1.0)),
+        jnp.int32(s.get("oscillate", False)),
     )
     compiled = generate.lower(*args).compile()
 
-    def run(steps=args[4]):
-        compiled(*args[:4], steps, args[5]).block_until_ready()
+    def run(steps=args[3]):
+        compiled(*args[:3], steps, *args[4:]).block_until_ready()
 
+    branches = len(model.conditioning.guidance_chain) + 1
     return Bench(
         run=run,
         images=batch_size,
         num_params=count_params(params),
         gflop=0.0,  # the loop body is counted once by XLA: not a per-batch figure
-        description=f"{sampler} {num_steps} steps, guidance "
-        f"{config.sample.guidance}, batch {batch_size}",
+        description=f"{sampler} {num_steps} steps, guidance {s.guidance}, "
+        f"{model.conditioning.name} conditioning ({branches} branches), "
+        f"batch {batch_size}",
         # The step count is traced: one step runs the same compiled program.
         warm=functools.partial(run, jnp.int32(1)),
     )
+
+
+def prepare_denoise(
+    config: ml_collections.ConfigDict, batch_size: int | None = None
+) -> dict[str, Bench]:
+    """One denoiser evaluation of an instruction model, three ways, compiled.
+
+    - "text": text only (no memory, no input image): what a text-to-image
+      model of the same UNet computes;
+    - "instruction": with all K context items (memory precomputed) and the
+      input image;
+    - "encode_context": the K items' memory, which a sampler computes once per
+      request (and the old sampler once per evaluation).
+
+    The batch size is `config.data.batch_size` unless given.
+
+    Raises:
+      ValueError: the config's model is not an instruction model.
+    """
+    model, params, vocab_size = _init_model(config)
+    if not model.conditioning.instruction:
+        raise ValueError(
+            "the denoise benchmark needs config.model.conditioning='instruction', "
+            f"got {model.conditioning.name!r}"
+        )
+    b = batch_size or config.data.batch_size
+    batch = jax.tree.map(
+        jnp.asarray, _token_batch(config, model.conditioning, b, vocab_size)
+    )
+    variables = {"params": params}
+    keep = jnp.ones((b,), bool)
+    masks = conditioning.condition_masks(
+        batch, model.conditioning, text=keep, context=keep, image=keep
+    )
+    cond = jax.jit(
+        lambda: model.apply(variables, batch, masks, method=Imagen.condition)
+    )()
+    z = _random_images(jax.random.PRNGKey(2), b, config.data.resolution)
+    logsnr = jnp.zeros((b,), jnp.float32)
+    denoise = jax.jit(
+        lambda c: model.apply(variables, z, logsnr, method=Imagen.denoise, **c)
+    )
+    text_only = {"text": cond["text"], "text_mask": cond["text_mask"]}
+    encode = jax.jit(
+        lambda: model.apply(
+            variables,
+            batch["ctx_images"],
+            batch["ctx_tokens"],
+            batch["ctx_text_mask"],
+            batch["ctx_mask"],
+            method=Imagen.encode_memory,
+        )
+    )
+    k = config.data.max_context
+    units = {
+        "text": (functools.partial(denoise, text_only), "denoiser, text only"),
+        "instruction": (
+            functools.partial(denoise, cond),
+            f"denoiser, {k} context items (memory precomputed) + input image",
+        ),
+        "encode_context": (encode, f"memory of {k} context items"),
+    }
+    return {
+        name: Bench(
+            run=lambda fn=fn: jax.block_until_ready(fn()),
+            images=b,
+            num_params=count_params(params),
+            gflop=0.0,
+            description=f"{what}, batch {b}",
+        )
+        for name, (fn, what) in units.items()
+    }
 
 
 def summarize(bench: Bench, times: list[float]) -> dict:
@@ -397,6 +482,42 @@ def run_sample(
         sampler=sampler,
         num_steps=num_steps,
         batch_seconds=out.pop("seconds_per_unit"),
+        **machine_info(),
+    )
+    return out
+
+
+def run_denoise(
+    config: ml_collections.ConfigDict, reps: int = 5, warmup: int = 2
+) -> dict:
+    """Times one denoiser evaluation with and without an instruction's context.
+
+    The three units of `prepare_denoise` run in turns (text, instruction,
+    encode, text, ...), so a drift of the machine's speed shows in all three.
+
+    Returns:
+      The record: `text_ms`, `instruction_ms`, `encode_context_ms` (medians),
+      `instruction_over_text`, each unit's description, the batch size, the
+      context items, and machine info.
+    """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"need reps >= 1 and warmup >= 0, got {reps}, {warmup}")
+    benches = prepare_denoise(config)
+    for bench in benches.values():
+        bench.warm_up(warmup)
+    times = {name: [] for name in benches}
+    for _ in range(reps):
+        for name, bench in benches.items():
+            times[name] += time_runs(bench.run, 1)
+    out = {f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()}
+    out.update(
+        mode="denoise",
+        instruction_over_text=out["instruction_ms"] / out["text_ms"],
+        what={name: bench.description for name, bench in benches.items()},
+        times_ms={name: [1e3 * x for x in t] for name, t in times.items()},
+        batch_size=benches["text"].images,
+        context_items=config.data.max_context,
+        reps=reps,
         **machine_info(),
     )
     return out

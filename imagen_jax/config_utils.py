@@ -42,26 +42,40 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return out
 
 
-# Enumerated config fields and their allowed values, checked before any work.
-CHOICES = {
-    "data.name": ("shapes_world", "shapes_world_tasks"),
-    "data.variant": ("full", "simple"),
-    "data.resolution": (16, 32, 64, 128),
-    "text.tokenizer": ("byte", "sentencepiece"),
-    "model.name": ("imagen",),
-    "model.dtype": ("float32", "bfloat16"),
-    "diffusion.schedule": ("cosine", "shifted_cosine"),
-    "diffusion.param": ("v", "eps", "x0"),
-    "optim.name": ("adamw", "adafactor"),
-    "optim.decay": ("constant", "cosine"),
-    "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
-    "sample.clip_x0": ("dynamic", "static", "none"),
-}
-# Checked when present (older configs and bench configs may lack them).
-OPTIONAL_CHOICES = {
-    "model.text_pool": ("mean", "attention"),
-    "model.attn_blocks": ("all", "last"),
-}
+def choices() -> dict[str, tuple]:
+    """Enumerated config fields and their allowed values, checked before any work.
+
+    Values with a registry are read from it: a schedule, sampler,
+    parameterisation, thresholding, tokenizer, dtype, conditioning or UNet
+    option is allowed once it is registered, and only then. A field ending in
+    "?" is checked only when the config has it.
+    """
+    # Imported here: experiment configs import this module, and these pull in JAX.
+    from imagen_jax import conditioning
+    from imagen_jax.diffusion import losses, samplers, schedules
+    from imagen_jax.models import imagen, unet
+    from imagen_jax.text import tokenizers
+
+    return {
+        "data.name": ("shapes_world", "shapes_world_tasks"),
+        "data.variant": ("full", "simple"),
+        "data.resolution": (16, 32, 64, 128),
+        "text.tokenizer": tokenizers.get_tokenizer_names(),
+        "model.name": ("imagen",),
+        "model.dtype": tuple(imagen.DTYPES),
+        "model.conditioning": tuple(conditioning.KINDS),
+        "diffusion.schedule": schedules.get_schedule_names(),
+        "diffusion.param": losses.PARAMETERISATIONS,
+        "optim.name": ("adamw", "adafactor"),
+        "optim.decay": ("constant", "cosine"),
+        "sample.sampler": samplers.get_sampler_names(),
+        "sample.clip_x0": samplers.THRESHOLDS,
+        # Checked when present (older configs and bench configs may lack them).
+        "model.text_pool?": unet.TEXT_POOLS,
+        "model.attn_blocks?": unet.ATTN_BLOCKS,
+    }
+
+
 POSITIVE = (
     "data.batch_size",
     "data.max_text_len",
@@ -72,6 +86,8 @@ POSITIVE = (
     "optim.lr",
     "sample.steps",
 )
+# The sizes of the context items of instruction models.
+INSTRUCTION_POSITIVE = ("data.max_context", "data.ctx_text_len")
 PROBABILITIES = tuple(
     f"diffusion.cond_drop.{k}" for k in ("all", "text", "context", "image")
 )
@@ -88,16 +104,16 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad value of a training config."""
-    for field, allowed in CHOICES.items():
+    from imagen_jax import conditioning
+
+    for field, allowed in choices().items():
+        field, optional = field.removesuffix("?"), field.endswith("?")
+        parent, _, leaf = field.rpartition(".")
+        if optional and leaf not in _get(config, parent):
+            continue
         value = _get(config, field)
         if value not in allowed:
             raise ValueError(f"config.{field}={value!r} is not one of {allowed}")
-    for field, allowed in OPTIONAL_CHOICES.items():
-        parent, _, leaf = field.rpartition(".")
-        if leaf in _get(config, parent) and _get(config, field) not in allowed:
-            raise ValueError(
-                f"config.{field}={_get(config, field)!r} is not one of {allowed}"
-            )
     for field in POSITIVE:
         if not _get(config, field) > 0:
             raise ValueError(f"config.{field}={_get(config, field)!r} must be > 0")
@@ -106,3 +122,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.{field}={_get(config, field)!r} must be in [0, 1]"
             )
+    if conditioning.get(config.model.conditioning).instruction:
+        for field in INSTRUCTION_POSITIVE:
+            if not _get(config, field) > 0:
+                raise ValueError(
+                    f"config.{field}={_get(config, field)!r} must be > 0 with "
+                    f"config.model.conditioning='instruction'"
+                )

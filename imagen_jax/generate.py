@@ -10,10 +10,8 @@ import numpy as np
 from imagen_jax import inference, instructions, sampling
 from imagen_jax.instructions import Request
 
-# Guidance conditions each kind of model understands (request "guidance" keys).
-_T2I_GUIDANCE = frozenset({"text"})
-# Dual guidance: "text" scales text + context, "image" the input image.
-_INSTRUCTION_GUIDANCE = frozenset({"text", "image", "oscillate"})
+# Request "guidance" keys besides the model's guidance chain ("text", "image").
+_GUIDANCE_OPTIONS = frozenset({"oscillate"})
 
 
 def load_png(path: str) -> np.ndarray:
@@ -33,18 +31,46 @@ def load_png(path: str) -> np.ndarray:
         raise ValueError(f"request image {path!r} is not a readable image: {e}") from e
 
 
-def is_instruction_model(loaded: inference.Loaded) -> bool:
-    """Whether the model was built with the context path (stage 2)."""
-    return int(loaded.config.data.get("max_context", 0)) > 0
-
-
-def _check_guidance(request: Request, allowed: frozenset[str], kind: str) -> None:
+def _check_guidance(request: Request, loaded: inference.Loaded) -> None:
+    kind = loaded.model.conditioning
+    allowed = set(kind.guidance_chain) | _GUIDANCE_OPTIONS
     unknown = sorted(set(request.guidance) - allowed)
     if unknown:
         raise ValueError(
-            f"guidance for {unknown} is not supported by {kind}; known: "
-            f"{sorted(allowed)}"
+            f"guidance for {unknown} is not supported by a {kind.name!r}-conditioned "
+            f"model; known: {sorted(allowed)}"
         )
+
+
+def _request_batch(
+    loaded: inference.Loaded,
+    request: Request,
+    load_image: Callable[[str], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The `num_images` copies of the request as a batch of the model's fields."""
+    config = loaded.config
+    if not loaded.model.conditioning.instruction:
+        if request.context or request.image:
+            raise ValueError(
+                "this model is a text-to-image model: requests with 'context' items "
+                "or an input 'image' need an instruction-tuned (stage-2) model"
+            )
+        return sampling.prompt_batch(
+            [request.text] * request.num_images,
+            loaded.tokenizer,
+            config,
+            loaded.model.conditioning,
+        )
+    instr = instructions.instruction_from_request(request, load_image)
+    arrays = instructions.to_arrays(
+        instr,
+        loaded.tokenizer,
+        max_context=config.data.max_context,
+        text_len=config.data.max_text_len,
+        ctx_text_len=config.data.ctx_text_len,
+        resolution=config.data.resolution,
+    )
+    return {k: np.stack([v] * request.num_images) for k, v in arrays.items()}
 
 
 def generate_images(
@@ -64,49 +90,12 @@ def generate_images(
       ValueError: the request needs inputs this model was not trained with, or
         its instruction or images are malformed (each error names the field).
     """
-    if is_instruction_model(loaded):
-        return _generate_instruction(loaded, request, load_image)
-    if request.context or request.image:
-        raise ValueError(
-            "this model is a text-to-image model: requests with 'context' items or "
-            "an input 'image' need an instruction-tuned (stage-2) model"
-        )
-    _check_guidance(request, _T2I_GUIDANCE, "a text-to-image model")
-    cfg = loaded.config.sample
+    _check_guidance(request, loaded)
+    batch = _request_batch(loaded, request, load_image)
+    cfg, g = loaded.config.sample, request.guidance
     generate = sampling.make_generate_fn(
         loaded.model, loaded.config, request.sampler or cfg.sampler
     )
-    tokens, mask = loaded.tokenizer.encode_batch(
-        [request.text] * request.num_images, loaded.config.data.max_text_len
-    )
-    images = generate(
-        loaded.params,
-        tokens,
-        mask,
-        jax.random.PRNGKey(request.seed),
-        request.steps or cfg.steps,
-        request.guidance.get("text", cfg.guidance),
-    )
-    return sampling.to_uint8(images)
-
-
-def _generate_instruction(loaded, request, load_image) -> np.ndarray:
-    _check_guidance(request, _INSTRUCTION_GUIDANCE, "an instruction model")
-    config, cfg = loaded.config, loaded.config.sample
-    instr = instructions.instruction_from_request(request, load_image)
-    arrays = instructions.to_arrays(
-        instr,
-        loaded.tokenizer,
-        max_context=config.data.max_context,
-        text_len=config.data.max_text_len,
-        ctx_text_len=config.data.ctx_text_len,
-        resolution=config.data.resolution,
-    )
-    batch = {k: np.stack([v] * request.num_images) for k, v in arrays.items()}
-    generate = sampling.make_instruction_generate_fn(
-        loaded.model, config, request.sampler or cfg.sampler
-    )
-    g = request.guidance
     images = generate(
         loaded.params,
         batch,

@@ -38,7 +38,7 @@ def load(
     Raises:
       checkpointing.CheckpointError: no config or checkpoint, or a corrupt one.
     """
-    config = config or checkpointing.load_config(workdir)
+    config = with_conditioning(config or checkpointing.load_config(workdir))
     if use_ema is None:
         use_ema = bool(config.sample.get("use_ema", True))
     tokenizer = train.make_tokenizer(config)
@@ -48,6 +48,20 @@ def load(
     params_like = train.abstract_params(model, config, mesh, rules)
     params, step = checkpointing.restore_params(workdir, params_like, use_ema=use_ema)
     return Loaded(config, tokenizer, model, params, int(step))
+
+
+def with_conditioning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config`, or a copy given the `model.conditioning` it predates.
+
+    Configs saved before the field existed had context items exactly when they
+    were instruction models (`data.max_context` > 0).
+    """
+    if "conditioning" in config.model:
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    instruction = int(config.data.get("max_context", 0)) > 0
+    config.model.conditioning = "instruction" if instruction else "text"
+    return config
 
 
 def _mesh_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:

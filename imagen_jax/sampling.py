@@ -1,20 +1,30 @@
-"""Text-to-image generation with classifier-free guidance, one jitted program.
+"""Generation with classifier-free guidance, one jitted program per model.
 
-The number of steps and the guidance scale are traced arguments: a server or
+One entry point, `make_generate_fn`, for every kind of model
+(`config.model.conditioning`). The conditions of a request are encoded once,
+outside the sampler's loop: the text and, for instruction models, the
+context items' memory (the UNet's encoder over K clean images) and the input
+image. Each guidance branch is that one encoding with some conditions masked
+off, and the branches are stacked on the batch of one denoiser call per
+step: two for text-to-image (cfg), three for instructions (dual guidance).
+
+The number of steps and the guidance scales are traced arguments: a server or
 a sweep changes them without recompiling. The sampler name is static.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from imagen_jax import conditioning as conditioning_lib
 from imagen_jax.diffusion import guidance, losses, samplers, schedules
 from imagen_jax.models.imagen import Imagen
+from imagen_jax.text.tokenizers import Tokenizer
 
 
 def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Callable:
@@ -27,8 +37,8 @@ def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Call
     names = samplers.get_sampler_names()
     if sampler not in names:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {names}")
-    schedule_fn = schedules.get_schedule(config.diffusion.schedule)
     res = config.data.resolution
+    schedule_fn = schedules.get_schedule(config.diffusion.schedule, res)
 
     def run(denoise_fn, rng, batch, num_steps):
         noise_rng, sample_rng = jax.random.split(rng)
@@ -46,95 +56,128 @@ def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Call
     return run
 
 
+def _keep_only(cond: dict, conditions: frozenset[str]) -> dict:
+    """Encoded conditions with those not in `conditions` masked off.
+
+    "text" covers the text and the context items, "image" the input image. A
+    masked condition's encoding is never read (cross-attention and pooling
+    ignore masked tokens; the input image is zeroed, as in training).
+    """
+    text, image = "text" in conditions, "image" in conditions
+    out = dict(cond, text_mask=cond["text_mask"] & text)
+    if "memory" in cond:
+        out["memory"] = cond["memory"].replace(mask=cond["memory"].mask & text)
+    if "cond_image" in cond:
+        out["cond_image"] = cond["cond_image"] * image
+    return out
+
+
+def guided_denoiser(
+    model: Imagen,
+    param: str,
+    params,
+    batch: dict,
+    scales: dict[str, jax.typing.ArrayLike],
+    oscillate: jax.typing.ArrayLike,
+) -> samplers.DenoiseFn:
+    """The guided x0 denoiser of one request; its conditions are encoded here.
+
+    Args:
+      model: the model; `model.conditioning` names the conditions and the
+        guidance chain (`guidance.multi_cfg`, one branch per prefix).
+      param: the model's parameterisation ("v", "eps" or "x0").
+      params: its parameters.
+      batch: the fields of `model.conditioning.batch_fields` (others ignored).
+      scales: guidance scale per condition of the chain ("text", "image").
+      oscillate: > 0: the scales apply on even steps only (Instruct-Imagen).
+
+    Returns:
+      `denoise_fn(z, logsnr, step_index)` -> guided x0 [B, H, W, 3].
+
+    Raises:
+      ValueError: the batch lacks a field the model needs.
+    """
+    kind = model.conditioning
+    missing = sorted(set(kind.batch_fields) - set(batch))
+    if missing:
+        raise ValueError(
+            f"a {kind.name!r}-conditioned model needs the batch fields {missing}"
+        )
+    variables = {"params": params}
+    keep = jnp.ones(batch["text_mask"].shape[:1], bool)
+    masks = conditioning_lib.condition_masks(
+        batch, kind, text=keep, context=keep, image=keep
+    )
+    cond = model.apply(variables, batch, masks, method=Imagen.condition)
+    chain = kind.guidance_chain
+    branches = [frozenset(chain[:k]) for k in range(len(chain) + 1)]
+    stacked = jax.tree.map(
+        lambda *xs: jnp.concatenate(xs), *[_keep_only(cond, c) for c in branches]
+    )
+    n = len(branches)
+
+    def denoise_fn(z, logsnr, step_index):
+        zz, ll = jnp.concatenate([z] * n), jnp.concatenate([logsnr] * n)
+        out = model.apply(variables, zz, ll, method=Imagen.denoise, **stacked)
+        x0 = jnp.split(losses.predict_x0(out, zz, ll, param), n)
+        oscillating = jnp.asarray(oscillate) > 0
+        step_scales = {
+            name: jnp.where(
+                oscillating,
+                guidance.oscillating_scale(step_index, scales[name]),
+                jnp.asarray(scales[name], jnp.float32),
+            )
+            for name in chain
+        }
+        return guidance.multi_cfg(dict(zip(branches, x0)), chain, step_scales)
+
+    return denoise_fn
+
+
 def make_generate_fn(
     model: Imagen, config: ml_collections.ConfigDict, sampler: str | None = None
 ) -> Callable:
-    """Returns jitted `generate(params, tokens, mask, rng, num_steps, scale)`.
+    """Jitted `generate(params, batch, rng, num_steps, s_text, s_image=1,
+    oscillate=0)` -> images in [-1, 1], `[B, R, R, 3]` float32.
 
-    Output: images in [-1, 1], `[B, R, R, 3]` float32.
+    `batch` holds the fields of `model.conditioning.batch_fields`: the text
+    (`text_tokens`, `text_mask`) and, for instruction models, the context
+    items and the input image (`ctx_*`, `cond_image`, `cond_image_mask`).
+    Guidance adds the conditions of `model.conditioning.guidance_chain` one at
+    a time: text-to-image is classifier-free guidance with scale `s_text`
+    (`s_image` plays no part); instructions use InstructPix2Pix's dual rule
+    e = e(0,0) + s_T [e(I,TC) - e(I,0)] + s_I [e(I,0) - e(0,0)] over the input
+    image I and the text + context TC. With `oscillate` > 0 the scales apply
+    on even steps only (Instruct-Imagen). Steps and scales are traced.
     """
-    d = config.diffusion
     run = _make_runner(config, sampler)
+    param = config.diffusion.param
 
-    def generate(params, tokens, mask, rng, num_steps, scale):
-        text = model.apply({"params": params}, tokens, mask, method=Imagen.encode_text)
-        both_text = jnp.concatenate([text, text])
-        both_mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
-
-        def denoise_fn(z, logsnr, step_index):
-            del step_index
-            zz, ll = jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr])
-            out = model.apply(
-                {"params": params}, zz, ll, both_text, both_mask, method=Imagen.denoise
-            )
-            x0 = losses.predict_x0(out, zz, ll, d.param)
-            cond, uncond = jnp.split(x0, 2)
-            return guidance.cfg(cond, uncond, scale)
-
-        return run(denoise_fn, rng, tokens.shape[0], num_steps)
+    def generate(params, batch, rng, num_steps, s_text, s_image=1.0, oscillate=0):
+        scales = {"text": s_text, "image": s_image}
+        denoise_fn = guided_denoiser(model, param, params, batch, scales, oscillate)
+        return run(denoise_fn, rng, batch["text_tokens"].shape[0], num_steps)
 
     return jax.jit(generate)
+
+
+def prompt_batch(
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    config: ml_collections.ConfigDict,
+    kind: conditioning_lib.Conditioning,
+) -> dict[str, np.ndarray]:
+    """A `generate` batch of plain text prompts for a `kind` model: instruction
+    models get them with no context item and no input image."""
+    tokens, mask = tokenizer.encode_batch(list(texts), config.data.max_text_len)
+    shapes = conditioning_lib.batch_shapes(config.data, kind, len(texts))
+    batch = {"text_tokens": tokens, "text_mask": mask}
+    for name in kind.batch_fields:
+        batch.setdefault(name, np.zeros(*shapes[name]))
+    return batch
 
 
 def to_uint8(images: jax.Array | np.ndarray) -> np.ndarray:
     """[-1, 1] float images -> uint8."""
     x = np.asarray(images, np.float32)
     return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def make_instruction_generate_fn(
-    model: Imagen, config: ml_collections.ConfigDict, sampler: str | None = None
-) -> Callable:
-    """Jitted `generate(params, batch, rng, num_steps, s_text, s_image, oscillate)`.
-
-    `batch` holds instruction arrays (`text_tokens`, `text_mask`, `ctx_*`,
-    `cond_image`, `cond_image_mask`). Guidance is InstructPix2Pix's dual rule
-    over (input image) and (text + context):
-    e = e(0,0) + s_T [e(I,TC) - e(I,0)] + s_I [e(I,0) - e(0,0)]; without an
-    input image it is plain classifier-free guidance. With `oscillate` > 0 the
-    scales apply on even steps only (Instruct-Imagen). All scales are traced.
-    """
-    d = config.diffusion
-    run = _make_runner(config, sampler)
-
-    def generate(params, batch, rng, num_steps, s_text, s_image, oscillate):
-        variables = {"params": params}
-        b = batch["text_tokens"].shape[0]
-        off = jnp.zeros((b,), bool)
-        # Three branches, stacked on the batch: (I, T+C), (I, -), (-, -).
-        masks = {
-            "text_mask": jnp.concatenate(
-                [
-                    batch["text_mask"],
-                    batch["text_mask"] & off[:, None],
-                    batch["text_mask"] & off[:, None],
-                ]
-            ),
-            "ctx_mask": jnp.concatenate(
-                [
-                    batch["ctx_mask"],
-                    batch["ctx_mask"] & off[:, None],
-                    batch["ctx_mask"] & off[:, None],
-                ]
-            ),
-            "cond_keep": jnp.concatenate(
-                [batch["cond_image_mask"], batch["cond_image_mask"], off]
-            ),
-        }
-        tripled = jax.tree.map(lambda x: jnp.concatenate([x, x, x]), batch)
-        cond = model.apply(variables, tripled, masks, method=Imagen.condition)
-        text, text_mask = cond.pop("text"), cond.pop("text_mask")
-
-        def denoise_fn(z, logsnr, step_index):
-            zz, ll = jnp.concatenate([z, z, z]), jnp.concatenate([logsnr] * 3)
-            out = model.apply(
-                variables, zz, ll, text, text_mask, method=Imagen.denoise, **cond
-            )
-            e_it, e_i0, e_00 = jnp.split(losses.predict_x0(out, zz, ll, d.param), 3)
-            on = jnp.logical_or(oscillate <= 0, jnp.mod(step_index, 2) == 0)
-            st, si = jnp.where(on, s_text, 1.0), jnp.where(on, s_image, 1.0)
-            return guidance.dual_guidance(e_00, e_i0, e_it, st, si)
-
-        return run(denoise_fn, rng, b, num_steps)
-
-    return jax.jit(generate)

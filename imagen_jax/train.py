@@ -20,6 +20,7 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from imagen_jax import checkpointing, config_utils, sampling, sharding
+from imagen_jax import conditioning as conditioning_lib
 from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
 from imagen_jax.instructions import MARKERS
@@ -166,34 +167,24 @@ def build_optimizer(config):
     ), lr
 
 
-def dummy_batch(config, batch_size: int = 1) -> dict:
-    """A zero batch with the shapes of the config's data (for init / tracing)."""
-    d = config.data
-    r, b = d.resolution, batch_size
-    batch = {
-        "image": np.zeros((b, r, r, 3), np.uint8),
-        "text_tokens": np.zeros((b, d.max_text_len), np.int32),
-        "text_mask": np.ones((b, d.max_text_len), bool),
+def dummy_batch(
+    config, conditioning: conditioning_lib.Conditioning, batch_size: int = 1
+) -> dict:
+    """A batch of the config's shapes for `conditioning` (for init / tracing):
+    zero arrays, every mask set."""
+    shapes = conditioning_lib.batch_shapes(config.data, conditioning, batch_size)
+    return {
+        name: (np.ones if dtype is np.bool_ else np.zeros)(shape, dtype)
+        for name, (shape, dtype) in shapes.items()
     }
-    if d.name == "shapes_world_tasks":
-        k, lc = d.max_context, d.ctx_text_len
-        batch.update(
-            ctx_images=np.zeros((b, k, r, r, 3), np.uint8),
-            ctx_tokens=np.zeros((b, k, lc), np.int32),
-            ctx_text_mask=np.ones((b, k, lc), bool),
-            ctx_mask=np.ones((b, k), bool),
-            cond_image=np.zeros((b, r, r, 3), np.uint8),
-            cond_image_mask=np.ones((b,), bool),
-        )
-    return batch
 
 
 def init_params(model: Imagen, config) -> Any:
     """Boxed (logically annotated) initial params; call under jit or eval_shape.
 
-    Instruction configs also create the context and input-image layers.
+    Instruction models also create the context and input-image layers.
     """
-    batch = dummy_batch(config)
+    batch = dummy_batch(config, model.conditioning)
     z = jnp.zeros(batch["image"].shape, jnp.float32)
     return model.init(
         jax.random.PRNGKey(config.seed),
@@ -237,28 +228,32 @@ def ema_decay(step: jax.Array, decay: float) -> jax.Array:
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def drop_conditions(rng: jax.Array, batch: dict, drop) -> dict:
+def drop_conditions(
+    rng: jax.Array, batch: dict, drop, conditioning: conditioning_lib.Conditioning
+) -> dict:
     """Classifier-free-guidance dropout, one exclusive choice per example.
 
     With probability `drop.all` every condition is dropped, else with
     `drop.text` / `drop.context` / `drop.image` only that one. Returns the
-    text mask, context mask and input-image keep flag to train with.
+    masks to train with (`conditioning.condition_masks`).
     """
     b = batch["text_mask"].shape[0]
     edges = jnp.cumsum(jnp.array([drop.all, drop.text, drop.context, drop.image]))
     choice = jnp.searchsorted(edges, jax.random.uniform(rng, (b,)), side="right")
-    drop_text = (choice == 0) | (choice == 1)
-    out = {"text_mask": batch["text_mask"] & ~drop_text[:, None]}
-    if "ctx_mask" in batch:
-        out["ctx_mask"] = batch["ctx_mask"] & ~((choice == 0) | (choice == 2))[:, None]
-        out["cond_keep"] = batch["cond_image_mask"] & ~((choice == 0) | (choice == 3))
-    return out
+    return conditioning_lib.condition_masks(
+        batch,
+        conditioning,
+        text=(choice != 0) & (choice != 1),
+        context=(choice != 0) & (choice != 2),
+        image=(choice != 0) & (choice != 3),
+    )
 
 
-def loss_options(d: ml_collections.ConfigDict) -> dict[str, Any]:
+def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`losses.diffusion_loss` keyword arguments from `config.diffusion`."""
+    d = config.diffusion
     return dict(
-        schedule_fn=schedules.get_schedule(d.schedule),
+        schedule_fn=schedules.get_schedule(d.schedule, config.data.resolution),
         param=d.param,
         min_snr_gamma=d.min_snr_gamma or None,
         min_snr_plus_one=d.get("min_snr_plus_one", False),
@@ -269,13 +264,21 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     """One optimisation step. Pure; RNG from fold_in(seed, step)."""
     d = config.diffusion
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
-    drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
+    drop_rng, loss_rng, dropout_rng, ctx_dropout_rng = jax.random.split(rng, 4)
     x = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3]
-    masks = drop_conditions(drop_rng, batch, d.cond_drop)
+    masks = drop_conditions(drop_rng, batch, d.cond_drop, model.conditioning)
 
     def loss_fn(params):
         variables = {"params": params}
-        cond = model.apply(variables, batch, masks, method=Imagen.condition)
+        # The context memory: computed once per step, inside the gradient.
+        cond = model.apply(
+            variables,
+            batch,
+            masks,
+            train=True,
+            method=Imagen.condition,
+            rngs={"dropout": ctx_dropout_rng},
+        )
         text, text_mask = cond.pop("text"), cond.pop("text_mask")
 
         def apply_fn(z, logsnr):
@@ -291,12 +294,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
                 **cond,
             )
 
-        return losses.diffusion_loss(
-            apply_fn,
-            x,
-            loss_rng,
-            **loss_options(d),
-        )
+        return losses.diffusion_loss(apply_fn, x, loss_rng, **loss_options(config))
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -532,16 +530,11 @@ class _Loop:
         ]
         if self._generate is None:
             self._generate = sampling.make_generate_fn(self.model, self.config)
-        tokens, mask = self.tokenizer.encode_batch(
-            prompts, self.config.data.max_text_len
+        batch = sampling.prompt_batch(
+            prompts, self.tokenizer, self.config, self.model.conditioning
         )
         images = self._generate(
-            state.ema_params,
-            tokens,
-            mask,
-            jax.random.PRNGKey(step),
-            s.steps,
-            s.guidance,
+            state.ema_params, batch, jax.random.PRNGKey(step), s.steps, s.guidance
         )
         path = grids.save_grid(
             sampling.to_uint8(images),

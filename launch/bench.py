@@ -2,11 +2,15 @@
 
     python -m launch.bench --config experiments/bench.py:peer --mode train
     python -m launch.bench --config experiments/bench.py:peer --mode sample
+    python -m launch.bench --config experiments/stage2_shapes.py --mode denoise
 
 Train: images_per_s, step_ms, gflop_per_image (XLA cost analysis of the
 compiled step), gflop_per_s, peak_gflop_per_s (a float32 matmul timed in the
 same run) and mfu. Sample: images_per_s and batch_seconds for --sample_steps
-steps of the config's sampler.
+steps of the config's sampler (instruction configs: every request with all K
+context items and an input image). Denoise (instruction configs): one denoiser
+evaluation text-only vs with the K context items' memory (precomputed) and
+the input image, and the memory's encoding, --steps runs each in turns.
 """
 
 import json
@@ -19,8 +23,10 @@ from launch import common
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to time.")
-flags.DEFINE_integer("steps", 5, "Timed train steps (train) or batches (sample).")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "denoise"], "What to time.")
+flags.DEFINE_integer(
+    "steps", 5, "Timed train steps (train), batches (sample) or runs (denoise)."
+)
 flags.DEFINE_integer("warmup", 2, "Untimed runs after compilation.")
 flags.DEFINE_integer("sample_steps", 64, "Sampler steps per batch (sample).")
 flags.DEFINE_string("sampler", None, "Sampler (sample); default config.sample.")
@@ -35,6 +41,8 @@ def _bench():
     config = FLAGS.config
     if FLAGS.mode == "train":
         out = bench.run_train(config, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
+    elif FLAGS.mode == "denoise":
+        out = bench.run_denoise(config, FLAGS.steps, FLAGS.warmup)
     else:
         out = bench.run_sample(
             config,

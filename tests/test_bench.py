@@ -78,6 +78,24 @@ def test_sample_record():
     )
 
 
+def test_denoise_record_times_the_instruction_against_text_only():
+    from experiments import stage2_shapes
+
+    config = stage2_shapes.get_config("smoke")
+    config.data.batch_size = 2
+    rec = bench.run_denoise(config, reps=2, warmup=1)
+    assert rec["mode"] == "denoise" and rec["batch_size"] == 2
+    assert rec["context_items"] == config.data.max_context
+    for name in ("text", "instruction", "encode_context"):
+        assert len(rec["times_ms"][name]) == 2 and rec[f"{name}_ms"] > 0
+        assert rec["what"][name].endswith("batch 2")
+    assert rec["instruction_over_text"] == pytest.approx(
+        rec["instruction_ms"] / rec["text_ms"]
+    )
+    with pytest.raises(ValueError, match="conditioning='instruction'"):
+        bench.prepare_denoise(bench_configs.get_config("smoke"))
+
+
 def _peer_unet(config_arg="peer", batch_size=1):
     """The bench UNet, its call arguments and its (abstract, boxed) variables."""
     config = bench_configs.get_config(config_arg)

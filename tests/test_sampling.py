@@ -1,11 +1,17 @@
-"""Generation with the full model: one compilation for any steps/guidance."""
+"""Generation with the full model: one compilation for any steps/guidance; the
+conditions (the context items' memory included) encoded once per request."""
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 
 from experiments import t2i_shapes
-from imagen_jax import sampling, sharding, train
+from imagen_jax import conditioning, sampling, sharding, train
+from imagen_jax.diffusion import guidance, losses
+from imagen_jax.models.imagen import Imagen
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +24,16 @@ def setup():
         lambda: train.init_params(model, cfg), mesh, train.mesh_rules(cfg)
     )
     tokens, mask = tok.encode_batch(["a red circle", "a blue square"], 32)
-    return cfg, model, params, tokens, mask
+    return cfg, model, params, {"text_tokens": tokens, "text_mask": mask}
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
 def test_steps_and_guidance_do_not_recompile(setup, sampler):
-    cfg, model, params, tokens, mask = setup
+    cfg, model, params, batch = setup
     generate = sampling.make_generate_fn(model, cfg, sampler)
     outs = []
     for steps, scale in [(2, 1.0), (3, 5.0), (5, 2.5)]:
-        out = generate(params, tokens, mask, jax.random.PRNGKey(0), steps, scale)
+        out = generate(params, batch, jax.random.PRNGKey(0), steps, scale)
         outs.append(np.asarray(out))
         assert out.shape == (2, 32, 32, 3)
         assert float(np.abs(out).max()) <= 1.0
@@ -43,3 +49,162 @@ def test_unknown_sampler(setup):
 def test_to_uint8_range():
     x = np.array([-1.5, -1.0, 0.0, 1.0, 2.0])
     np.testing.assert_array_equal(sampling.to_uint8(x), [0, 0, 128, 255, 255])
+
+
+def _perturbed(params):
+    """Params moved off their init: zero-initialised layers (the output, the
+    context and input-image layers) would otherwise hide what they read."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    noisy = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return jax.tree.unflatten(tree, noisy)
+
+
+B, K = 2, 4  # B * K = 8 differs from B and from 3 B (the guidance branches).
+KEY = jax.random.PRNGKey(0)
+
+
+@pytest.fixture(scope="module")
+def instruction():
+    """A smoke instruction model with perturbed params and a batch with padded
+    context items and one input image."""
+    cfg = t2i_shapes.get_config("smoke")
+    cfg.model.conditioning = "instruction"
+    cfg.data.max_context, cfg.data.ctx_text_len = K, 8
+    model = train.build_model(cfg, train.make_tokenizer(cfg).vocab_size)
+    params = _perturbed(nn.meta.unbox(train.init_params(model, cfg)))
+    rng = np.random.default_rng(0)
+    shapes = conditioning.batch_shapes(cfg.data, model.conditioning, B)
+    batch = {
+        name: rng.integers(1, 200, shape).astype(dtype)
+        for name, (shape, dtype) in shapes.items()
+    }
+    batch["text_mask"] = np.arange(32)[None] < np.array([[10], [20]])
+    batch["ctx_text_mask"] = np.ones((B, K, 8), bool)
+    batch["ctx_mask"] = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    batch["cond_image_mask"] = np.array([True, False])
+    return cfg, model, params, batch
+
+
+def _inline_denoiser(model, param, params, batch, s_text, s_image):
+    """Dual guidance as before the memory was precomputed: every evaluation
+    encodes the three branches' conditions, context items included, from the
+    tripled batch and the branch masks."""
+    on, off = np.ones(B, bool), np.zeros(B, bool)
+    tripled = jax.tree.map(lambda x: np.concatenate([x] * 3), batch)
+    with_text = np.concatenate([on, off, off])
+    masks = conditioning.condition_masks(
+        tripled,
+        model.conditioning,
+        text=with_text,
+        context=with_text,
+        image=np.concatenate([on, on, off]),
+    )
+
+    def encode_and_denoise(module, z, logsnr):
+        return module.denoise(z, logsnr, **module.condition(tripled, masks))
+
+    def denoise_fn(z, logsnr):
+        zz, ll = jnp.concatenate([z] * 3), jnp.concatenate([logsnr] * 3)
+        out = model.apply({"params": params}, zz, ll, method=encode_and_denoise)
+        e_it, e_i0, e_00 = jnp.split(losses.predict_x0(out, zz, ll, param), 3)
+        return guidance.dual_guidance(e_00, e_i0, e_it, s_text, s_image)
+
+    return denoise_fn
+
+
+@pytest.mark.parametrize("step_index", [0, 1])
+def test_precomputed_memory_denoiser_equals_the_inline_one(instruction, step_index):
+    cfg, model, params, batch = instruction
+    param = cfg.diffusion.param
+    scales = {"text": 3.0, "image": 1.5}
+    # Oscillating guidance: the scales on even steps, none (1) on odd ones.
+    on = step_index % 2 == 0
+    guided = sampling.guided_denoiser(model, param, params, batch, scales, 1)
+    inline = _inline_denoiser(
+        model, param, params, batch, *(scales.values() if on else (1.0, 1.0))
+    )
+    z = jax.random.normal(jax.random.PRNGKey(3), (B, 32, 32, 3))
+    logsnr = jnp.array([1.0, -2.0])
+    got = jax.jit(guided)(z, logsnr, step_index)
+    want = jax.jit(inline)(z, logsnr)
+    # Per branch both compute the same float32 ops on the same values, on
+    # batches of other sizes (B*K vs 3B*K context rows), so only summation
+    # order differs: ~1e-6 on the O(1) x0 of each branch. Guidance sums the
+    # branches with weights of magnitude at most 1 + 2 s_T + 2 s_I = 10.
+    np.testing.assert_allclose(got, want, rtol=0, atol=10 * 2e-6)
+    # The conditions matter: without the input image and the context the
+    # guided output moves.
+    dropped = dict(batch, ctx_mask=batch["ctx_mask"] & False)
+    other = sampling.guided_denoiser(model, param, params, dropped, scales, 1)
+    assert float(jnp.abs(jax.jit(other)(z, logsnr, step_index) - got).max()) > 1e-3
+
+
+def _conv_batches(jaxpr, in_loop: bool = False) -> list[tuple[int, bool]]:
+    """(batch size, inside a loop body) of every convolution in a jaxpr."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            out.append((eqn.invars[0].aval.shape[0], in_loop))
+        loop = in_loop or eqn.primitive.name in ("while", "scan")
+        for sub in jax_core.jaxprs_in_params(eqn.params):
+            out += _conv_batches(sub, loop)
+    return out
+
+
+def test_context_is_encoded_once_per_request_outside_the_sampler_loop(instruction):
+    cfg, model, params, batch = instruction
+    memory_of = jax.make_jaxpr(
+        lambda p: model.apply(
+            {"params": p},
+            *(batch[k] for k in ("ctx_images", "ctx_tokens", "ctx_text_mask")),
+            batch["ctx_mask"],
+            method=Imagen.encode_memory,
+        )
+    )
+    encoder = _conv_batches(memory_of(params).jaxpr)
+    assert encoder and set(encoder) == {(B * K, False)}
+    generate = sampling.make_generate_fn(model, cfg, "ddim")
+    convs = _conv_batches(jax.make_jaxpr(generate)(params, batch, KEY, 3, 3.0).jaxpr)
+    # One encoder pass over the B*K context images, before the loop ...
+    assert convs.count((B * K, False)) == len(encoder)
+    # ... and in the loop only the denoiser, on the 3 guidance branches.
+    assert {b for b, in_loop in convs if in_loop} == {3 * B}
+    assert (B * K, True) not in convs
+
+
+def test_text_to_image_guidance_runs_two_branches(setup):
+    cfg, model, params, batch = setup
+    generate = sampling.make_generate_fn(model, cfg, "ddim")
+    convs = _conv_batches(jax.make_jaxpr(generate)(params, batch, KEY, 3, 3.0).jaxpr)
+    assert convs and set(convs) == {(2 * 2, True)}  # batch 2, two branches
+
+
+def test_text_to_image_is_classifier_free_guidance(setup):
+    cfg, model, params, batch = setup
+    params = _perturbed(params)
+    z = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
+    logsnr = jnp.array([1.0, -2.0])
+    guided = sampling.guided_denoiser(
+        model, cfg.diffusion.param, params, batch, {"text": 4.0, "image": 9.0}, 0
+    )
+
+    def branch(text_kept):
+        mask = batch["text_mask"] & text_kept
+        out = model.apply(
+            {"params": params}, z, logsnr, batch["text_tokens"], mask
+        )  # Imagen.__call__: text encoded with this mask
+        return losses.predict_x0(out, z, logsnr, cfg.diffusion.param)
+
+    want = guidance.cfg(branch(True), branch(False), 4.0)  # s_image plays no part
+    # The branches run stacked (batch 4) there and apart (batch 2) here: only
+    # the float32 summation order differs (~1e-6 on an O(1) x0), and guidance
+    # weighs the branches by at most 1 + 2 s = 9.
+    np.testing.assert_allclose(guided(z, logsnr, 0), want, rtol=0, atol=9 * 2e-6)
+
+
+def test_missing_batch_fields_are_named(instruction):
+    cfg, model, params, batch = instruction
+    text_only = {k: batch[k] for k in ("text_tokens", "text_mask")}
+    with pytest.raises(ValueError, match="ctx_images"):
+        sampling.guided_denoiser(model, "v", params, text_only, {}, 0)

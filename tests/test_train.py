@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from experiments import t2i_shapes
-from imagen_jax import checkpointing, sharding, train
+from imagen_jax import checkpointing, config_utils, sampling, sharding, train
 from imagen_jax.data import shapes_world
 
 
@@ -252,3 +252,23 @@ def test_time_budget_moves_the_horizon_without_recompiling(tmp_path, monkeypatch
     assert loop.num_steps == cfg.train.num_steps == int(state.step)
     planned = optax.tree_utils.tree_get(state.opt_state, "planned")
     assert int(planned) == cfg.train.num_steps  # the new plan is kept
+
+
+@pytest.mark.parametrize("schedule", config_utils.choices()["diffusion.schedule"])
+def test_every_allowed_schedule_trains_and_samples(schedule):
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup(
+        **{"diffusion.schedule": schedule}
+    )
+    config_utils.validate(cfg)
+    with mesh, nn.logical_axis_rules(rules):
+        for _ in range(2):
+            state, metrics = step_fn(state, sharding.global_batch(_batch(cfg, tok), bs))
+            assert np.isfinite(float(metrics["loss"]))
+    model = train.build_model(cfg, tok.vocab_size)
+    batch = sampling.prompt_batch(
+        ["a red circle", "a blue square"], tok, cfg, model.conditioning
+    )
+    generate = sampling.make_generate_fn(model, cfg)
+    images = generate(state.params, batch, jax.random.PRNGKey(0), 2, 3.0)
+    assert images.shape == (2, 32, 32, 3)
+    assert np.isfinite(np.asarray(images)).all()

@@ -64,22 +64,28 @@ def cosine_logsnr(
     return jnp.where(t < 0.5, near_data, near_noise)
 
 
+# "simple diffusion" (Hoogeboom et al. 2023) shifts the cosine schedule of a
+# 64x64 model to other sides: its reference side.
+SHIFT_BASE_RESOLUTION = 64
+
+
 def shifted_cosine_logsnr(
     t: jax.typing.ArrayLike,
-    shift_resolution: int,
-    base_resolution: int = 64,
+    resolution: int,
+    base_resolution: int = SHIFT_BASE_RESOLUTION,
     logsnr_min: float = -20.0,
     logsnr_max: float = 20.0,
 ) -> jax.Array:
     """Cosine schedule shifted for resolution (simple diffusion).
 
-    logsnr(t) = cosine_logsnr(t) + 2 log(base_resolution / shift_resolution):
-    a higher resolution sees more noise at the same t. The shift is applied after
+    logsnr(t) = cosine_logsnr(t) + 2 log(base_resolution / resolution): a
+    higher resolution sees more noise at the same t (its pixels average noise
+    over more neighbours), a lower one less. The shift is applied after
     clipping, so the range becomes [logsnr_min, logsnr_max] + shift.
 
     Args:
       t: times in [0, 1], any shape.
-      shift_resolution: image side the schedule is used at.
+      resolution: image side the schedule is used at.
       base_resolution: side at which the shifted schedule equals the cosine one.
       logsnr_min: unshifted log-SNR at t = 1.
       logsnr_max: unshifted log-SNR at t = 0.
@@ -90,12 +96,12 @@ def shifted_cosine_logsnr(
     Raises:
       ValueError: if a resolution is not positive.
     """
-    if shift_resolution <= 0 or base_resolution <= 0:
+    if resolution <= 0 or base_resolution <= 0:
         raise ValueError(
-            f"Resolutions must be positive, got shift_resolution={shift_resolution}"
+            f"Resolutions must be positive, got resolution={resolution}"
             f" and base_resolution={base_resolution}."
         )
-    shift = 2.0 * jnp.log(_as_f32(base_resolution) / _as_f32(shift_resolution))
+    shift = 2.0 * jnp.log(_as_f32(base_resolution) / _as_f32(resolution))
     return cosine_logsnr(t, logsnr_min, logsnr_max) + shift
 
 
@@ -115,12 +121,20 @@ _SCHEDULES: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def get_schedule(name: str, **kwargs) -> ScheduleFn:
+def get_schedule_names() -> tuple[str, ...]:
+    """Names accepted by `get_schedule`."""
+    return tuple(sorted(_SCHEDULES))
+
+
+def get_schedule(name: str, resolution: int | None = None, **kwargs) -> ScheduleFn:
     """Returns the schedule `name` as a function t -> logsnr, options bound.
 
     Args:
-      name: one of "cosine", "shifted_cosine", "linear".
-      **kwargs: options of that schedule (e.g. `shift_resolution=128`).
+      name: one of `get_schedule_names()`.
+      resolution: image side the schedule is used at; given to the schedules
+        that depend on it (a `resolution` argument, e.g. "shifted_cosine") and
+        ignored by the others.
+      **kwargs: other options of that schedule (e.g. `base_resolution=128`).
 
     Raises:
       ValueError: on an unknown name, an unknown option or a missing one.
@@ -131,6 +145,8 @@ def get_schedule(name: str, **kwargs) -> ScheduleFn:
         )
     fn = _SCHEDULES[name]
     signature = inspect.signature(fn)
+    if resolution is not None and "resolution" in signature.parameters:
+        kwargs = {"resolution": resolution, **kwargs}
     try:
         bound = signature.bind_partial(None, **kwargs)
     except TypeError as e:

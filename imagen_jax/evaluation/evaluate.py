@@ -56,8 +56,7 @@ def single_object(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
         rng = jax.random.PRNGKey(1234 + offset)
         return generate(
             loaded.params,
-            chunk["tokens"],
-            chunk["mask"],
+            {"text_tokens": chunk["tokens"], "text_mask": chunk["mask"]},
             rng,
             sample_cfg.steps,
             sample_cfg.guidance,
@@ -146,7 +145,7 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     zero-shot combinations; unseen paraphrases of the trained tasks."""
     from imagen_jax.data import tasks
 
-    generate = sampling.make_instruction_generate_fn(
+    generate = sampling.make_generate_fn(
         loaded.model, loaded.config, sample_cfg.sampler
     )
     runs = [(tasks.TRAIN_TASKS, False, ""), (tasks.ZERO_SHOT_TASKS, False, "")]

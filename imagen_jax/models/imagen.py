@@ -1,7 +1,8 @@
-"""The text-to-image model: a T5 text encoder feeding the Efficient UNet.
+"""The model: a T5 text encoder feeding the Efficient UNet.
 
-`setup()` is used because the model exposes several methods: sampling
-encodes the text once (`encode_text`) and calls `denoise` at every step.
+`setup()` is used because the model exposes several methods: a sampler
+encodes the conditions once per request (`condition`: the text, and the
+context memory of instruction models) and calls `denoise` at every step.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from imagen_jax import conditioning as conditioning_lib
 from imagen_jax.models import t5
-from imagen_jax.models.unet import Context, UNet, UNetConfig
+from imagen_jax.models.unet import Context, Memory, UNet, UNetConfig
 
 Dtype = Any
 
 
 class Imagen(nn.Module):
-    """Text encoder + UNet; call = encode_text then denoise."""
+    """Text encoder + UNet; what it is conditioned on is `conditioning`."""
 
     unet_config: UNetConfig
     text_config: t5.T5Config
+    conditioning: conditioning_lib.Conditioning = conditioning_lib.TEXT
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -40,39 +43,44 @@ class Imagen(nn.Module):
         out = self.text_encoder(flat, mask.reshape(flat.shape)).astype(jnp.float32)
         return out.reshape(lead + out.shape[-2:])
 
-    def encode_context(
+    def encode_memory(
         self,
         images: jax.Array,
         tokens: jax.Array,
         text_mask: jax.Array,
         mask: jax.Array,
-    ) -> Context:
-        """Context items (uint8 or [-1, 1] images [B,K,H,W,3], tokens [B,K,Lc])."""
+        train: bool = False,
+    ) -> Memory:
+        """Context items (uint8 or [-1, 1] images [B,K,H,W,3], tokens [B,K,Lc],
+        their text mask [B,K,Lc], item mask [B,K]) -> the UNet's memory."""
         if images.dtype == jnp.uint8:
             images = images.astype(jnp.float32) / 127.5 - 1.0
-        return Context(
+        context = Context(
             images=images,
             text=self.encode_text(tokens, text_mask),
             text_mask=text_mask,
             mask=mask,
         )
+        return self.unet.encode_context(context, train)
 
-    def condition(self, batch: dict, masks: dict) -> dict:
+    def condition(self, batch: dict, masks: dict, train: bool = False) -> dict:
         """Encoded conditions of a batch, as keyword arguments of `denoise`.
 
-        `masks` holds the (possibly dropped) `text_mask` and, for instruction
-        batches, `ctx_mask` and `cond_keep` (input image kept, [B] bool).
+        `masks` (`conditioning.condition_masks`) holds the (possibly dropped)
+        `text_mask` and, for instruction models, `ctx_mask` and `cond_keep`
+        (input image kept, [B] bool).
         """
         cond = {
             "text": self.encode_text(batch["text_tokens"], masks["text_mask"]),
             "text_mask": masks["text_mask"],
         }
-        if "ctx_mask" in masks:
-            cond["context"] = self.encode_context(
+        if self.conditioning.instruction:
+            cond["memory"] = self.encode_memory(
                 batch["ctx_images"],
                 batch["ctx_tokens"],
                 batch["ctx_text_mask"],
                 masks["ctx_mask"],
+                train,
             )
             image = batch["cond_image"].astype(jnp.float32) / 127.5 - 1.0
             cond["cond_image"] = image * masks["cond_keep"][:, None, None, None]
@@ -85,20 +93,21 @@ class Imagen(nn.Module):
         text,
         text_mask,
         train: bool = False,
-        context: Context | None = None,
+        memory: Memory | None = None,
         cond_image=None,
     ) -> jax.Array:
         out = self.unet(
-            z, logsnr, text, text_mask, train, context=context, cond_image=cond_image
+            z, logsnr, text, text_mask, train, memory=memory, cond_image=cond_image
         )
         return out.astype(jnp.float32)
 
     def forward(self, z, logsnr, batch: dict, train: bool = False) -> jax.Array:
-        """Denoises `z` under every condition the batch carries (none dropped)."""
-        masks = {"text_mask": batch["text_mask"]}
-        if "ctx_mask" in batch:
-            masks.update(ctx_mask=batch["ctx_mask"], cond_keep=batch["cond_image_mask"])
-        cond = self.condition(batch, masks)
+        """Denoises `z` under every condition of the model (none dropped)."""
+        keep = jnp.ones(batch["text_mask"].shape[:1], bool)
+        masks = conditioning_lib.condition_masks(
+            batch, self.conditioning, text=keep, context=keep, image=keep
+        )
+        cond = self.condition(batch, masks, train)
         text, text_mask = cond.pop("text"), cond.pop("text_mask")
         return self.denoise(z, logsnr, text, text_mask, train, **cond)
 
@@ -106,13 +115,13 @@ class Imagen(nn.Module):
         return self.denoise(z, logsnr, self.encode_text(tokens, mask), mask, train)
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def dtype_from_name(name: str) -> Dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
@@ -147,4 +156,9 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         num_heads=tx.num_heads,
         dtype=dtype,
     )
-    return Imagen(unet_config, text_config, dtype=dtype)
+    return Imagen(
+        unet_config,
+        text_config,
+        conditioning=conditioning_lib.get(m.conditioning),
+        dtype=dtype,
+    )

@@ -20,6 +20,10 @@ from imagen_jax.models import layers
 
 Dtype = Any
 
+# Allowed values of `UNetConfig.text_pool` and `UNetConfig.attn_blocks`.
+TEXT_POOLS = ("mean", "attention")
+ATTN_BLOCKS = ("all", "last")
+
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
@@ -69,13 +73,13 @@ class UNetConfig:
     attn_blocks: str = "all"
 
     def __post_init__(self):
-        if self.attn_blocks not in ("all", "last"):
+        if self.attn_blocks not in ATTN_BLOCKS:
             raise ValueError(
-                f"attn_blocks must be 'all' or 'last', got {self.attn_blocks!r}"
+                f"attn_blocks must be one of {ATTN_BLOCKS}, got {self.attn_blocks!r}"
             )
-        if self.text_pool not in ("mean", "attention"):
+        if self.text_pool not in TEXT_POOLS:
             raise ValueError(
-                f"text_pool must be 'mean' or 'attention', got {self.text_pool!r}"
+                f"text_pool must be one of {TEXT_POOLS}, got {self.text_pool!r}"
             )
         if len(self.attn_levels) != len(self.channel_mults):
             raise ValueError(
@@ -139,20 +143,64 @@ class Context:
     mask: jax.Array
 
 
+@flax.struct.dataclass
+class Memory:
+    """Encoded context items: what the context cross-attention reads.
+
+    Attributes:
+      tokens: [B, K*h*w, C] last encoder level's features, item after item.
+      mask: [B, K*h*w]; False on the tokens of padded (and dropped) items.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+
+
 class UNet(nn.Module):
     """Predicts the diffusion target for a noisy image given log-SNR and text.
 
-    Call: `(z [B,H,W,C], logsnr [B], text [B,L,D], text_mask [B,L], train,
-    context=None, cond_image=None)` -> `[B,H,W,out_channels]` in `dtype`.
-    `context` items are encoded by this UNet's own down-sampling stack (shared
-    weights, clean images, each conditioned on its own text) into the memory
-    of the context cross-attention. `cond_image` [B,H,W,C'] is concatenated to
-    the input on channels (InstructPix2Pix); its input weights start at zero.
+    Two methods share the stem, the encoder and the conditioning layers (made
+    in `setup`; the rest of the network is inline in `__call__`):
+    - `encode_context(context, train)` -> `Memory`: the context items through
+      this UNet's own down-sampling stack (clean images at noise level 0, each
+      conditioned on its own text, as in Re-Imagen). They do not depend on the
+      noisy sample, so a sampler encodes them once per request.
+    - `(z [B,H,W,C], logsnr [B], text [B,L,D], text_mask [B,L], train,
+      memory=None, cond_image=None)` -> `[B,H,W,out_channels]` in `dtype`.
+      `memory` feeds the context cross-attention (created only with it,
+      zero-initialised). `cond_image` [B,H,W,C'] is concatenated to the input
+      on channels (InstructPix2Pix); its input weights start at zero.
     """
 
     config: UNetConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        level_cls = _maybe_remat(Level, cfg.remat_policy)
+        f32 = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        self.conv_in = layers.conv(cfg.base_channels, name="conv_in", **kw)
+        # Submodule names: down_1, down_2, ... and enc_0, enc_1, ...
+        self.down = {
+            i: layers.conv(c, strides=2, **kw) for i, c in enumerate(chans) if i > 0
+        }
+        self.enc = [
+            level_cls(c, cfg, cfg.attn_levels[i], **kw) for i, c in enumerate(chans)
+        ]
+        self.time_1 = layers.dense(cfg.cond_dim, ("embed", "mlp"), name="time_1", **f32)
+        self.time_2 = layers.dense(cfg.cond_dim, ("mlp", "embed"), name="time_2", **f32)
+        self.pooled_text = layers.dense(
+            cfg.cond_dim, ("embed", "mlp"), name="pooled_text", **f32
+        )
+        self.text_pool = (
+            layers.AttentionPool(
+                cfg.num_heads, param_dtype=self.param_dtype, name="text_pool"
+            )
+            if cfg.text_pool == "attention"
+            else masked_mean
+        )
 
     @nn.compact
     def __call__(
@@ -162,35 +210,30 @@ class UNet(nn.Module):
         text,
         text_mask,
         train: bool = False,
-        context: Context | None = None,
+        memory: Memory | None = None,
         cond_image=None,
     ):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         _check_resolution(z.shape, cfg.downsample_factor)
-        mods = self._modules(kw)
-        memory = memory_mask = None
-        if context is not None:
-            memory, memory_mask = self._encode_context(mods, context, train)
-        cond = _conditioning(mods, logsnr, text, text_mask, cfg.cond_dim)
-        h = self._stem(mods, z)
+        tokens = tokens_mask = None
+        if memory is not None:
+            tokens, tokens_mask = memory.tokens, memory.mask
+        cond = self._conditioning(logsnr, text, text_mask)
+        h = self._stem(z)
         if cond_image is not None:
             _check_resolution(cond_image.shape, cfg.downsample_factor)
             x_c = space_to_depth(cond_image.astype(self.dtype), cfg.patch_size)
             h = h + layers.conv(
                 cfg.base_channels, name="cond_image_in", zero_init=True, **kw
             )(x_c)
-        skips = []
-        for i, level in enumerate(mods["enc"]):
-            h = mods["down"][i](h) if i > 0 else h
-            h = level(h, cond, text, text_mask, memory, memory_mask, train)
-            skips.append(h)
-        h = self._middle(h, cond, text, text_mask, memory, memory_mask, train)
+        skips = self._encode(h, cond, text, text_mask, tokens, tokens_mask, train)
+        h = self._middle(skips[-1], cond, text, text_mask, tokens, tokens_mask, train)
         level_cls = _maybe_remat(Level, cfg.remat_policy)
         for i, mult in reversed(list(enumerate(cfg.channel_mults))):
             h = jnp.concatenate([h, skips.pop()], axis=-1)
             h = level_cls(
                 cfg.base_channels * mult, cfg, cfg.attn_levels[i], name=f"dec_{i}", **kw
-            )(h, cond, text, text_mask, memory, memory_mask, train)
+            )(h, cond, text, text_mask, tokens, tokens_mask, train)
             if i > 0:
                 h = _upsample(h)
         h = nn.silu(layers.group_norm(h.shape[-1], param_dtype=self.param_dtype)(h))
@@ -199,84 +242,55 @@ class UNet(nn.Module):
         )(h.astype(self.dtype))
         return depth_to_space(out, cfg.patch_size)
 
-    def _modules(self, kw) -> dict:
-        """The stem, encoder and conditioning layers, shared with the context pass."""
-        cfg = self.config
-        level_cls = _maybe_remat(Level, cfg.remat_policy)
-        f32 = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
-        chans = [cfg.base_channels * m for m in cfg.channel_mults]
-        return {
-            "conv_in": layers.conv(cfg.base_channels, name="conv_in", **kw),
-            "down": {
-                i: layers.conv(c, strides=2, name=f"down_{i}", **kw)
-                for i, c in enumerate(chans)
-                if i > 0
-            },
-            "enc": [
-                level_cls(c, cfg, cfg.attn_levels[i], name=f"enc_{i}", **kw)
-                for i, c in enumerate(chans)
-            ],
-            "time_1": layers.dense(
-                cfg.cond_dim, ("embed", "mlp"), name="time_1", **f32
-            ),
-            "time_2": layers.dense(
-                cfg.cond_dim, ("mlp", "embed"), name="time_2", **f32
-            ),
-            "pooled_text": layers.dense(
-                cfg.cond_dim, ("embed", "mlp"), name="pooled_text", **f32
-            ),
-            "pool": (
-                layers.AttentionPool(
-                    cfg.num_heads, param_dtype=self.param_dtype, name="text_pool"
-                )
-                if cfg.text_pool == "attention"
-                else masked_mean
-            ),
-        }
-
-    def _stem(self, mods, x: jax.Array) -> jax.Array:
-        """Patchify (and append coordinates to) an image; the first conv."""
-        x = space_to_depth(x.astype(self.dtype), self.config.patch_size)
-        if self.config.coord_channels:
-            x = jnp.concatenate([x, coordinate_maps(x)], axis=-1)
-        return mods["conv_in"](x)
-
-    def _encode_context(self, mods, context: Context, train: bool):
+    def encode_context(self, context: Context, train: bool = False) -> Memory:
         """Clean context images -> memory tokens [B, K*h*w, C] and their mask."""
         b, k = context.mask.shape
         flat = lambda x: x.reshape((b * k,) + x.shape[2:])  # noqa: E731
         text, text_mask = flat(context.text), flat(context.text_mask)
         # Noise level 0: the largest log-SNR of the schedules.
-        cond = _conditioning(
-            mods, jnp.full((b * k,), 20.0), text, text_mask, self.config.cond_dim
-        )
-        h = self._stem(mods, flat(context.images))
-        for i, level in enumerate(mods["enc"]):
-            h = mods["down"][i](h) if i > 0 else h
-            h = level(h, cond, text, text_mask, None, None, train)
+        cond = self._conditioning(jnp.full((b * k,), 20.0), text, text_mask)
+        h = self._stem(flat(context.images))  # [B*K, h0, w0, C0]
+        h = self._encode(h, cond, text, text_mask, None, None, train)[-1]
         hw, c = h.shape[1] * h.shape[2], h.shape[3]
-        memory = h.reshape(b, k * hw, c)  # [B, K*h*w, C]
-        memory_mask = jnp.repeat(context.mask.astype(bool), hw, axis=1)
-        return nn.with_logical_constraint(memory, layers.TOKEN_AXES), memory_mask
+        tokens = h.reshape(b, k * hw, c)  # [B, K*h*w, C]
+        return Memory(
+            tokens=nn.with_logical_constraint(tokens, layers.TOKEN_AXES),
+            mask=jnp.repeat(context.mask.astype(bool), hw, axis=1),
+        )
 
-    def _middle(self, h, cond, text, text_mask, memory, memory_mask, train):
+    def _conditioning(self, logsnr, text, text_mask) -> jax.Array:
+        """Time (log-SNR) embedding plus the pooled text, [B, cond_dim] float32."""
+        # log-SNR spans about [-20, 20]; scaled so the sinusoids resolve it.
+        t_emb = layers.sinusoidal_embedding(logsnr * 50.0, self.config.cond_dim)
+        t_emb = self.time_2(nn.silu(self.time_1(t_emb)))
+        return t_emb + self.pooled_text(self.text_pool(text, text_mask))
+
+    def _stem(self, x: jax.Array) -> jax.Array:
+        """Patchify (and append coordinates to) an image; the first conv."""
+        x = space_to_depth(x.astype(self.dtype), self.config.patch_size)
+        if self.config.coord_channels:
+            x = jnp.concatenate([x, coordinate_maps(x)], axis=-1)
+        return self.conv_in(x)
+
+    def _encode(self, h, cond, text, text_mask, tokens, tokens_mask, train) -> list:
+        """The encoder levels from the stem's output; each level's output."""
+        skips = []
+        for i, level in enumerate(self.enc):
+            h = self.down[i](h) if i > 0 else h
+            h = level(h, cond, text, text_mask, tokens, tokens_mask, train)
+            skips.append(h)
+        return skips
+
+    def _middle(self, h, cond, text, text_mask, tokens, tokens_mask, train):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ch = h.shape[-1]
         h = layers.ResBlock(ch, cfg.dropout, name="mid_1", **kw)(h, cond, train)
         h = _attend(h, text, text_mask, cfg, kw)
-        if memory is not None:
+        if tokens is not None:
             h = layers.Attention(
                 cfg.num_heads, cfg.head_dim, name="mid_ctx_attn", **kw
-            )(h, memory, memory_mask)
+            )(h, tokens, tokens_mask)
         return layers.ResBlock(ch, cfg.dropout, name="mid_2", **kw)(h, cond, train)
-
-
-def _conditioning(mods, logsnr, text, text_mask, dim) -> jax.Array:
-    """Time (log-SNR) embedding plus the pooled text, [B, dim] float32."""
-    # log-SNR spans about [-20, 20]; scaled so the sinusoids resolve it.
-    t_emb = layers.sinusoidal_embedding(logsnr * 50.0, dim)
-    t_emb = mods["time_2"](nn.silu(mods["time_1"](t_emb)))
-    return t_emb + mods["pooled_text"](mods["pool"](text, text_mask))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:

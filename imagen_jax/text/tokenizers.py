@@ -241,6 +241,11 @@ _TOKENIZERS: dict[str, Callable[..., Tokenizer]] = {
 }
 
 
+def get_tokenizer_names() -> tuple[str, ...]:
+    """Names accepted by `get_tokenizer`."""
+    return tuple(sorted(_TOKENIZERS))
+
+
 def get_tokenizer(name: str, **kwargs) -> Tokenizer:
     """Builds a tokenizer by registry name ("byte" or "sentencepiece").
 

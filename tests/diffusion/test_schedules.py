@@ -36,13 +36,13 @@ def test_cosine_is_alpha_cos_in_the_unclipped_middle():
 
 
 def test_shifted_cosine_is_cosine_plus_log_ratio():
-    shifted = schedules.shifted_cosine_logsnr(T, shift_resolution=256)
+    shifted = schedules.shifted_cosine_logsnr(T, resolution=256)
     expected = _np_cosine(T) + 2.0 * np.log(64 / 256)
     np.testing.assert_allclose(shifted, expected, rtol=1e-5, atol=1e-5)
-    same = schedules.shifted_cosine_logsnr(T, shift_resolution=32, base_resolution=32)
+    same = schedules.shifted_cosine_logsnr(T, resolution=32, base_resolution=32)
     np.testing.assert_allclose(same, schedules.cosine_logsnr(T), atol=1e-6)
-    with pytest.raises(ValueError, match="shift_resolution=0"):
-        schedules.shifted_cosine_logsnr(T, shift_resolution=0)
+    with pytest.raises(ValueError, match="resolution=0"):
+        schedules.shifted_cosine_logsnr(T, resolution=0)
 
 
 def test_linear_endpoints_and_midpoint():
@@ -56,9 +56,15 @@ def test_bad_range_raises():
 
 
 def test_get_schedule_binds_options():
-    fn = schedules.get_schedule("shifted_cosine", shift_resolution=128)
+    fn = schedules.get_schedule("shifted_cosine", resolution=128)
+    np.testing.assert_allclose(fn(T), schedules.shifted_cosine_logsnr(T, 128))
+    # The resolution goes to the schedules that take it; the others ignore it.
+    np.testing.assert_array_equal(
+        schedules.get_schedule("cosine", resolution=32)(T), schedules.cosine_logsnr(T)
+    )
+    based = schedules.get_schedule("shifted_cosine", 32, base_resolution=128)
     np.testing.assert_allclose(
-        fn(T), schedules.shifted_cosine_logsnr(T, shift_resolution=128)
+        based(T), schedules.cosine_logsnr(T) + 2.0 * np.log(4.0), atol=1e-5
     )
     np.testing.assert_allclose(
         jax.jit(schedules.get_schedule("cosine"))(T),
@@ -71,8 +77,8 @@ def test_get_schedule_binds_options():
     "name,kwargs,match",
     [
         ("cosin", {}, "known schedules: \\['cosine', 'linear', 'shifted_cosine'\\]"),
-        ("cosine", {"resolution": 3}, "resolution"),
-        ("shifted_cosine", {}, "needs options \\['shift_resolution'\\]"),
+        ("cosine", {"shift": 3}, "shift"),
+        ("shifted_cosine", {}, "needs options \\['resolution'\\]"),
     ],
 )
 def test_get_schedule_errors(name, kwargs, match):

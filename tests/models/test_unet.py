@@ -159,6 +159,22 @@ def test_attention_matches_numpy():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+def test_attention_with_every_key_masked_attends_to_nothing():
+    # Dropped text (or no context items) must not reach the output: a plain
+    # masked softmax would average all the masked values instead.
+    rng = np.random.default_rng(2)
+    q, k, v = (
+        jnp.asarray(rng.normal(size=s), jnp.float32)
+        for s in [(2, 3, 2, 4), (2, 5, 2, 4), (2, 5, 2, 4)]
+    )
+    mask = jnp.asarray([[0, 0, 0, 0, 0], [1, 0, 1, 0, 1]], bool)
+    out = layers.attention(q, k, v, mask)
+    np.testing.assert_array_equal(out[0], 0.0)
+    assert np.abs(np.asarray(out[1])).min() > 0.0
+    other_v = v.at[0].set(100.0)
+    np.testing.assert_array_equal(layers.attention(q, k, other_v, mask)[0], 0.0)
+
+
 def test_attention_gradient_matches_plain_softmax():
     # The deferred normalisation and the stop-gradient max shift must not
     # change the gradient of any input (mask included).
@@ -214,6 +230,12 @@ def _context(batch=2, k=3, res=16, lc=4, dim=12, valid=((1, 1, 0), (1, 0, 0))):
     )
 
 
+def _with_context(module, z, logsnr, text, mask, context, cond_image=None):
+    """The context encoded and the noisy image denoised in one call."""
+    memory = module.encode_context(context)
+    return module(z, logsnr, text, mask, memory=memory, cond_image=cond_image)
+
+
 def test_zero_init_identity_of_context_and_input_image_layers():
     # A trained text-to-image UNet plus new context / input-image layers gives
     # exactly the text-to-image output until the new layers are trained.
@@ -223,9 +245,9 @@ def test_zero_init_identity_of_context_and_input_image_layers():
     ctx = _context()
     cond_image = jnp.ones((2, 16, 16, 3))
     full = nn.meta.unbox(
-        model.init(jax.random.PRNGKey(2), *inputs, context=ctx, cond_image=cond_image)[
-            "params"
-        ]
+        model.init(
+            jax.random.PRNGKey(2), *inputs, ctx, cond_image, method=_with_context
+        )["params"]
     )
     new = set(full) - set(t2i)
     assert "cond_image_in" in new and "mid_ctx_attn" in new
@@ -235,34 +257,95 @@ def test_zero_init_identity_of_context_and_input_image_layers():
         merged[key] = {**full[key], **value} if isinstance(value, dict) else value
     out_t2i = model.apply({"params": t2i}, *inputs)
     out_full = model.apply(
-        {"params": merged}, *inputs, context=ctx, cond_image=cond_image
+        {"params": merged}, *inputs, ctx, cond_image, method=_with_context
     )
     np.testing.assert_allclose(out_full, out_t2i, atol=1e-6)
+
+
+def _context_params(model, inputs, ctx):
+    params = nn.meta.unbox(
+        model.init(jax.random.PRNGKey(0), *inputs, ctx, method=_with_context)["params"]
+    )
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    return jax.tree.unflatten(
+        tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    )
 
 
 def test_padded_context_item_changes_nothing():
     model = UNet(CFG)
     inputs = _inputs()
     ctx = _context()
-    params = nn.meta.unbox(
-        model.init(jax.random.PRNGKey(0), *inputs, context=ctx)["params"]
-    )
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = jax.tree.unflatten(
-        tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    )
-    out = model.apply({"params": params}, *inputs, context=ctx)
+    params = _context_params(model, inputs, ctx)
+
+    def apply(context):
+        return model.apply({"params": params}, *inputs, context, method=_with_context)
+
+    out = apply(ctx)
     # Change everything about the padded items (row 0: item 2; row 1: items 1-2).
     noisy = ctx.replace(
         images=ctx.images.at[0, 2].set(0.7).at[1, 1:].set(-0.3),
         text=ctx.text.at[1, 1:].set(5.0),
     )
-    np.testing.assert_allclose(
-        model.apply({"params": params}, *inputs, context=noisy), out, atol=1e-5
-    )
+    np.testing.assert_allclose(apply(noisy), out, atol=1e-5)
     # A real item does change the output.
-    changed = ctx.replace(images=ctx.images.at[0, 0].set(0.7))
-    diff = model.apply({"params": params}, *inputs, context=changed) - out
+    diff = apply(ctx.replace(images=ctx.images.at[0, 0].set(0.7))) - out
     assert float(jnp.abs(diff[0]).max()) > 1e-4
     np.testing.assert_allclose(diff[1], 0.0, atol=1e-5)  # other example untouched
+
+
+def test_memory_is_the_encoder_output_per_item_and_reusable():
+    # The memory of a context batch holds each item's last encoder features,
+    # whatever the other items; computed once (jitted on its own, as a
+    # sampler does) it gives the denoiser the output of encoding inline.
+    model = UNet(CFG)
+    inputs = _inputs()
+    ctx = _context()
+    params = _context_params(model, inputs, ctx)
+    variables = {"params": params}
+    memory = jax.jit(lambda c: model.apply(variables, c, method=UNet.encode_context))(
+        ctx
+    )
+    # 16 px, one down-sampling: 8x8 tokens of 32 channels per item.
+    assert memory.tokens.shape == (2, 3 * 64, 32) and memory.mask.shape == (2, 192)
+    np.testing.assert_array_equal(memory.mask[0], np.repeat([1, 1, 0], 64))
+    item = jax.tree.map(lambda x: x[:1, 1:2], ctx)  # row 0's item 1 alone
+    alone = model.apply(variables, item, method=UNet.encode_context)
+    # float32 convolutions over other batch sizes: reassociation only (~1e-6).
+    np.testing.assert_allclose(
+        alone.tokens[0], memory.tokens[0, 64:128], rtol=1e-5, atol=1e-5
+    )
+    inline = model.apply(variables, *inputs, ctx, method=_with_context)
+    denoised = jax.jit(lambda m: model.apply(variables, *inputs, memory=m))(memory)
+    # Same ops on the same values, split over two programs; the UNet's output is
+    # O(1), so float32 reassociation stays far below 1e-5.
+    np.testing.assert_allclose(denoised, inline, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(denoised - model.apply(variables, *inputs)).max()) > 1e-3
+
+
+def _param_shapes(config) -> dict[str, list[int]]:
+    from imagen_jax import train
+    from imagen_jax.models.imagen import build_model
+
+    model = build_model(config, train.make_tokenizer(config).vocab_size)
+    boxed = jax.eval_shape(lambda: train.init_params(model, config))
+    flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed))[0]
+    return {"/".join(k.key for k in path): list(x.shape) for path, x in flat}
+
+
+@pytest.mark.parametrize("conditioning", ["text", "instruction"])
+def test_param_names_and_shapes_are_those_checkpoints_hold(conditioning):
+    # Recorded from the model before `encode_context` became a method of its
+    # own (commit 56ef986): checkpoints written then must restore.
+    import json
+    import pathlib
+
+    from experiments import t2i_shapes
+
+    config = t2i_shapes.get_config("smoke")
+    config.model.conditioning = conditioning
+    config.data.max_context, config.data.ctx_text_len = 2, 8
+    path = pathlib.Path(__file__).with_name("smoke_param_shapes.json")
+    expected = json.loads(path.read_text())[conditioning]
+    assert _param_shapes(config) == expected
