@@ -90,7 +90,15 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
     d = loaded.config.data
     for name in names:
         examples = [
-            tasks.make_example(name, i, seed, d.resolution, unseen, world=d.variant)
+            tasks.make_example(
+                name,
+                i,
+                seed,
+                d.resolution,
+                unseen,
+                world=d.variant,
+                plain=d.get("plain_text", False),
+            )
             for i in range(per_task)
         ]
         arrays = [
@@ -122,57 +130,163 @@ def _generate_tasks(loaded, generate, batch, sample_cfg, batch_size, seed, label
     return _in_batches(batch, batch_size, fn, label)
 
 
-def _task_rows(name, examples, images, suffix=""):
-    from imagen_jax.evaluation import task_metrics
-
-    scores = [task_metrics.score_example(img, ex) for img, ex in zip(images, examples)]
-    zero_shot = examples[0].zero_shot
-    task = ("zero_shot/" if zero_shot else "") + name + suffix
-    keys = [k for k, v in scores[0].items() if isinstance(v, (int, float))]
+def _mean_rows(task: str, values: dict[str, list[float]]) -> list[dict]:
     return [
-        {
-            "task": task,
-            "metric": k,
-            "value": float(np.mean([s[k] for s in scores])),
-            "n": len(scores),
-        }
-        for k in keys
+        {"task": task, "metric": k, "value": float(np.mean(v)), "n": len(v)}
+        for k, v in values.items()
     ]
 
 
+def _task_rows(name, examples, images, suffix=""):
+    """Rows of one task: its headline scores, then (generation tasks) each
+    condition's grade `sc/<condition>` and its attributes `<condition>/<attr>`
+    (`task_metrics.condition_attributes`), averaged where an example has them."""
+    from imagen_jax.evaluation import task_metrics
+
+    values: dict[str, list[float]] = {}
+    for image, example in zip(images, examples, strict=True):
+        score = task_metrics.score_example(image, example)
+        flat = {k: v for k, v in score.items() if isinstance(v, (int, float))}
+        flat.update({f"sc/{k}": v for k, v in score.get("per_condition", {}).items()})
+        flat.update(score.get("attributes", {}))
+        for k, v in flat.items():
+            values.setdefault(k, []).append(float(v))
+    task = ("zero_shot/" if examples[0].zero_shot else "") + name + suffix
+    return _mean_rows(task, values)
+
+
+def _task_grid(examples, images, path: str, count: int = 8) -> None:
+    """(condition, sample, target) triplets of the first `count` examples: the
+    condition is the input image, else the first context image, else blank."""
+    cells = []
+    for example, image in list(zip(examples, images, strict=True))[:count]:
+        ins = example.instruction
+        shown = ins.input_image
+        if shown is None and ins.context:
+            shown = ins.context[0].image
+        cells += [
+            np.zeros_like(image) if shown is None else shown,
+            image,
+            example.target,
+        ]
+    grids.save_grid(np.stack(cells), path, cols=6)
+
+
+def _has_conditions(task) -> bool:
+    """Whether a task's instructions carry context items or an input image."""
+    return task.name != "text_to_image"
+
+
+def _runs(eval_cfg, tasks) -> list[tuple[list[str], bool, str, bool]]:
+    """(task names, unseen phrasing, row suffix, text only) of each pass.
+
+    The text-only pass samples the same examples with their context items and
+    input image dropped: the baseline a task's SC must beat.
+    """
+    wanted = set(eval_cfg.get("names") or ())
+    unknown = sorted(wanted - set(tasks.TASKS))
+    if unknown:
+        raise ValueError(f"evals.tasks.names has unknown tasks {unknown}")
+    keep = lambda names: [n for n in names if not wanted or n in wanted]  # noqa: E731
+    train, zero = keep(tasks.TRAIN_TASKS), keep(tasks.ZERO_SHOT_TASKS)
+    runs = [(train, False, "", False), (zero, False, "", False)]
+    if eval_cfg.robustness:
+        runs.append((train, True, "/unseen_paraphrase", False))
+    if eval_cfg.get("text_only", True):
+        generation = [
+            n
+            for n in train + zero
+            if n not in tasks.VISION_TASKS and _has_conditions(tasks.TASKS[n])
+        ]
+        runs.append((generation, False, "/text_only", True))
+    return runs
+
+
+def _drop_conditions(batch: dict) -> dict:
+    """The batch with every context item and input image masked out."""
+    return {
+        **batch,
+        "ctx_mask": np.zeros_like(batch["ctx_mask"]),
+        "cond_image_mask": np.zeros_like(batch["cond_image_mask"]),
+    }
+
+
 def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
-    """Every ShapesWorld task: SC/PQ/O (generation) or its metric (vision);
-    zero-shot combinations; unseen paraphrases of the trained tasks."""
+    """Every ShapesWorld task (or `eval_cfg.names`): SC/PQ/O and per-condition
+    scores (generation) or its metric (vision); zero-shot combinations; unseen
+    paraphrases of the trained tasks; the text-only baseline. One sample grid
+    per task and pass in `out_dir/tasks/`."""
     from imagen_jax.data import tasks
 
     generate = sampling.make_generate_fn(
         loaded.model, loaded.config, sample_cfg.sampler
     )
-    runs = [(tasks.TRAIN_TASKS, False, ""), (tasks.ZERO_SHOT_TASKS, False, "")]
-    if eval_cfg.robustness:
-        runs.append((tasks.TRAIN_TASKS, True, "/unseen_paraphrase"))
+    os.makedirs(os.path.join(out_dir, "tasks"), exist_ok=True)
     rows, grid = [], []
-    for names, unseen, suffix in runs:
+    for names, unseen, suffix, text_only in _runs(eval_cfg, tasks):
         for name, examples, batch in _task_batches(
             loaded, names, eval_cfg.per_task, unseen
         ):
+            label = name + suffix
             images = _generate_tasks(
                 loaded,
                 generate,
-                batch,
+                _drop_conditions(batch) if text_only else batch,
                 sample_cfg,
                 eval_cfg.batch_size,
                 seed=77,
-                label=name + suffix,
+                label=label,
             )
-            rows += _task_rows(name, examples, images, suffix)
+            task_rows = _task_rows(name, examples, images, suffix)
+            rows += task_rows
             grid += [images[0], examples[0].target]
-            print(
-                f"  {name}{suffix}: {rows[-1]['metric']}={rows[-1]['value']:.3f}",
-                flush=True,
+            _task_grid(
+                examples,
+                images,
+                os.path.join(out_dir, "tasks", label.replace("/", "_") + ".png"),
             )
+            head = {r["metric"]: r["value"] for r in task_rows}
+            shown = [k for k in ("o", "sc", "pq", "score") if k in head]
+            shown += sorted(k for k in head if k.startswith("sc/"))
+            print(f"  {label}: " + "  ".join(f"{k}={head[k]:.2f}" for k in shown))
     grids.save_grid(np.stack(grid), os.path.join(out_dir, "tasks.png"), cols=8)
-    return rows
+    summary = summary_rows(rows, tasks.VISION_TASKS)
+    for r in summary:
+        print(f"  {r['task']}: {r['metric']}={r['value']:.3f} over {r['n']} tasks")
+    return rows + summary
+
+
+def summary_rows(rows: list[dict], vision_tasks) -> list[dict]:
+    """Averages over tasks, as the paper reports them: O (and SC) of the
+    in-domain generation tasks, the zero-shot combinations, the unseen
+    paraphrases and the text-only baseline; `n` counts the tasks averaged."""
+
+    def kind(task: str) -> str | None:
+        parts = task.split("/")
+        if parts[0] == "zero_shot":
+            return "zero_shot" if len(parts) == 2 else None
+        if parts[0] in vision_tasks:
+            return None
+        return {1: "in_domain"}.get(len(parts), parts[-1])
+
+    out = []
+    for group in ("in_domain", "zero_shot", "unseen_paraphrase", "text_only"):
+        for metric in ("o", "sc"):
+            values = [
+                r["value"]
+                for r in rows
+                if r["metric"] == metric and kind(r["task"]) == group
+            ]
+            if values:
+                out.append(
+                    {
+                        "task": f"average/{group}",
+                        "metric": metric,
+                        "value": float(np.mean(values)),
+                        "n": len(values),
+                    }
+                )
+    return out
 
 
 EVALUATORS: dict[str, Callable] = {"single_object": single_object, "tasks": tasks_eval}

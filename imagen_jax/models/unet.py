@@ -9,6 +9,8 @@ conditioning through FiLM.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any
 
 import flax
@@ -16,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from imagen_jax.models import layers
+from imagen_jax.models import layers, packing
 
 Dtype = Any
 
@@ -55,6 +57,10 @@ class UNetConfig:
         attention: "all" (Instruct-Imagen: every block of those stages) or
         "last" (once per level, after its ResNet blocks, where imagen-pytorch
         puts its transformer block). The same with num_res_blocks=1.
+      context_slots: in training, encode the context items of a batch in
+        ceil(B * context_slots) slots instead of B * K (`models.packing`):
+        only real items are encoded, items beyond the slots are dropped as
+        if masked. 0 encodes all B * K. Sampling always encodes all.
     """
 
     base_channels: int = 32
@@ -71,6 +77,7 @@ class UNetConfig:
     text_pool: str = "mean"
     coord_channels: bool = False
     attn_blocks: str = "all"
+    context_slots: float = 0.0
 
     def __post_init__(self):
         if self.attn_blocks not in ATTN_BLOCKS:
@@ -245,17 +252,26 @@ class UNet(nn.Module):
     def encode_context(self, context: Context, train: bool = False) -> Memory:
         """Clean context images -> memory tokens [B, K*h*w, C] and their mask."""
         b, k = context.mask.shape
-        flat = lambda x: x.reshape((b * k,) + x.shape[2:])  # noqa: E731
+        mask = context.mask.astype(bool)
+        slots = math.ceil(b * self.config.context_slots) if train else 0
+        plan = packing.plan(mask, slots) if 0 < slots < b * k else None
+        if plan is None:
+            flat = lambda x: x.reshape((b * k,) + x.shape[2:])  # noqa: E731
+        else:
+            flat = functools.partial(packing.gather, packing=plan)
         text, text_mask = flat(context.text), flat(context.text_mask)
+        n = text.shape[0]  # B*K, or the slots
         # Noise level 0: the largest log-SNR of the schedules.
-        cond = self._conditioning(jnp.full((b * k,), 20.0), text, text_mask)
-        h = self._stem(flat(context.images))  # [B*K, h0, w0, C0]
+        cond = self._conditioning(jnp.full((n,), 20.0), text, text_mask)
+        h = self._stem(flat(context.images))  # [n, h0, w0, C0]
         h = self._encode(h, cond, text, text_mask, None, None, train)[-1]
-        hw, c = h.shape[1] * h.shape[2], h.shape[3]
+        if plan is not None:  # back to [B, K, h, w, C], unslotted items zero
+            h, mask = packing.scatter(h, plan), plan.kept
+        hw, c = h.shape[-3] * h.shape[-2], h.shape[-1]
         tokens = h.reshape(b, k * hw, c)  # [B, K*h*w, C]
         return Memory(
             tokens=nn.with_logical_constraint(tokens, layers.TOKEN_AXES),
-            mask=jnp.repeat(context.mask.astype(bool), hw, axis=1),
+            mask=jnp.repeat(mask, hw, axis=1),
         )
 
     def _conditioning(self, logsnr, text, text_mask) -> jax.Array:

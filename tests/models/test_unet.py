@@ -349,3 +349,28 @@ def test_param_names_and_shapes_are_those_checkpoints_hold(conditioning):
     path = pathlib.Path(__file__).with_name("smoke_param_shapes.json")
     expected = json.loads(path.read_text())[conditioning]
     assert _param_shapes(config) == expected
+
+
+def test_packed_context_encoding_matches_the_full_one_in_training():
+    # 3 real items of 6; 1.5 slots per example = 3 slots: every item fits.
+    model, inputs, ctx = UNet(CFG), _inputs(), _context()
+    params = _context_params(model, inputs, ctx)
+    packed = UNet(dataclasses.replace(CFG, context_slots=1.5))
+
+    def memory(module, train):
+        return module.apply({"params": params}, ctx, train, method=UNet.encode_context)
+
+    full, slotted = memory(model, True), memory(packed, True)
+    np.testing.assert_array_equal(slotted.mask, full.mask)
+    valid = np.asarray(full.mask)
+    # Same convolutions on a differently stacked batch: float32 rounding only.
+    np.testing.assert_allclose(
+        np.asarray(slotted.tokens)[valid], np.asarray(full.tokens)[valid], atol=1e-5
+    )
+    np.testing.assert_array_equal(np.asarray(slotted.tokens)[~valid], 0.0)
+    # One slot per example (2 slots) drops the third item, as if masked.
+    fewer = UNet(dataclasses.replace(CFG, context_slots=1.0))
+    dropped = memory(fewer, True).mask.reshape(2, 3, -1)[..., 0]
+    np.testing.assert_array_equal(dropped, [[True, True, False], [False, False, False]])
+    # Sampling encodes every item whatever the setting.
+    np.testing.assert_array_equal(memory(fewer, False).mask, full.mask)

@@ -1,0 +1,96 @@
+"""The task evaluator's passes, rows and averages (no model needed)."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from imagen_jax.data import tasks
+from imagen_jax.evaluation import evaluate
+
+
+def _cfg(**kw):
+    return ml_collections.ConfigDict(
+        {"names": [], "robustness": True, "text_only": True, **kw}
+    )
+
+
+def test_runs_cover_trained_zero_shot_unseen_and_text_only():
+    runs = evaluate._runs(_cfg(), tasks)
+    by_suffix = {suffix: (names, unseen, drop) for names, unseen, suffix, drop in runs}
+    assert by_suffix["/unseen_paraphrase"] == (list(tasks.TRAIN_TASKS), True, False)
+    text_only, _, drop = by_suffix["/text_only"]
+    assert drop and "subject" in text_only and "zero_shot" not in text_only
+    # No baseline where there is nothing to drop, nor for the vision tasks.
+    assert "text_to_image" not in text_only
+    assert not set(text_only) & set(tasks.VISION_TASKS)
+
+
+def test_runs_of_named_tasks_only():
+    runs = evaluate._runs(_cfg(names=["subject"], robustness=False), tasks)
+    assert [(n, s) for n, _, s, _ in runs] == [
+        (["subject"], ""),
+        ([], ""),
+        (["subject"], "/text_only"),
+    ]
+    with pytest.raises(ValueError, match="unknown tasks"):
+        evaluate._runs(_cfg(names=["subjekt"]), tasks)
+
+
+def test_drop_conditions_masks_context_and_input_image_only():
+    batch = {
+        "text_mask": np.ones((2, 4), bool),
+        "ctx_mask": np.ones((2, 3), bool),
+        "cond_image_mask": np.ones((2,), bool),
+    }
+    dropped = evaluate._drop_conditions(batch)
+    assert dropped["text_mask"].all()
+    assert not dropped["ctx_mask"].any() and not dropped["cond_image_mask"].any()
+    assert batch["ctx_mask"].all()  # the caller's batch is left alone
+
+
+def test_task_rows_report_conditions_and_attributes():
+    examples = [
+        tasks.make_example("style_generation", i, 0, 32, world="simple")
+        for i in range(2)
+    ]
+    rows = evaluate._task_rows(
+        "style_generation", examples, [e.target for e in examples]
+    )
+    values = {r["metric"]: r["value"] for r in rows}
+    assert values["o"] == 1.0 and values["sc/style"] == 1.0
+    assert values["style/palette"] == 1.0 and values["text/colour"] == 1.0
+    # A blank image: the objects are missing, the style is wrong.
+    blank = [np.zeros_like(e.target) for e in examples]
+    values = {
+        r["metric"]: r["value"]
+        for r in evaluate._task_rows("style_generation", examples, blank)
+    }
+    assert values["text/position"] == 0.0 and values["o"] == 0.0
+
+
+def test_summary_averages_by_kind():
+    def row(task, metric, value):
+        return {
+            "task": task,
+            "metric": metric,
+            "value": value,
+            "n": 4,
+        }
+
+    rows = [
+        row("subject", "o", 0.8),
+        row("edit", "o", 0.4),
+        row("segmentation", "iou", 0.9),
+        row("zero_shot/multi_subject", "o", 0.5),
+        row("subject/unseen_paraphrase", "o", 0.6),
+        row("subject/text_only", "sc", 0.1),
+        row("zero_shot/multi_subject/text_only", "sc", 0.0),
+    ]
+    got = {
+        (r["task"], r["metric"]): (r["value"], r["n"])
+        for r in evaluate.summary_rows(rows, tasks.VISION_TASKS)
+    }
+    assert got[("average/in_domain", "o")] == (pytest.approx(0.6), 2)
+    assert got[("average/zero_shot", "o")] == (0.5, 1)
+    assert got[("average/unseen_paraphrase", "o")] == (0.6, 1)
+    assert got[("average/text_only", "sc")] == (0.1, 1)
