@@ -493,12 +493,13 @@ def run_denoise(
     """Times one denoiser evaluation with and without an instruction's context.
 
     The three units of `prepare_denoise` run in turns (text, instruction,
-    encode, text, ...), so a drift of the machine's speed shows in all three.
+    encode, text, ...), so a drift of the machine's speed shows in all three,
+    and the ratio is taken round by round.
 
     Returns:
       The record: `text_ms`, `instruction_ms`, `encode_context_ms` (medians),
-      `instruction_over_text`, each unit's description, the batch size, the
-      context items, and machine info.
+      `instruction_over_text` (median of the rounds' ratios), each unit's
+      description, the batch size, the context items, and machine info.
     """
     if reps < 1 or warmup < 0:
         raise ValueError(f"need reps >= 1 and warmup >= 0, got {reps}, {warmup}")
@@ -512,7 +513,9 @@ def run_denoise(
     out = {f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()}
     out.update(
         mode="denoise",
-        instruction_over_text=out["instruction_ms"] / out["text_ms"],
+        instruction_over_text=statistics.median(
+            a / b for a, b in zip(times["instruction"], times["text"], strict=True)
+        ),
         what={name: bench.description for name, bench in benches.items()},
         times_ms={name: [1e3 * x for x in t] for name, t in times.items()},
         batch_size=benches["text"].images,
