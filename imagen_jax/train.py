@@ -264,20 +264,21 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     """One optimisation step. Pure; RNG from fold_in(seed, step)."""
     d = config.diffusion
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
-    drop_rng, loss_rng, dropout_rng, ctx_dropout_rng = jax.random.split(rng, 4)
+    drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
     x = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3]
     masks = drop_conditions(drop_rng, batch, d.cond_drop, model.conditioning)
 
     def loss_fn(params):
         variables = {"params": params}
-        # The context memory: computed once per step, inside the gradient.
+        # The context memory: computed once per step, inside the gradient, with
+        # dropout masks of its own.
         cond = model.apply(
             variables,
             batch,
             masks,
             train=True,
             method=Imagen.condition,
-            rngs={"dropout": ctx_dropout_rng},
+            rngs={"dropout": jax.random.fold_in(dropout_rng, 1)},
         )
         text, text_mask = cond.pop("text"), cond.pop("text_mask")
 

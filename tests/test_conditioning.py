@@ -139,3 +139,34 @@ def test_validation_reads_the_registry():
         config_utils.validate(cfg)
     with pytest.raises(ValueError, match="unknown model conditioning 'x'"):
         conditioning.get("x")
+
+
+@pytest.mark.parametrize("kind", ["text", "instruction"])
+def test_train_step_takes_an_instruction_batch_with_dropout(kind):
+    # The same instruction batch trains either model (a text model reads its
+    # text only); the context encoder runs with dropout in training.
+    from imagen_jax import sharding
+
+    cfg = _config(kind, "shapes_world_tasks")
+    cfg.model.dropout = 0.1
+    cfg.optim.warmup_steps = 0
+    model = _model(cfg)
+    rules = train.mesh_rules(cfg)
+    mesh = sharding.make_mesh((-1, 1, 1), cfg.mesh.axes)
+    tx, _ = train.build_optimizer(cfg)
+    state, shardings = train.init_state(model, tx, cfg, mesh, rules)
+    step_fn, bs = train.compile_train_step(model, tx, cfg, mesh, shardings)
+    local = train.dummy_batch(cfg, conditioning.INSTRUCTION, batch_size=8)
+    local["ctx_images"] = np.random.default_rng(0).integers(
+        0, 256, local["ctx_images"].shape, np.uint8
+    )
+    unet0 = jax.tree.map(np.array, state.params["unet"])
+    with mesh, nn.logical_axis_rules(rules):
+        # The zero-initialised output conv passes gradients on from step 2 on.
+        for _ in range(2):
+            state, metrics = step_fn(state, sharding.global_batch(local, bs))
+    assert np.isfinite(float(metrics["loss"]))
+    assert ("mid_ctx_attn" in unet0) == (kind == "instruction")
+    if kind == "instruction":  # the context path is trained
+        out = state.params["unet"]["mid_ctx_attn"]["out"]["kernel"]
+        assert np.abs(np.asarray(out) - unet0["mid_ctx_attn"]["out"]["kernel"]).max()

@@ -62,3 +62,18 @@ def test_validate_names_the_bad_value():
         config_utils.validate(c)
     del c.model["text_pool"]  # optional field: absent is fine
     config_utils.validate(c)
+
+
+def test_allowed_values_come_from_the_registries():
+    from experiments import t2i_shapes
+    from imagen_jax.diffusion import samplers, schedules
+
+    allowed = config_utils.choices()
+    assert allowed["diffusion.schedule"] == schedules.get_schedule_names()
+    assert allowed["sample.sampler"] == samplers.get_sampler_names()
+    c = t2i_shapes.get_config("smoke")
+    c.diffusion.schedule = "linear"  # registered, so allowed
+    config_utils.validate(c)
+    c.diffusion.schedule = "sigmoid"
+    with pytest.raises(ValueError, match="'cosine', 'linear', 'shifted_cosine'"):
+        config_utils.validate(c)
