@@ -63,6 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.cond_drop.text = 0.05
     c.diffusion.cond_drop.image = 0.05
 
+    if not smoke:  # a time budget (`minutes`) shortens the schedule to fit
+        c.train.num_steps = 6000
     if not opts.t2i:  # fine-tuning a drawing model: a gentler peak LR
         c.optim.lr = 1e-3
         c.optim.warmup_steps = 100
@@ -84,3 +86,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Unseen paraphrases (and caption grammar); a plain model has no phrasing.
     c.evals.tasks.robustness = not opts.plain
     return c
+
+
+def table() -> list[dict]:
+    """The paper's Table 4 in miniature on the CPU world (`launch.table`).
+
+    Each row is one model: its `:arg` options, the run it starts from and its
+    time budget in minutes. (a) the instruction-tuned model; (b) single-task
+    specialists, same architecture and start; (c) one multi-task model on the
+    same mixture without instruction text. All start from the world's
+    text-to-image model, row "t2i".
+    """
+    start = {"init_from": "cpu_t2i"}
+    rows = [
+        {"row": "t2i", "name": "cpu_t2i", "arg": "simple,t2i", "minutes": 35},
+        {"row": "a", "name": "cpu_instruct", "arg": "simple", "minutes": 75, **start},
+        {
+            "row": "c",
+            "name": "cpu_plain",
+            "arg": "simple,plain",
+            "minutes": 75,
+            **start,
+        },
+    ]
+    for task in ("subject", "style_generation", "mask_to_image", "segmentation"):
+        rows.append(
+            {
+                "row": "b",
+                "name": f"cpu_single_{task}",
+                "arg": f"simple,task={task}",
+                "minutes": 20,
+                **start,
+            }
+        )
+    return rows

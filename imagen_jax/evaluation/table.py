@@ -1,0 +1,135 @@
+"""A comparison table over several trained models (the paper's Table 4).
+
+An experiment file's `table()` lists the models, one dict per model: `row`
+(its column label), `name` (its run directory under RUNS), `arg` (the
+experiment's `:arg` options), `minutes` (training budget) and optionally
+`init_from` (the name of the run it starts from). `run` trains the missing
+models, evaluates the unevaluated ones and writes every model's rows, tagged
+with it, to RUNS/table/results.json and the table to RUNS/table/results.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+
+import ml_collections
+
+from imagen_jax import checkpointing
+
+# Columns of the table: the paper's rows (a), (b), (c).
+COLUMNS = {
+    "a": "(a) instruction-tuned",
+    "b": "(b) single-task",
+    "c": "(c) multi-task, no instructions",
+}
+
+
+def _config(get_config: Callable, row: dict, runs: str) -> ml_collections.ConfigDict:
+    config = get_config(row["arg"])
+    config.train.time_budget_minutes = float(row["minutes"])
+    if row.get("init_from"):
+        config.init_from = os.path.join(runs, row["init_from"])
+    return config
+
+
+def _trained(workdir: str) -> bool:
+    return os.path.isdir(os.path.join(workdir, "checkpoints")) and bool(
+        checkpointing.manager(os.path.join(workdir, "checkpoints")).all_steps()
+    )
+
+
+def run(
+    get_config: Callable,
+    rows: Sequence[dict],
+    runs: str,
+    *,
+    train_missing: bool = False,
+) -> list[dict]:
+    """Trains (if asked) and evaluates each model, then writes the table.
+
+    Raises:
+      FileNotFoundError: a model is not trained and `train_missing` is off.
+    """
+    from imagen_jax import train
+    from imagen_jax.evaluation import evaluate
+
+    results = []
+    for row in rows:
+        workdir = os.path.join(runs, row["name"])
+        config = _config(get_config, row, runs)
+        if not _trained(workdir):
+            if not train_missing:
+                raise FileNotFoundError(
+                    f"{workdir} holds no checkpoint: train row {row['row']} "
+                    f"({row['arg']}) first, or pass --train"
+                )
+            print(f"== training {row['name']} ({row['minutes']} min)", flush=True)
+            train.train_and_evaluate(config, workdir)
+        if row["row"] not in COLUMNS:
+            continue  # a starting point, not a column
+        path = os.path.join(workdir, "eval", "results.json")
+        if not os.path.exists(path):
+            print(f"== evaluating {row['name']}", flush=True)
+            evaluate.evaluate(config, workdir)
+        with open(path) as f:
+            scored = json.load(f)
+        step = max((r["checkpoint_step"] for r in scored), default=0)
+        images = step * config.data.batch_size
+        for r in scored:
+            results.append({**r, "model": row["name"], "row": row["row"]})
+        print(f"  {row['name']}: step {step}, {images} training images", flush=True)
+    write(results, os.path.join(runs, "table"))
+    return results
+
+
+def markdown(results: Sequence[dict]) -> str:
+    """Per task the headline score of each column: O for generation tasks, the
+    task's own score for the vision tasks; (b) shows each task's specialist.
+    Then the averages, computed here over the tasks each column has: in-domain
+    generation O, zero-shot O, and all columns on the specialists' tasks."""
+    from imagen_jax.data import tasks as catalogue
+
+    headline = {}
+    for r in results:
+        task = r["task"]
+        if r["metric"] in ("o", "score") and task.count("/") <= int(
+            task.startswith("zero_shot/")
+        ):
+            headline[(task, r["row"])] = r["value"]
+    columns = [c for c in COLUMNS if any(row == c for _, row in headline)]
+    names = sorted(
+        dict.fromkeys(t for t, _ in headline),
+        key=lambda t: (t.startswith("zero_shot/"), t),
+    )
+    special = [t for t in names if (t, "b") in headline]
+    groups = {
+        "average/in_domain": [
+            t for t in names if "/" not in t and t not in catalogue.VISION_TASKS
+        ],
+        "average/zero_shot": [t for t in names if t.startswith("zero_shot/")],
+        "average/specialist_tasks": special,
+    }
+    for group, members in groups.items():
+        for c in columns:
+            values = [headline[(t, c)] for t in members if (t, c) in headline]
+            if values and (c != "b" or group == "average/specialist_tasks"):
+                headline[(group, c)] = sum(values) / len(values)
+    lines = [
+        "| task | " + " | ".join(COLUMNS[c] for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for task in names + list(groups):
+        cells = [headline.get((task, c)) for c in columns]
+        text = ["" if v is None else f"{v:.2f}" for v in cells]
+        lines.append(f"| {task} | " + " | ".join(text) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(results: Sequence[dict], out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(list(results), f, indent=2)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown(results))

@@ -1,0 +1,39 @@
+"""The paper's Table 4 in miniature: `python -m launch.table --experiment
+experiments/stage2_shapes.py --runs runs [--train]`.
+
+Evaluates every model of the experiment's `table()` (training the missing
+ones with --train) and writes RUNS/table/results.json and results.md.
+"""
+
+import importlib.util
+
+from absl import app, flags
+
+from launch import common
+
+flags.DEFINE_string("experiment", None, "Experiment file with get_config and table.")
+flags.DEFINE_string("runs", "runs", "Directory holding one run per model.")
+flags.DEFINE_bool("train", False, "Train the models that have no checkpoint.")
+flags.mark_flags_as_required(["experiment"])
+FLAGS = flags.FLAGS
+
+
+def _table():
+    from imagen_jax.evaluation import table
+
+    spec = importlib.util.spec_from_file_location("experiment", FLAGS.experiment)
+    if spec is None:
+        raise FileNotFoundError(f"--experiment {FLAGS.experiment!r} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "table"):
+        raise ValueError(f"{FLAGS.experiment} defines no table()")
+    results = table.run(
+        module.get_config, module.table(), FLAGS.runs, train_missing=FLAGS.train
+    )
+    print(table.markdown(results))
+    print(f"results: {FLAGS.runs}/table/results.json")
+
+
+if __name__ == "__main__":
+    app.run(common.main(_table))

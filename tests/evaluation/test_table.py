@@ -1,0 +1,31 @@
+"""The comparison table: headline scores per column and the averages."""
+
+from imagen_jax.evaluation import table
+
+
+def _row(model_row, task, metric, value):
+    return {"task": task, "metric": metric, "value": value, "row": model_row, "n": 4}
+
+
+def test_markdown_columns_and_averages():
+    results = [
+        _row("a", "subject", "o", 0.8),
+        _row("a", "edit", "o", 0.6),
+        _row("a", "segmentation", "score", 0.9),
+        _row("a", "zero_shot/multi_subject", "o", 0.5),
+        _row("a", "subject/unseen_paraphrase", "o", 0.1),  # not a table row
+        _row("a", "average/in_domain", "o", 0.7),  # recomputed, not copied
+        _row("b", "subject", "o", 0.4),
+        _row("b", "segmentation", "score", 0.7),
+        _row("c", "subject", "o", 0.2),
+        _row("c", "edit", "o", 0.2),
+    ]
+    lines = table.markdown(results).splitlines()
+    assert lines[0].startswith("| task | (a) instruction-tuned | (b) single-task |")
+    cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    assert "subject/unseen_paraphrase" not in cells
+    assert cells["subject"] == ["0.80", "0.40", "0.20 |"]
+    assert cells["average/in_domain"] == ["0.70", "", "0.20 |"]
+    # On the specialists' tasks (subject, segmentation): (0.8+0.9)/2, (0.4+0.7)/2.
+    assert cells["average/specialist_tasks"] == ["0.85", "0.55", "0.20 |"]
+    assert cells["average/zero_shot"] == ["0.50", "", " |"]
