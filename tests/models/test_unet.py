@@ -159,14 +159,18 @@ def test_attention_matches_numpy():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_attention_with_every_key_masked_attends_to_nothing():
-    # Dropped text (or no context items) must not reach the output: a plain
-    # masked softmax would average all the masked values instead.
-    rng = np.random.default_rng(2)
-    q, k, v = (
+def _qkv(rng):
+    """Random float32 q [2, 3, 2, 4] and k, v [2, 5, 2, 4]."""
+    return tuple(
         jnp.asarray(rng.normal(size=s), jnp.float32)
         for s in [(2, 3, 2, 4), (2, 5, 2, 4), (2, 5, 2, 4)]
     )
+
+
+def test_attention_with_every_key_masked_attends_to_nothing():
+    # Dropped text (or no context items) must not reach the output: a plain
+    # masked softmax would average all the masked values instead.
+    q, k, v = _qkv(np.random.default_rng(2))
     mask = jnp.asarray([[0, 0, 0, 0, 0], [1, 0, 1, 0, 1]], bool)
     out = layers.attention(q, k, v, mask)
     np.testing.assert_array_equal(out[0], 0.0)
@@ -179,10 +183,7 @@ def test_attention_gradient_matches_plain_softmax():
     # The deferred normalisation and the stop-gradient max shift must not
     # change the gradient of any input (mask included).
     rng = np.random.default_rng(1)
-    q, k, v = (
-        jnp.asarray(rng.normal(size=s), jnp.float32)
-        for s in [(2, 3, 2, 4), (2, 5, 2, 4), (2, 5, 2, 4)]
-    )
+    q, k, v = _qkv(rng)
     mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
     probe = jnp.asarray(rng.normal(size=(2, 3, 2, 4)), jnp.float32)
 
