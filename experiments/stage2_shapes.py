@@ -23,6 +23,7 @@ import ml_collections
 
 from experiments import t2i_shapes
 from imagen_jax.config_utils import parse_arg
+from imagen_jax.data import tasks
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -50,9 +51,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.max_context = 4
     # Context items encoded per example in training (`UNetConfig.context_slots`):
-    # the CPU mixture averages one item per example; a batch of 32 rarely
-    # holds more than 48. 0 encodes all B * K slots.
-    c.model.context_slots = 1.5
+    # the mixture's mean item count with a margin (the CPU mixture averages
+    # 1.15 items per example -> 1.5; subject alone 1.9 -> 2.5). 0 encodes all
+    # B * K slots; set it again when overriding data.mixture.
+    c.model.context_slots = (
+        0.0
+        if opts.t2i
+        else tasks.context_slots(c.data.mixture or tasks.MIXTURE, c.data.variant)
+    )
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
 
@@ -80,7 +86,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Evaluator "tasks": every task (trained, zero-shot, unseen paraphrases).
     c.evals.tasks.type = "tasks"
     # Tasks to score; empty means all of them.
-    c.evals.tasks.names = [opts.task] if opts.task else []
+    c.evals.tasks.names = (
+        [opts.task] if opts.task else ["text_to_image"] if opts.t2i else []
+    )
     c.evals.tasks.per_task = 4 if smoke else 24
     c.evals.tasks.batch_size = 8 if smoke else 24
     # Unseen paraphrases (and caption grammar); a plain model has no phrasing.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 from collections.abc import Callable
@@ -24,11 +25,38 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_bool(
+    "library_logs",
+    False,
+    "Show the INFO lines of jax, orbax, clu and grain too (warnings and errors "
+    "are always shown).",
+)
 
 FLAGS = flags.FLAGS
 
 # Errors that mean the user asked for something wrong: one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+_OWN_CODE = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
+    for d in ("imagen_jax", "launch", "experiments")
+)
+
+
+class _OwnInfo(pylogging.Filter):
+    """Keeps INFO lines from this project's code and warnings from anyone."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or record.pathname.startswith(
+            _OWN_CODE
+        )
+
+
+def quiet_libraries() -> None:
+    """The console shows progress and figures, not the libraries' INFO lines."""
+    if not FLAGS.library_logs:
+        logging.get_absl_handler().addFilter(_OwnInfo())
 
 
 def initialize() -> None:
@@ -66,6 +94,7 @@ def main(fn: Callable[[], None], distributed: bool = True) -> Callable[[list], N
 
     def absl_main(argv: list) -> None:
         del argv
+        quiet_libraries()
         if distributed:
             initialize()
         run_main(fn)

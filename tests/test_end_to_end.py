@@ -112,4 +112,6 @@ def test_sample_grid_written_by_launcher(data_dir, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The console holds no library INFO lines (orbax's restore logs a dozen).
+    assert "checkpoint_manager.py" not in proc.stderr, proc.stderr[-3000:]
     assert Image.open(out).size == (70, 70)  # 3 samples on a 2x2 grid of 32 + 2 px

@@ -68,3 +68,21 @@ def test_missing_dataset_is_one_line(tmp_path):
     lines = _error_lines(out)
     assert len(lines) == 1 and "nodata" in lines[0] and "build_data" in lines[0], lines
     assert "Traceback" not in out.stderr
+
+
+def test_library_info_lines_are_filtered_warnings_kept():
+    import logging
+
+    from launch import common
+
+    own = os.path.join(ROOT, "imagen_jax", "train.py")
+    lib = os.path.join(os.path.dirname(os.__file__), "site-packages", "orbax", "x.py")
+
+    def record(path, level):
+        return logging.LogRecord("absl", level, path, 1, "m", None, None)
+
+    f = common._OwnInfo()
+    assert f.filter(record(own, logging.INFO))
+    assert not f.filter(record(lib, logging.INFO))
+    assert f.filter(record(lib, logging.WARNING))
+    assert f.filter(record(lib, logging.ERROR))

@@ -43,6 +43,8 @@ the InstructCV tasks are added at smaller weights:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import re
 import string
 import types
@@ -1400,6 +1402,35 @@ def sample_task(
             f"mixture weights must be finite, >= 0 and not all 0, got {dict(mixture)}"
         )
     return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+def context_slots(
+    mixture: Mapping[str, float], world: str = "full", margin: float = 1.25
+) -> float:
+    """Context items to encode per example in training (`UNetConfig.context_slots`).
+
+    The mixture's mean item count (64 examples of each task), times `margin`
+    for batches that happen to carry more, rounded up to a quarter and capped
+    at `MAX_CONTEXT`, at least 0.25. A batch holding more items than its slots drops the
+    surplus (`models.packing`), so a too-small value silently hides context.
+    """
+    weights = {name: w for name, w in mixture.items() if w > 0}
+    if not weights:
+        raise ValueError(f"mixture has no task with a positive weight: {mixture}")
+    mean = sum(w * _mean_items(name, world) for name, w in weights.items()) / sum(
+        weights.values()
+    )
+    # At least a quarter: 0 would mean "encode every padded slot".
+    return min(float(MAX_CONTEXT), max(0.25, math.ceil(mean * margin * 4) / 4))
+
+
+@functools.cache
+def _mean_items(task_name: str, world: str) -> float:
+    counts = [
+        len(make_example(task_name, i, 0, world=world).instruction.context)
+        for i in range(64)
+    ]
+    return float(np.mean(counts))
 
 
 def make_example(

@@ -254,6 +254,22 @@ def test_mixture():
     assert tasks.sample_task(rng, {"edit": 1.0, "subject": 0.0}) == "edit"
 
 
+def test_context_slots_cover_the_mixture():
+    # Subjects bring 1-3 references (mean 2): 2 x 1.25 -> 2.5 slots.
+    assert tasks.context_slots({"subject": 1.0}, "simple") == 2.5
+    # Style transfer always brings 2 items.
+    assert tasks.context_slots({"style_transfer": 1.0}, "simple") == 2.5
+    # No context at all still packs (0 would encode every padded slot).
+    assert tasks.context_slots({"segmentation": 1.0}, "simple") == 0.25
+    # Half subject, half text: mean about 1 -> 1.25.
+    half = tasks.context_slots({"subject": 1.0, "text_to_image": 1.0}, "simple")
+    assert half == 1.25
+    full = tasks.context_slots(tasks.MIXTURE, "simple")
+    assert 1.25 <= full <= 1.75
+    with pytest.raises(ValueError, match="no task with a positive weight"):
+        tasks.context_slots({"subject": 0.0})
+
+
 @pytest.mark.parametrize(
     "call,match",
     [
