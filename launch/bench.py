@@ -15,7 +15,7 @@ the input image, and the memory's encoding, --steps runs each in turns.
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
@@ -55,4 +55,4 @@ def _bench():
 
 
 if __name__ == "__main__":
-    app.run(common.main(_bench))
+    common.run(_bench)

@@ -5,7 +5,7 @@ python -m launch.build_data --dataset shapes_world --data_dir DIR
 
 import time
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -44,4 +44,4 @@ def _build():
 
 
 if __name__ == "__main__":
-    app.run(common.main(_build, distributed=False))
+    common.run(_build, distributed=False)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import flags, logging  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from imagen_jax import xla_flags  # noqa: E402
 
@@ -100,3 +100,35 @@ def main(fn: Callable[[], None], distributed: bool = True) -> Callable[[list], N
         run_main(fn)
 
     return absl_main
+
+
+def _flag_message(error: Exception, argv: list[str]) -> str:
+    """One line for a flag that did not parse, naming the argument at fault."""
+    while error.args and isinstance(error.args[0], Exception):  # wrapped errors
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else type(error).__name__
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if isinstance(error, (AttributeError, KeyError)):  # ml_collections: no field
+        field = lines[0].strip("'\"")
+        culprit = next(
+            (a for a in argv if a.startswith("--config.") and field in a.split("=")[0]),
+            None,
+        )
+        where = f" ({culprit})" if culprit else ""
+        hint = f"; {lines[1][0].lower()}{lines[1][1:]}" if len(lines) > 1 else ""
+        return f"the config has no field {field!r}{where}{hint}"
+    return " ".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, a bad flag or config override ending in one line."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {_flag_message(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(fn: Callable[[], None], distributed: bool = True) -> None:
+    """`app.run` of `fn` (see `main`), bad flags answered in one line."""
+    app.run(main(fn, distributed), flags_parser=parse_flags)

@@ -3,7 +3,7 @@
 Writes DIR/eval/results.json, results.md and sample grids; prints the table.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
@@ -25,4 +25,4 @@ def _eval():
 
 
 if __name__ == "__main__":
-    app.run(common.main(_eval))
+    common.run(_eval)

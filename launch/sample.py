@@ -1,7 +1,7 @@
 """Samples a request: `python -m launch.sample --workdir DIR --instruction REQ.json
 --out OUT.png` (a grid of `num_images` samples)."""
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -24,4 +24,4 @@ def _sample():
 
 
 if __name__ == "__main__":
-    app.run(common.main(_sample))
+    common.run(_sample)

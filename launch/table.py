@@ -7,7 +7,7 @@ ones with --train) and writes RUNS/table/results.json and results.md.
 
 import importlib.util
 
-from absl import app, flags
+from absl import flags
 
 from launch import common
 
@@ -36,4 +36,4 @@ def _table():
 
 
 if __name__ == "__main__":
-    app.run(common.main(_table))
+    common.run(_table)

@@ -1,6 +1,6 @@
 """Trains a model: `python -m launch.train --config experiments/X.py --workdir DIR`."""
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
@@ -20,4 +20,4 @@ def _train():
 
 
 if __name__ == "__main__":
-    app.run(common.main(_train))
+    common.run(_train)

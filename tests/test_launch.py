@@ -86,3 +86,33 @@ def test_library_info_lines_are_filtered_warnings_kept():
     assert not f.filter(record(lib, logging.INFO))
     assert f.filter(record(lib, logging.WARNING))
     assert f.filter(record(lib, logging.ERROR))
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        (
+            "--config.optim.lrr=1",
+            "error: the config has no field 'lrr' (--config.optim.lrr=1);"
+            ' did you mean "lr" instead of "lrr"?',
+        ),
+        (
+            "--config.optim.lr=abc",
+            "error: flag --config.optim.lr=abc: could not convert string to float:"
+            " 'abc'",
+        ),
+        ("--no_such_flag=1", "error: Unknown command line flag 'no_such_flag'"),
+    ],
+)
+def test_bad_override_is_one_line_before_main(tmp_path, override, line):
+    out = _run(
+        "launch.train",
+        "--config",
+        "experiments/t2i_shapes.py:smoke",
+        "--workdir",
+        str(tmp_path / "w"),
+        override,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [line]
+    assert not (tmp_path / "w").exists()
