@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The mechanism probes of issue 13 on the CPU world: each conditioning path
+# trained alone from the world's text-to-image model, then scored (with the
+# text-only baseline it must beat):
+#   subject           the context path: the text names only [ref#1], so the
+#                     identity (shape, colour, fill) comes from the references;
+#   style_generation  style (background pattern and palette) from a context image;
+#   segmentation      the channel-concatenated input image.
+# Environment: RUNS (runs), START (the text-to-image run, $RUNS/cpu_t2i, trained
+# by launch/instruct.sh's first step when missing), MINUTES per probe (25),
+# PROBES (the three above).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
+RUNS="${RUNS:-runs}"
+START="${START:-$RUNS/cpu_t2i}"
+MINUTES="${MINUTES:-25}"
+PROBES="${PROBES:-subject style_generation segmentation}"
+
+if [ ! -d "$START/checkpoints" ]; then
+  echo "== text-to-image on the CPU world (35 min) into $START"
+  python -m launch.train --config "experiments/stage2_shapes.py:simple,t2i,minutes=35" \
+    --workdir "$START"
+fi
+for task in $PROBES; do
+  echo "== probe $task ($MINUTES min) into $RUNS/probe_$task"
+  python -m launch.train --config "experiments/stage2_shapes.py:simple,task=$task,minutes=$MINUTES" \
+    --workdir "$RUNS/probe_$task" --config.init_from="$START"
+  python -m launch.eval --config "experiments/stage2_shapes.py:simple,task=$task" \
+    --workdir "$RUNS/probe_$task"
+done
