@@ -86,7 +86,10 @@ def restore_params(
     mngr = ocp.CheckpointManager(
         ckpt_dir,
         item_names=("state", "data"),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+        item_handlers={
+            "state": ocp.PyTreeCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+        },
     )
     step = mngr.latest_step()
     if step is None:
