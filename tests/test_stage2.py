@@ -1,6 +1,7 @@
 """Stage 2 in miniature: init from text-to-image, train on the task mixture,
 evaluate every task (including zero-shot and unseen paraphrases)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -71,6 +72,32 @@ def test_stage2_trains_on_the_mixture_and_scores_every_task(stage2_run):
         assert np.isfinite(r["value"]), r
     metrics = {(r["task"], r["metric"]) for r in rows}
     assert ("segmentation", "iou") in metrics and ("text_to_image", "o") in metrics
+    for name in ("subject", "mask_to_image", "zero_shot/subject+style"):
+        assert (name, "x0_error") in metrics and (name, "x0_error/text_only") in metrics
+
+
+def test_x0_error_pairs_the_noise_and_drops_only_the_conditions(stage2_run):
+    from imagen_jax import inference
+
+    cfg, workdir, _ = stage2_run
+    loaded = inference.load(workdir, cfg)
+    error_fn = evaluate.make_x0_error_fn(loaded)
+    for name, examples, batch in evaluate._task_batches(loaded, ["subject"], 4, False):
+        x = np.stack([e.target for e in examples]).astype(np.float32) / 127.5 - 1
+        rng = jax.random.PRNGKey(0)
+        full = np.asarray(error_fn(loaded.params, batch, x, rng, True))
+        alone = np.asarray(error_fn(loaded.params, batch, x, rng, False))
+        assert full.shape == (4,) and np.all(full > 0)
+        # The references reach the denoiser (3 steps in, barely): dropping them
+        # changes the error...
+        assert np.any(full != alone), name
+        # ...and an example without any condition is unaffected by the flag.
+        bare = {**batch, "ctx_mask": 0 * batch["ctx_mask"]}
+        bare["cond_image_mask"] = 0 * batch["cond_image_mask"]
+        np.testing.assert_array_equal(
+            np.asarray(error_fn(loaded.params, bare, x, rng, True)),
+            np.asarray(error_fn(loaded.params, bare, x, rng, False)),
+        )
 
 
 def _request(tmp_path, image_size=32, **overrides):

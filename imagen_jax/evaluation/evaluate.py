@@ -7,11 +7,13 @@ grid per evaluator beside it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -172,6 +174,70 @@ def _task_grid(examples, images, path: str, count: int = 8) -> None:
     grids.save_grid(np.stack(cells), path, cols=6)
 
 
+def _figure(metric: str, value: float) -> str:
+    return (
+        f"{metric}={value:.4f}" if metric.startswith("x0_") else f"{metric}={value:.2f}"
+    )
+
+
+def make_x0_error_fn(loaded) -> Callable:
+    """Jitted `(params, batch, x, rng, keep)` -> [B] x0 errors of the denoiser.
+
+    The error of the clean image the model infers from the targets `x` noised
+    at random levels (`losses.diffusion_loss`), given the text and, where
+    `keep` (a bool scalar) is set, the context items and input image. The same
+    `rng` gives the same noise either way, so the difference between the two
+    is a sampling-free reading of how much a path is used.
+    """
+    from imagen_jax import conditioning as conditioning_lib
+    from imagen_jax import train
+    from imagen_jax.diffusion import losses
+    from imagen_jax.models.imagen import Imagen
+
+    model, options = loaded.model, train.loss_options(loaded.config)
+
+    @jax.jit
+    def fn(params, batch, x, rng, keep):
+        yes = jnp.ones(x.shape[:1], bool)
+        masks = conditioning_lib.condition_masks(
+            batch, model.conditioning, text=yes, context=yes & keep, image=yes & keep
+        )
+        variables = {"params": params}
+        cond = model.apply(variables, batch, masks, method=Imagen.condition)
+        text, text_mask = cond.pop("text"), cond.pop("text_mask")
+        apply_fn = functools.partial(
+            model.apply, variables, method=Imagen.denoise, **cond
+        )
+        _, aux = losses.diffusion_loss(
+            lambda z, logsnr: apply_fn(z, logsnr, text, text_mask), x, rng, **options
+        )
+        return aux["x0_mse"]
+
+    return fn
+
+
+def _x0_error_rows(loaded, error_fn, name, examples, batch, repeats=4) -> list[dict]:
+    """`x0_error` (every condition) and `x0_error/text_only` of a task's targets."""
+    x = np.stack([e.target for e in examples]).astype(np.float32) / 127.5 - 1.0
+    errors = {True: [], False: []}
+    for r in range(repeats):
+        rng = jax.random.PRNGKey(1000 + r)
+        for keep in errors:
+            errors[keep].append(
+                np.asarray(error_fn(loaded.params, batch, x, rng, jnp.asarray(keep)))
+            )
+    task = ("zero_shot/" if examples[0].zero_shot else "") + name
+    return [
+        {
+            "task": task,
+            "metric": metric,
+            "value": float(np.mean(errors[keep])),
+            "n": len(examples),
+        }
+        for metric, keep in (("x0_error", True), ("x0_error/text_only", False))
+    ]
+
+
 def _has_conditions(task) -> bool:
     """Whether a task's instructions carry context items or an input image."""
     return task.name != "text_to_image"
@@ -221,6 +287,7 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     generate = sampling.make_generate_fn(
         loaded.model, loaded.config, sample_cfg.sampler
     )
+    x0_error = make_x0_error_fn(loaded)
     os.makedirs(os.path.join(out_dir, "tasks"), exist_ok=True)
     rows, grid = [], []
     for names, unseen, suffix, text_only in _runs(eval_cfg, tasks):
@@ -238,6 +305,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
                 label=label,
             )
             task_rows = _task_rows(name, examples, images, suffix)
+            if text_only:  # beside the sampled baseline: the denoiser's reading
+                task_rows += _x0_error_rows(loaded, x0_error, name, examples, batch)
             rows += task_rows
             grid += [images[0], examples[0].target]
             _task_grid(
@@ -247,8 +316,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             )
             head = {r["metric"]: r["value"] for r in task_rows}
             shown = [k for k in ("o", "sc", "pq", "score") if k in head]
-            shown += sorted(k for k in head if k.startswith("sc/"))
-            print(f"  {label}: " + "  ".join(f"{k}={head[k]:.2f}" for k in shown))
+            shown += sorted(k for k in head if k.startswith(("sc/", "x0_error")))
+            print(f"  {label}: " + "  ".join(_figure(k, head[k]) for k in shown))
     grids.save_grid(np.stack(grid), os.path.join(out_dir, "tasks.png"), cols=8)
     summary = summary_rows(rows, tasks.VISION_TASKS)
     for r in summary:
