@@ -107,7 +107,7 @@ def table() -> list[dict]:
     """
     start = {"init_from": "cpu_t2i"}
     rows = [
-        {"row": "t2i", "name": "cpu_t2i", "arg": "simple,t2i", "minutes": 35},
+        {"row": "t2i", "name": "cpu_t2i", "arg": "simple,t2i", "minutes": 55},
         {"row": "a", "name": "cpu_instruct", "arg": "simple", "minutes": 75, **start},
         {
             "row": "c",

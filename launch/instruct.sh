@@ -3,12 +3,12 @@
 # text-to-image starting model on the world, instruction-tunes it on the task
 # mixture, then scores every task (in domain, zero-shot combinations, unseen
 # phrasings, and the text-only baseline each task must beat) and prints the
-# averages. About 2 hours of training on 2 CPU cores, plus the evaluation.
-# Environment: RUNS (runs), T2I_MINUTES (35), STAGE2_MINUTES (75).
+# averages. About 2 h 10 min of training on 2 CPU cores, plus the evaluation.
+# Environment: RUNS (runs), T2I_MINUTES (55), STAGE2_MINUTES (75).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
 RUNS="${RUNS:-runs}"
-T2I_MINUTES="${T2I_MINUTES:-35}"
+T2I_MINUTES="${T2I_MINUTES:-55}"
 STAGE2_MINUTES="${STAGE2_MINUTES:-75}"
 START=$(date +%s)
 
