@@ -34,19 +34,24 @@ def test_help(name):
     assert "--workdir" in text or "--data_dir" in text
 
 
-def _error_lines(out):
-    return [line for line in out.stderr.splitlines() if line.startswith("error:")]
-
-
-def test_bad_config_value_is_one_line(tmp_path):
-    out = _run(
+def _train_smoke(tmp_path, *args):
+    """launch.train on the smoke config into tmp_path/w, with `args` added."""
+    return _run(
         "launch.train",
         "--config",
         "experiments/t2i_shapes.py:smoke",
         "--workdir",
         str(tmp_path / "w"),
-        "--config.optim.name=sgdx",
+        *args,
     )
+
+
+def _error_lines(out):
+    return [line for line in out.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_bad_config_value_is_one_line(tmp_path):
+    out = _train_smoke(tmp_path, "--config.optim.name=sgdx")
     assert out.returncode == 2
     assert _error_lines(out) == [
         "error: config.optim.name='sgdx' is not one of ('adamw', 'adafactor')"
@@ -105,14 +110,7 @@ def test_library_info_lines_are_filtered_warnings_kept():
     ],
 )
 def test_bad_override_is_one_line_before_main(tmp_path, override, line):
-    out = _run(
-        "launch.train",
-        "--config",
-        "experiments/t2i_shapes.py:smoke",
-        "--workdir",
-        str(tmp_path / "w"),
-        override,
-    )
+    out = _train_smoke(tmp_path, override)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [line]
     assert not (tmp_path / "w").exists()
