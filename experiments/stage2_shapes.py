@@ -59,6 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if opts.t2i
         else tasks.context_slots(c.data.mixture or tasks.MIXTURE, c.data.variant)
     )
+    # The encoder level whose features are the context memory
+    # (`UNetConfig.context_level`; -1 the last, as in Re-Imagen).
+    c.model.context_level = -1
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
 
@@ -93,6 +96,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.tasks.batch_size = 8 if smoke else 24
     # Unseen paraphrases (and caption grammar); a plain model has no phrasing.
     c.evals.tasks.robustness = not opts.plain
+    if opts.t2i:  # what the start draws from text alone, the fill included
+        c.evals.held_out = ml_collections.ConfigDict()
+        c.evals.held_out.type = "single_object"
+        c.evals.held_out.num_prompts = 8 if smoke else 96
+        c.evals.held_out.batch_size = 8 if smoke else 48
     return c
 
 
@@ -108,12 +116,12 @@ def table() -> list[dict]:
     start = {"init_from": "cpu_t2i"}
     rows = [
         {"row": "t2i", "name": "cpu_t2i", "arg": "simple,t2i", "minutes": 55},
-        {"row": "a", "name": "cpu_instruct", "arg": "simple", "minutes": 75, **start},
+        {"row": "a", "name": "cpu_instruct", "arg": "simple", "minutes": 65, **start},
         {
             "row": "c",
             "name": "cpu_plain",
             "arg": "simple,plain",
-            "minutes": 75,
+            "minutes": 65,
             **start,
         },
     ]

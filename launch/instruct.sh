@@ -3,13 +3,13 @@
 # text-to-image starting model on the world, instruction-tunes it on the task
 # mixture, then scores every task (in domain, zero-shot combinations, unseen
 # phrasings, and the text-only baseline each task must beat) and prints the
-# averages. About 2 h 10 min of training on 2 CPU cores, plus the evaluation.
-# Environment: RUNS (runs), T2I_MINUTES (55), STAGE2_MINUTES (75).
+# averages. 2 hours of training on 2 CPU cores, plus the evaluation.
+# Environment: RUNS (runs), T2I_MINUTES (55), STAGE2_MINUTES (65).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
 RUNS="${RUNS:-runs}"
 T2I_MINUTES="${T2I_MINUTES:-55}"
-STAGE2_MINUTES="${STAGE2_MINUTES:-75}"
+STAGE2_MINUTES="${STAGE2_MINUTES:-65}"
 START=$(date +%s)
 
 echo "== text-to-image on the CPU world ($T2I_MINUTES min) into $RUNS/cpu_t2i"

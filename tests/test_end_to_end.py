@@ -47,7 +47,7 @@ def test_train_resume_eval_sample(data_dir, tmp_path):
     with open(os.path.join(workdir, "eval", "results.json")) as f:
         assert json.load(f) == rows
     metrics = {r["metric"]: r for r in rows}
-    for name in ("colour", "shape", "position", "colour_and_shape"):
+    for name in ("colour", "shape", "position", "colour_and_shape", "fill"):
         assert 0.0 <= metrics[name]["value"] <= 1.0
         assert metrics[name]["checkpoint_step"] == 6
     assert os.path.exists(os.path.join(workdir, "eval", "results.md"))

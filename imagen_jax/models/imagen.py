@@ -147,6 +147,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         coord_channels=m.get("coord_channels", False),
         attn_blocks=m.get("attn_blocks", "all"),
         context_slots=m.get("context_slots", 0.0),
+        context_level=m.get("context_level", -1),
     )
     text_config = t5.T5Config(
         vocab_size=vocab_size,

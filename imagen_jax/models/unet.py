@@ -61,6 +61,11 @@ class UNetConfig:
         ceil(B * context_slots) slots instead of B * K (`models.packing`):
         only real items are encoded, items beyond the slots are dropped as
         if masked. 0 encodes all B * K. Sampling always encodes all.
+      context_level: the encoder level whose output is the context memory
+        (Python indexing: -1, the last and coarsest, is Re-Imagen's choice).
+        A finer level keeps fine detail (an object's fill) that the
+        bottleneck of a denoiser has little reason to carry, at h*w tokens
+        per item; levels past it are not run on the context items.
     """
 
     base_channels: int = 32
@@ -78,6 +83,7 @@ class UNetConfig:
     coord_channels: bool = False
     attn_blocks: str = "all"
     context_slots: float = 0.0
+    context_level: int = -1
 
     def __post_init__(self):
         if self.attn_blocks not in ATTN_BLOCKS:
@@ -92,6 +98,12 @@ class UNetConfig:
             raise ValueError(
                 f"attn_levels {self.attn_levels} must have one flag per level of "
                 f"channel_mults {self.channel_mults}"
+            )
+        levels = len(self.channel_mults)
+        if not -levels <= self.context_level < levels:
+            raise ValueError(
+                f"context_level must index one of the {levels} encoder levels "
+                f"(-{levels}..{levels - 1}), got {self.context_level}"
             )
 
     @property
@@ -155,7 +167,8 @@ class Memory:
     """Encoded context items: what the context cross-attention reads.
 
     Attributes:
-      tokens: [B, K*h*w, C] last encoder level's features, item after item.
+      tokens: [B, K*h*w, C] features of the encoder level named by
+        `UNetConfig.context_level`, item after item.
       mask: [B, K*h*w]; False on the tokens of padded (and dropped) items.
     """
 
@@ -264,7 +277,8 @@ class UNet(nn.Module):
         # Noise level 0: the largest log-SNR of the schedules.
         cond = self._conditioning(jnp.full((n,), 20.0), text, text_mask)
         h = self._stem(flat(context.images))  # [n, h0, w0, C0]
-        h = self._encode(h, cond, text, text_mask, None, None, train)[-1]
+        level = self.config.context_level % len(self.enc)
+        h = self._encode(h, cond, text, text_mask, None, None, train, level + 1)[-1]
         if plan is not None:  # back to [B, K, h, w, C], unslotted items zero
             h, mask = packing.scatter(h, plan), plan.kept
         hw, c = h.shape[-3] * h.shape[-2], h.shape[-1]
@@ -288,10 +302,13 @@ class UNet(nn.Module):
             x = jnp.concatenate([x, coordinate_maps(x)], axis=-1)
         return self.conv_in(x)
 
-    def _encode(self, h, cond, text, text_mask, tokens, tokens_mask, train) -> list:
-        """The encoder levels from the stem's output; each level's output."""
+    def _encode(
+        self, h, cond, text, text_mask, tokens, tokens_mask, train, levels=None
+    ) -> list:
+        """The first `levels` (all) encoder levels from the stem's output; each
+        level's output."""
         skips = []
-        for i, level in enumerate(self.enc):
+        for i, level in enumerate(self.enc[:levels]):
             h = self.down[i](h) if i > 0 else h
             h = level(h, cond, text, text_mask, tokens, tokens_mask, train)
             skips.append(h)

@@ -94,3 +94,15 @@ def test_summary_averages_by_kind():
     assert got[("average/zero_shot", "o")] == (0.5, 1)
     assert got[("average/unseen_paraphrase", "o")] == (0.6, 1)
     assert got[("average/text_only", "sc")] == (0.1, 1)
+
+
+def test_fill_is_read_from_the_largest_object():
+    from imagen_jax.data import shapes_world
+
+    solid = shapes_world.Obj("square", "red", "large", "center", "solid")
+    striped = shapes_world.Obj("square", "red", "large", "center", "striped")
+    for drawn, want, right in [(solid, solid, 1.0), (striped, solid, 0.0)]:
+        image = shapes_world.render(shapes_world.Scene((drawn,)), 32)
+        assert evaluate._fill_right(image, want, 32) == right
+    blank = np.full((32, 32, 3), 205, np.uint8)  # grey background, no object
+    assert evaluate._fill_right(blank, solid, 32) == 0.0

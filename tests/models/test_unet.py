@@ -325,6 +325,35 @@ def test_memory_is_the_encoder_output_per_item_and_reusable():
     assert float(jnp.abs(denoised - model.apply(variables, *inputs)).max()) > 1e-3
 
 
+def test_context_level_chooses_the_memory_features():
+    # context_level=0: the memory is the first (16x16, 16-channel) level's
+    # output, and the coarser level is not run on the context items.
+    model = UNet(dataclasses.replace(CFG, context_level=0))
+    inputs, ctx = _inputs(), _context()
+    params = _context_params(model, inputs, ctx)
+    memory, state = model.apply(
+        {"params": params},
+        ctx,
+        method=UNet.encode_context,
+        capture_intermediates=True,
+        mutable=["intermediates"],
+    )
+    assert memory.tokens.shape == (2, 3 * 256, 16)
+    np.testing.assert_array_equal(memory.mask[1], np.repeat([1, 0, 0], 256))
+    levels = state["intermediates"]
+    (level_0,) = levels["enc_0"]["__call__"]
+    np.testing.assert_array_equal(memory.tokens, level_0.reshape(2, 3 * 256, 16))
+    assert "enc_1" not in levels
+    # Python indexing: -2 is level 0 of two; the denoiser reads that memory.
+    same = UNet(dataclasses.replace(CFG, context_level=-2))
+    again = same.apply({"params": params}, ctx, method=UNet.encode_context)
+    np.testing.assert_array_equal(again.tokens, memory.tokens)
+    out = model.apply({"params": params}, *inputs, memory=memory)
+    assert out.shape == inputs[0].shape
+    with pytest.raises(ValueError, match="context_level"):
+        dataclasses.replace(CFG, context_level=2)
+
+
 def _param_shapes(config) -> dict[str, list[int]]:
     from imagen_jax import train
     from imagen_jax.models.imagen import build_model
