@@ -62,6 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The encoder level whose features are the context memory
     # (`UNetConfig.context_level`; -1 the last, as in Re-Imagen).
     c.model.context_level = -1
+    # LayerNorm on the context memory (`UNetConfig.context_norm`).
+    c.model.context_norm = False
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
 

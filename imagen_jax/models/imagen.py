@@ -148,6 +148,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         attn_blocks=m.get("attn_blocks", "all"),
         context_slots=m.get("context_slots", 0.0),
         context_level=m.get("context_level", -1),
+        context_norm=m.get("context_norm", False),
     )
     text_config = t5.T5Config(
         vocab_size=vocab_size,

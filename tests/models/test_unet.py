@@ -354,6 +354,26 @@ def test_context_level_chooses_the_memory_features():
         dataclasses.replace(CFG, context_level=2)
 
 
+def test_context_norm_normalises_each_memory_token():
+    inputs, ctx = _inputs(), _context()
+    plain = _context_params(UNet(CFG), inputs, ctx)
+    assert "memory_norm" not in plain  # the option adds parameters, off by default
+    model = UNet(dataclasses.replace(CFG, context_norm=True))
+    params = _context_params(model, inputs, ctx)
+    norm = params.pop("memory_norm")
+    # Unit scale and zero bias: each real token comes out with zero mean and
+    # unit variance over its channels (LayerNorm's epsilon 1e-6 aside).
+    params["memory_norm"] = jax.tree.map(jnp.ones_like, norm)
+    params["memory_norm"]["bias"] = jnp.zeros_like(norm["bias"])
+    memory = model.apply({"params": params}, ctx, method=UNet.encode_context)
+    raw = UNet(CFG).apply({"params": plain}, ctx, method=UNet.encode_context)
+    tokens = np.asarray(memory.tokens)[np.asarray(memory.mask)]
+    np.testing.assert_allclose(tokens.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(tokens.var(-1), 1.0, rtol=1e-4)
+    raw_tokens = np.asarray(raw.tokens)[np.asarray(raw.mask)]
+    assert np.abs(raw_tokens.var(-1) - 1.0).max() > 0.1  # without it: not unit
+
+
 def _param_shapes(config) -> dict[str, list[int]]:
     from imagen_jax import train
     from imagen_jax.models.imagen import build_model
