@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from imagen_jax import inference, instructions, sampling
-from imagen_jax.instructions import Request
+from imagen_jax.instructions import LIMITS, LimitError, Request, RequestLimits
 
 # Request "guidance" keys besides the model's guidance chain ("text", "image").
 _GUIDANCE_OPTIONS = frozenset({"oscillate"})
@@ -27,7 +27,8 @@ def load_png(path: str) -> np.ndarray:
             return np.asarray(image.convert("RGB"), np.uint8)
     except FileNotFoundError as e:
         raise ValueError(f"request image {path!r} does not exist") from e
-    except (UnidentifiedImageError, OSError) as e:
+    # PIL refuses to decode images of over ~179M pixels (decompression bombs).
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
         raise ValueError(f"request image {path!r} is not a readable image: {e}") from e
 
 
@@ -42,26 +43,70 @@ def _check_guidance(request: Request, loaded: inference.Loaded) -> None:
         )
 
 
-def _request_batch(
-    loaded: inference.Loaded,
-    request: Request,
-    load_image: Callable[[str], np.ndarray],
-) -> dict[str, np.ndarray]:
-    """The `num_images` copies of the request as a batch of the model's fields."""
-    config = loaded.config
+def _check_tokens(
+    loaded: inference.Loaded, field: str, text: str, length_field: str, counted: str
+) -> None:
+    """Refuses a text the model would cut to its `data.<length_field>` tokens."""
+    limit = loaded.config.data[length_field]
+    length = instructions.text_length(text, loaded.tokenizer)
+    if length > limit:
+        raise LimitError(
+            field,
+            f"{length} tokens ({counted})",
+            f"{limit} (the model's data.{length_field})",
+        )
+
+
+def _check_fits(loaded: inference.Loaded, request: Request) -> None:
+    """Refuses what this model cannot take, before any image is loaded."""
+    max_context = loaded.config.data.get("max_context", 0)
     if not loaded.model.conditioning.instruction:
         if request.context or request.image:
             raise ValueError(
                 "this model is a text-to-image model: requests with 'context' items "
                 "or an input 'image' need an instruction-tuned (stage-2) model"
             )
+        markers = instructions.parse_markers(request.text)
+        if markers:
+            raise ValueError(
+                f"request field 'text' names {markers[0]}, but this model is a "
+                f"text-to-image model: markers need 'context' items and an "
+                f"instruction-tuned (stage-2) model"
+            )
+    elif len(request.context) > max_context:
+        raise LimitError(
+            "context",
+            f"{len(request.context)} items",
+            f"{max_context} (the model's data.max_context)",
+        )
+    _check_tokens(loaded, "text", request.text, "max_text_len", "EOS included")
+
+
+def _request_batch(
+    loaded: inference.Loaded,
+    request: Request,
+    load_image: Callable[[str], np.ndarray],
+    limits: RequestLimits,
+) -> dict[str, np.ndarray]:
+    """The `num_images` copies of the request as a batch of the model's fields."""
+    config = loaded.config
+    _check_fits(loaded, request)
+    if not loaded.model.conditioning.instruction:
         return sampling.prompt_batch(
             [request.text] * request.num_images,
             loaded.tokenizer,
             config,
             loaded.model.conditioning,
         )
-    instr = instructions.instruction_from_request(request, load_image)
+    instr = instructions.instruction_from_request(request, load_image, limits)
+    for i, item in enumerate(instr.context):
+        _check_tokens(
+            loaded,
+            f"context[{i}].text",
+            item.model_text,
+            "ctx_text_len",
+            "with its marker and EOS",
+        )
     arrays = instructions.to_arrays(
         instr,
         loaded.tokenizer,
@@ -77,6 +122,7 @@ def generate_images(
     loaded: inference.Loaded,
     request: Request,
     load_image: Callable[[str], np.ndarray] = load_png,
+    limits: RequestLimits = LIMITS,
 ) -> np.ndarray:
     """Samples `request.num_images` images -> uint8 [N, R, R, 3].
 
@@ -85,13 +131,17 @@ def generate_images(
       request: a parsed request (DESIGN §7).
       load_image: maps the request's image references to uint8 arrays (files
         on the command line, base64 PNG in the serving API).
+      limits: the limits the request was parsed with; `image_side` bounds the
+        images as they load.
 
     Raises:
       ValueError: the request needs inputs this model was not trained with, or
-        its instruction or images are malformed (each error names the field).
+        its instruction or images are malformed (each error names the field);
+        `LimitError` for more text, context items or pixels than the model or
+        `limits` take.
     """
     _check_guidance(request, loaded)
-    batch = _request_batch(loaded, request, load_image)
+    batch = _request_batch(loaded, request, load_image, limits)
     cfg, g = loaded.config.sample, request.guidance
     generate = sampling.make_generate_fn(
         loaded.model, loaded.config, request.sampler or cfg.sampler

@@ -2,7 +2,9 @@
 
 A request is JSON: `{"text", "context", "image", "sampler", "steps",
 "guidance", "seed", "num_images"}`. Only `text` is required. Models trained
-for text-to-image accept no `context` items nor input `image`.
+for text-to-image accept no `context` items, input `image` nor `[ref#k]`
+markers. `RequestLimits` bounds what any request may ask for; the model bounds
+the rest when it answers (`generate`).
 
 A `MultiModalInstruction` is the model-side form: payload text naming context
 items by `[ref#k]` markers, the (marker, text, image) items, and an optional
@@ -44,11 +46,44 @@ class Request:
     num_images: int = 4
 
 
-def _positive_int(name: str, value: Any) -> int:
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """The most any request may ask for, whatever the model answers it.
+
+    The model sets the other limits when it answers (`generate`): text tokens
+    (`data.max_text_len`, EOS included), tokens of a context item's marker and
+    text (`data.ctx_text_len`), context items (`data.max_context`) and the side
+    every image must have (`data.resolution`).
+
+    Attributes:
+      steps: sampler steps.
+      num_images: images per request.
+      image_side: pixels on the longer side of an input or context image.
+    """
+
+    steps: int = 1000
+    num_images: int = 64
+    image_side: int = 1024
+
+
+LIMITS = RequestLimits()
+
+
+class LimitError(ValueError):
+    """A request field beyond its limit; the message names field, value, limit."""
+
+    def __init__(self, field: str, value: Any, limit: Any):
+        super().__init__(f"request field {field!r} is {value}; the limit is {limit}")
+        self.field = field
+
+
+def _positive_int(name: str, value: Any, limit: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(
             f"request field {name!r} must be a positive integer, got {value!r}"
         )
+    if value > limit:
+        raise LimitError(name, value, limit)
     return value
 
 
@@ -65,11 +100,12 @@ def _guidance(value: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
-def parse_request(obj: Any) -> Request:
+def parse_request(obj: Any, limits: RequestLimits = LIMITS) -> Request:
     """Validates a decoded JSON request.
 
     Raises:
-      ValueError: naming the bad field and what was expected.
+      ValueError: naming the bad field and what was expected (`LimitError`
+        for a field beyond `limits`).
     """
     if not isinstance(obj, dict):
         raise ValueError(f"a request must be a JSON object, got {type(obj).__name__}")
@@ -91,10 +127,12 @@ def parse_request(obj: Any) -> Request:
         sampler=obj.get("sampler"),
         steps=None
         if obj.get("steps") is None
-        else _positive_int("steps", obj["steps"]),
+        else _positive_int("steps", obj["steps"], limits.steps),
         guidance=_guidance(obj.get("guidance", {})),
         seed=int(obj.get("seed", 0)),
-        num_images=_positive_int("num_images", obj.get("num_images", 4)),
+        num_images=_positive_int(
+            "num_images", obj.get("num_images", 4), limits.num_images
+        ),
     )
 
 
@@ -133,6 +171,11 @@ class ContextItem:
     marker: str
     text: str
     image: np.ndarray
+
+    @property
+    def model_text(self) -> str:
+        """The text the model reads for this item: "<marker> <text>"."""
+        return f"{self.marker} {self.text}"
 
 
 # eq=False: fields hold arrays, so compare by identity.
@@ -222,6 +265,12 @@ def _check_image(name: str, image: Any, resolution: int) -> None:
         )
 
 
+def text_length(text: str, tokenizer) -> int:
+    """Tokens `text` takes in the model, EOS included; `encode_batch` cuts a
+    text longer than its row."""
+    return len(tokenizer.encode(text)) + 1
+
+
 def _check_marker_tokens(tokenizer, markers: list[str]) -> None:
     unknown = [m for m in markers if m not in tokenizer.extra_tokens]
     if unknown:
@@ -272,7 +321,7 @@ def validate(
         raise ValueError("max_text_tokens and tokenizer must be given together")
     if tokenizer is not None:
         _check_marker_tokens(tokenizer, parse_markers(instr.text))
-        length = len(tokenizer.encode(instr.text)) + 1  # + EOS
+        length = text_length(instr.text, tokenizer)
         if length > max_text_tokens:
             raise ValueError(
                 f"the instruction text has {length} tokens (EOS included), more "
@@ -308,7 +357,7 @@ def to_arrays(
     ctx_tokens = np.full((max_context, ctx_text_len), tokenizer.pad_id, np.int32)
     ctx_text_mask = np.zeros((max_context, ctx_text_len), np.bool_)
     if k:
-        texts = [f"{item.marker} {item.text}" for item in instr.context]
+        texts = [item.model_text for item in instr.context]
         ctx_tokens[:k], ctx_text_mask[:k] = tokenizer.encode_batch(texts, ctx_text_len)
         ctx_images[:k] = np.stack([item.image for item in instr.context])
     has_input = instr.input_image is not None
@@ -327,7 +376,26 @@ def to_arrays(
 _CONTEXT_FIELDS = ("marker", "text", "image")
 
 
-def _context_item(i: int, item: Any, load_image: Callable[[str], np.ndarray]):
+def _load_image(
+    field: str,
+    ref: str,
+    load_image: Callable[[str], np.ndarray],
+    limits: RequestLimits,
+) -> np.ndarray:
+    image = np.asarray(load_image(ref))
+    if image.ndim >= 2 and max(image.shape[:2]) > limits.image_side:
+        side = limits.image_side
+        height, width = image.shape[:2]
+        raise LimitError(field, f"{width}x{height} pixels", f"{side}x{side}")
+    return image
+
+
+def _context_item(
+    i: int,
+    item: Any,
+    load_image: Callable[[str], np.ndarray],
+    limits: RequestLimits,
+) -> ContextItem:
     if not isinstance(item, dict):
         raise ValueError(f"request context item {i} must be an object, got {item!r}")
     fields = set(item)
@@ -341,13 +409,14 @@ def _context_item(i: int, item: Any, load_image: Callable[[str], np.ndarray]):
             f"request context item {i} field 'text' must be a string, got "
             f"{item['text']!r}"
         )
-    return ContextItem(
-        item["marker"], item["text"], np.asarray(load_image(item["image"]))
-    )
+    image = _load_image(f"context[{i}].image", item["image"], load_image, limits)
+    return ContextItem(item["marker"], item["text"], image)
 
 
 def instruction_from_request(
-    request: Request, load_image: Callable[[str], np.ndarray]
+    request: Request,
+    load_image: Callable[[str], np.ndarray],
+    limits: RequestLimits = LIMITS,
 ) -> MultiModalInstruction:
     """The multi-modal instruction of a request; images come from `load_image`.
 
@@ -356,16 +425,21 @@ def instruction_from_request(
         `{"marker", "text", "image"}` objects and `image` the optional input.
       load_image: maps a request's image reference (a path, or base64 PNG in
         the serving API) to a uint8 [R, R, 3] array.
+      limits: `image_side` bounds every image.
 
     Raises:
-      ValueError: on a malformed context item or inconsistent markers. Sizes
-        are checked by `validate`, which knows the model's resolution.
+      ValueError: on a malformed context item, inconsistent markers or an
+        image beyond `limits` (`LimitError`). The exact size is checked by
+        `validate`, which knows the model's resolution.
     """
     context = tuple(
-        _context_item(i, item, load_image) for i, item in enumerate(request.context)
+        _context_item(i, item, load_image, limits)
+        for i, item in enumerate(request.context)
     )
     input_image = (
-        None if request.image is None else np.asarray(load_image(request.image))
+        None
+        if request.image is None
+        else _load_image("image", request.image, load_image, limits)
     )
     instr = MultiModalInstruction(request.text, context, input_image)
     _check_markers(instr)

@@ -1,5 +1,10 @@
 """Samples a request: `python -m launch.sample --workdir DIR --instruction REQ.json
---out OUT.png` (a grid of `num_images` samples)."""
+--out OUT.png` (a grid of `num_images` samples).
+
+A request beyond `instructions.RequestLimits` (checked before the model loads)
+or beyond what the model takes (text tokens, context items, image size) ends
+in one line naming the field, the value and the limit (exit status 2).
+"""
 
 from absl import flags
 

@@ -94,7 +94,8 @@ def _request(tmp_path, **fields):
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(path)
     req = {
         "text": "Generate [ref#1] at the top left",
-        "context": [{"marker": "[ref#1]", "text": "a glim", "image": path}],
+        # Marker, space, 4 bytes and EOS: 7 tokens, within ctx_text_len = 8.
+        "context": [{"marker": "[ref#1]", "text": "glim", "image": path}],
         "image": path,
         "num_images": 1,
     }

@@ -56,3 +56,22 @@ def test_load_request_reports_bad_json(tmp_path):
         instructions.load_request(str(p))
     p.write_text(json.dumps({"text": "a blue square"}))
     assert instructions.load_request(str(p)).text == "a blue square"
+
+
+@pytest.mark.parametrize(
+    "field, limit, asked", [("steps", 1000, 10**8), ("num_images", 64, 10**6)]
+)
+def test_limits_name_the_field_value_and_limit(field, limit, asked):
+    assert getattr(instructions.LIMITS, field) == limit
+    at_limit = instructions.parse_request({"text": "x", field: limit})
+    assert getattr(at_limit, field) == limit
+    for value in (limit + 1, asked):
+        with pytest.raises(
+            instructions.LimitError,
+            match=rf"^request field '{field}' is {value}; the limit is {limit}$",
+        ):
+            instructions.parse_request({"text": "x", field: value})
+    # A caller (a server) may set its own limits.
+    tight = instructions.RequestLimits(**{field: 2})
+    with pytest.raises(instructions.LimitError, match="the limit is 2"):
+        instructions.parse_request({"text": "x", field: 3}, tight)

@@ -1,5 +1,7 @@
 """Multi-modal instructions: markers, validation, arrays, requests."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -241,3 +243,23 @@ def test_instruction_from_request_errors(context, match):
         instructions.instruction_from_request(
             _request(context=context), _IMAGES.__getitem__
         )
+
+
+@pytest.mark.parametrize(
+    "field, ref", [("image", "input.png"), ("context[1].image", "s.png")]
+)
+def test_request_images_beyond_the_size_limit_are_named(field, ref):
+    side = instructions.LIMITS.image_side
+    assert side == 1024
+    wide = {**_IMAGES, ref: np.zeros((side, side + 1, 3), np.uint8)}
+    with pytest.raises(
+        instructions.LimitError,
+        match=rf"^request field '{re.escape(field)}' is 1025x1024 pixels; the "
+        r"limit is 1024x1024$",
+    ):
+        instructions.instruction_from_request(_request(), wide.__getitem__)
+    # At the limit the image passes here; `validate` then wants the model's R.
+    square = {**_IMAGES, ref: np.zeros((side, side, 3), np.uint8)}
+    instr = instructions.instruction_from_request(_request(), square.__getitem__)
+    with pytest.raises(ValueError, match=r"shape \(16, 16, 3\)"):
+        instructions.validate(instr, max_context=2, resolution=R)

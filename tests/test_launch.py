@@ -1,5 +1,7 @@
-"""Entry points: --help, and one-line errors for bad config values and data."""
+"""Entry points: --help, and one-line errors for bad config values, data and
+requests."""
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +116,23 @@ def test_bad_override_is_one_line_before_main(tmp_path, override, line):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [line]
     assert not (tmp_path / "w").exists()
+
+
+def test_sample_request_beyond_a_limit_is_one_line(tmp_path):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"text": "a red circle", "steps": 10**8}))
+    out = _run(
+        "launch.sample",
+        "--workdir",
+        str(tmp_path / "no_run"),  # refused before the model is looked for
+        "--instruction",
+        str(request),
+        "--out",
+        str(tmp_path / "out.png"),
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert _error_lines(out) == [
+        "error: request field 'steps' is 100000000; the limit is 1000"
+    ]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "out.png").exists()

@@ -1,5 +1,6 @@
 """Generation with the full model: one compilation for any steps/guidance; the
-conditions (the context items' memory included) encoded once per request."""
+conditions (the context items' memory included) encoded once per request;
+requests beyond what the model takes refused, naming the field."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +10,15 @@ import pytest
 from jax.extend import core as jax_core
 
 from experiments import t2i_shapes
-from imagen_jax import conditioning, sampling, sharding, train
+from imagen_jax import (
+    conditioning,
+    generate,
+    inference,
+    instructions,
+    sampling,
+    sharding,
+    train,
+)
 from imagen_jax.diffusion import guidance, losses
 from imagen_jax.models.imagen import Imagen
 
@@ -208,3 +217,85 @@ def test_missing_batch_fields_are_named(instruction):
     text_only = {k: batch[k] for k in ("text_tokens", "text_mask")}
     with pytest.raises(ValueError, match="ctx_images"):
         sampling.guided_denoiser(model, "v", params, text_only, {}, 0)
+
+
+def _loaded(cfg, model, params):
+    return inference.Loaded(cfg, train.make_tokenizer(cfg), model, params, step=0)
+
+
+def _request(text, **fields):
+    return instructions.parse_request(
+        {"text": text, "steps": 1, "num_images": 1, **fields}
+    )
+
+
+def test_text_beyond_the_model_limit_is_refused_not_cut(setup):
+    cfg, model, params, _ = setup
+    loaded = _loaded(cfg, model, params)
+    assert cfg.data.max_text_len == 32
+    at_limit = "a small red circle at the right"  # 31 bytes + EOS
+    assert generate.generate_images(loaded, _request(at_limit)).shape == (1, 32, 32, 3)
+    for text, tokens in [(at_limit + "!", 33), ("a" * 26_000, 26_001)]:
+        with pytest.raises(
+            instructions.LimitError,
+            match=rf"^request field 'text' is {tokens} tokens \(EOS included\); "
+            r"the limit is 32 \(the model's data.max_text_len\)$",
+        ):
+            generate.generate_images(loaded, _request(text))
+
+
+def test_marker_to_a_text_to_image_model_is_named(setup):
+    loaded = _loaded(*setup[:3])
+    with pytest.raises(ValueError, match=r"'text' names \[ref#2\].*text-to-image"):
+        generate.generate_images(loaded, _request("a [ref#2] at the top"))
+
+
+def _context(texts):
+    return [
+        {"marker": f"[ref#{k}]", "text": t, "image": "ref.png"}
+        for k, t in enumerate(texts, start=1)
+    ]
+
+
+def test_context_beyond_the_model_limits_is_named(instruction):
+    cfg, model, params, _ = instruction
+    loaded = _loaded(cfg, model, params)
+    assert (cfg.data.max_context, cfg.data.ctx_text_len) == (K, 8)
+    loads = []
+
+    def load_image(ref):
+        loads.append(ref)
+        return np.zeros((32, 32, 3), np.uint8)
+
+    def sample(texts):
+        markers = " ".join(f"[ref#{k}]" for k in range(1, len(texts) + 1))
+        request = _request(f"Generate {markers}", context=_context(texts))
+        return generate.generate_images(loaded, request, load_image)
+
+    with pytest.raises(
+        instructions.LimitError,
+        match=r"^request field 'context' is 5 items; the limit is 4 "
+        r"\(the model's data.max_context\)$",
+    ):
+        sample(["a dot"] * 5)
+    assert not loads  # refused before any image is loaded
+    # "[ref#2] a glim": marker + space + 6 bytes + EOS = 9 tokens.
+    with pytest.raises(
+        instructions.LimitError,
+        match=r"^request field 'context\[1\].text' is 9 tokens \(with its marker "
+        r"and EOS\); the limit is 8 \(the model's data.ctx_text_len\)$",
+    ):
+        sample(["a dot", "a glim"])
+    # At both limits: K items of 8 tokens each.
+    assert sample(["a dot"] * K).shape == (1, 32, 32, 3)
+
+
+def test_an_image_too_large_to_decode_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = str(tmp_path / "huge.png")
+    Image.new("1", (64, 64)).save(path)
+    # PIL's decompression-bomb guard, lowered: refuses over 2 x 1000 pixels.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ValueError, match="huge.png' is not a readable image"):
+        generate.load_png(path)
