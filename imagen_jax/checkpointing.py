@@ -4,10 +4,15 @@ One manager per workdir (`WORKDIR/checkpoints`); the data iterator state is an
 item of the same checkpoint as the model, so a resumed job sees the same data
 stream. The experiment config is written beside it (`WORKDIR/config.json`) so
 that sampling, evaluation and export can rebuild the model from the workdir.
+
+Every step the manager saves gets a `checksums.json` (the sha256 of each of its
+files) once orbax has finalised it, and every restore checks it first: files
+damaged after the save are named, not loaded as garbage weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -17,15 +22,53 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+CHECKSUMS = "checksums.json"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or does not fit the model."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A step whose files no longer match the checksums written at save."""
+
+    def __init__(self, step_dir: str, problem: str):
+        super().__init__(f"checkpoint {step_dir} is damaged: {problem}")
+        self.step_dir = step_dir
+
+
+class _ChecksummingManager(ocp.CheckpointManager):
+    """An orbax manager that writes `checksums.json` into the steps it saves.
+
+    Orbax finalises a step in a background thread; its files are final once
+    `wait_until_finished()` returns, which orbax's `save` (for the previous
+    step) and `close` call, as does the end of the training loop.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._unsummed: list[int] = []
+        super().__init__(*args, **kwargs)
+
+    def save(self, step: int, *args, **kwargs) -> bool:
+        saved = super().save(step, *args, **kwargs)
+        if saved:
+            self._unsummed.append(step)
+        return saved
+
+    def wait_until_finished(self) -> None:
+        super().wait_until_finished()
+        while self._unsummed:
+            step_dir = _step_dir(self, self._unsummed.pop(0))
+            # A failed save leaves no step directory (orbax has logged why).
+            if jax.process_index() == 0 and os.path.isdir(step_dir):
+                _write_checksums(step_dir)
+
+
 def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(
+    return _ChecksummingManager(
         os.path.abspath(directory), options=options, item_names=("state", "data")
     )
 
@@ -35,6 +78,67 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: dict | 
     if data_state is not None:
         items["data"] = ocp.args.JsonSave(data_state)
     mngr.save(step, args=ocp.args.Composite(**items))
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
+    return os.path.join(str(mngr.directory), str(step))
+
+
+def _files(step_dir: str) -> list[str]:
+    """The step's files but its checksums, as sorted '/'-separated relative paths."""
+    names = []
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), step_dir)
+            names.append(rel.replace(os.sep, "/"))
+    return sorted(n for n in names if n != CHECKSUMS)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_checksums(step_dir: str) -> None:
+    sums = {name: _sha256(os.path.join(step_dir, name)) for name in _files(step_dir)}
+    # Written whole or not at all: a half file would read as damage.
+    tmp = os.path.join(step_dir, CHECKSUMS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"sha256": sums}, f, indent=1)
+    os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+
+
+def verify(step_dir: str) -> None:
+    """Checks a step's files against the checksums written when it was saved.
+
+    A step without checksums (saved before they existed, or by a job stopped
+    before the step was finalised) passes with a warning.
+
+    Raises:
+      DamagedCheckpointError: naming the first listed file missing or changed.
+    """
+    path = os.path.join(step_dir, CHECKSUMS)
+    if not os.path.exists(path):
+        logging.warning(
+            "checkpoint %s has no %s (saved before checksums, or its job stopped "
+            "before finalising it): restoring it unverified",
+            step_dir,
+            CHECKSUMS,
+        )
+        return
+    try:
+        with open(path) as f:
+            sums = dict(json.load(f)["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedCheckpointError(step_dir, f"{CHECKSUMS} is unreadable") from e
+    for name, digest in sorted(sums.items()):
+        file = os.path.join(step_dir, name)
+        if not os.path.isfile(file):
+            raise DamagedCheckpointError(step_dir, f"{name} is missing")
+        if _sha256(file) != digest:
+            raise DamagedCheckpointError(
+                step_dir, f"{name} does not match the checksum written at save"
+            )
 
 
 def _abstract(tree: Any) -> Any:
@@ -49,13 +153,69 @@ def restore(
     """Restores (state, data_state) onto the shardings of `state_like`.
 
     Raises:
+      DamagedCheckpointError: a file changed since the step was saved.
       CheckpointError: no checkpoint, or one that cannot be read into the model.
     """
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"no checkpoint in {mngr.directory}")
+    verify(_step_dir(mngr, step))
+    return _restore(mngr, state_like, step)
+
+
+def resume(mngr: ocp.CheckpointManager, state_like: Any) -> tuple[Any, dict | None]:
+    """Restores a run's latest undamaged step, setting damaged later ones aside.
+
+    A damaged step is renamed `<step>.damaged` (orbax lists only `<step>`), so
+    nothing is deleted and training goes on from the step before. When every
+    step is damaged nothing is renamed, lest a rerun start from scratch.
+
+    Raises:
+      DamagedCheckpointError: every step is damaged (names the latest).
+      CheckpointError: no checkpoint, or one that cannot be read into the model.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {mngr.directory}")
+    damaged = []
+    for step in steps:
+        try:
+            verify(_step_dir(mngr, step))
+            break
+        except DamagedCheckpointError as e:
+            damaged.append(e)
+    else:
+        raise damaged[0]
+    if damaged:
+        if jax.process_index() == 0:
+            for e in damaged:
+                logging.warning(
+                    "%s; moved to %s, resuming from step %d",
+                    e,
+                    _set_aside(e.step_dir),
+                    step,
+                )
+        if jax.process_count() > 1:  # every host lists the steps after the move
+            multihost_utils.sync_global_devices("checkpointing.resume")
+        mngr.reload()
+    return _restore(mngr, state_like, step)
+
+
+def _set_aside(step_dir: str) -> str:
+    """Renames `step_dir` to `<step>.damaged` (`.damaged2`, ... if taken)."""
+    target, n = f"{step_dir}.damaged", 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{step_dir}.damaged{n}"
+    os.rename(step_dir, target)
+    return target
+
+
+def _restore(
+    mngr: ocp.CheckpointManager, state_like: Any, step: int
+) -> tuple[Any, dict | None]:
     items = {"state": ocp.args.StandardRestore(_abstract(state_like))}
-    if os.path.isdir(os.path.join(mngr.directory, str(step), "data")):
+    if os.path.isdir(os.path.join(_step_dir(mngr, step), "data")):
         items["data"] = ocp.args.JsonRestore()
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
@@ -78,6 +238,8 @@ def restore_params(
     keep their values from `params_like`; otherwise they are an error.
 
     Raises:
+      DamagedCheckpointError: a file changed since the step was saved (no
+        fallback to an older step: sampling must not answer from another one).
       CheckpointError: no checkpoint, an unreadable one, a parameter of the
         wrong shape, or (without `partial`) a missing parameter.
     """
@@ -94,6 +256,7 @@ def restore_params(
     step = mngr.latest_step()
     if step is None:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}")
+    verify(os.path.join(ckpt_dir, str(step)))
     key = "ema_params" if use_ema else "params"
     try:
         item = {key: mngr.item_metadata(step)["state"][key]}

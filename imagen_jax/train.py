@@ -341,12 +341,13 @@ def compile_train_step(model, tx, config, mesh, state_shardings):
 def restore_or_init(config, workdir, state, mngr, data_iter):
     """The one place that decides where training starts.
 
-    Order: a checkpoint in the workdir (resume this run), else `config.resume`
-    (continue another run exactly), else `config.init_from` (fine-tune: params
-    and EMA only, missing parameters keep their init), else scratch.
+    Order: a checkpoint in the workdir (resume this run from its latest
+    undamaged step), else `config.resume` (continue another run exactly), else
+    `config.init_from` (fine-tune: params and EMA only, missing parameters keep
+    their init), else scratch.
     """
     if mngr.latest_step() is not None:
-        state, data_state = checkpointing.restore(mngr, state)
+        state, data_state = checkpointing.resume(mngr, state)
         source = f"resumed {workdir} at step {int(state.step)}"
     elif config.resume:
         other = checkpointing.manager(checkpointing._checkpoint_dir(config.resume))

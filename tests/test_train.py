@@ -118,7 +118,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     for f in (tmp_path / "ckpt" / "1" / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(b"garbage")
-    with pytest.raises(checkpointing.CheckpointError, match="cannot be restored"):
+    with pytest.raises(checkpointing.CheckpointError, match="is damaged"):
         checkpointing.restore(checkpointing.manager(str(tmp_path / "ckpt")), state)
     with pytest.raises(checkpointing.CheckpointError, match="no checkpoint"):
         checkpointing.restore(checkpointing.manager(str(tmp_path / "empty")), state)
