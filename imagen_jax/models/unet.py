@@ -68,8 +68,7 @@ class UNetConfig:
         per item; levels past it are not run on the context items.
       context_norm: LayerNorm the memory tokens (per token, over channels)
         before the context cross-attention reads them. The text arrives
-        normalised from T5, the encoder's raw features do not (rms 5.0 against
-        the text's 0.8 in the CPU world's text-to-image start).
+        normalised from T5, the encoder's raw features do not.
     """
 
     base_channels: int = 32
