@@ -9,7 +9,8 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
   subject identity under a made-up name; `tasks.WORLDS`), which 2 CPU cores
   learn; without it the full world (1-3 objects), for accelerators;
 - task=NAME: train on that one task (a mechanism probe or a single-task
-  specialist) and evaluate it alone;
+  specialist) and evaluate it alone; `task=A/B` trains and evaluates a few
+  tasks at their `tasks.MIXTURE` ratios (e.g. `subject/style_generation`);
 - t2i: the text-to-image starting model of this world (its text_to_image
   task, text conditioning only);
 - plain: the multi-task baseline without instructions (the paper's Table 4):
@@ -42,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if opts.t2i:
         c.data.mixture = {"text_to_image": 1.0}
     elif opts.task:
-        c.data.mixture = {opts.task: 1.0}
+        names = opts.task.split("/")
+        c.data.mixture = {n: tasks.MIXTURE.get(n, 1.0) for n in names}
     # Texts stripped of instruction words (`tasks.plain_templates`).
     c.data.plain_text = opts.plain
     # Examples are procedural: the index space is effectively endless.
@@ -92,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.tasks.type = "tasks"
     # Tasks to score; empty means all of them.
     c.evals.tasks.names = (
-        [opts.task] if opts.task else ["text_to_image"] if opts.t2i else []
+        opts.task.split("/") if opts.task else ["text_to_image"] if opts.t2i else []
     )
     c.evals.tasks.per_task = 4 if smoke else 24
     c.evals.tasks.batch_size = 8 if smoke else 24

@@ -154,3 +154,16 @@ def test_stage2_bad_requests_name_the_problem(
     loaded = inference.load(workdir)
     with pytest.raises(ValueError, match=message):
         generate.generate_images(loaded, _request(tmp_path, size, **overrides))
+
+
+def test_task_option_selects_one_task_or_a_few():
+    one = stage2_shapes.get_config("simple,task=subject")
+    assert list(one.data.mixture) == ["subject"]
+    assert list(one.evals.tasks.names) == ["subject"]
+    # A zero-shot name holds a "+": it stays one task.
+    combo = stage2_shapes.get_config("simple,task=subject+style")
+    assert list(combo.data.mixture) == ["subject+style"]
+    few = stage2_shapes.get_config("simple,task=subject/style_generation")
+    ratio = few.data.mixture["subject"] / few.data.mixture["style_generation"]
+    assert ratio == pytest.approx(0.35 / 0.15)  # their tasks.MIXTURE ratio
+    assert list(few.evals.tasks.names) == ["subject", "style_generation"]
