@@ -52,12 +52,13 @@ def choices() -> dict[str, tuple]:
     """
     # Imported here: experiment configs import this module, and these pull in JAX.
     from imagen_jax import conditioning
+    from imagen_jax.data import pipeline
     from imagen_jax.diffusion import losses, samplers, schedules
     from imagen_jax.models import imagen, unet
     from imagen_jax.text import tokenizers
 
     return {
-        "data.name": ("shapes_world", "shapes_world_tasks"),
+        "data.name": pipeline.source_names(),
         "data.variant": ("full", "simple"),
         "data.resolution": (16, 32, 64, 128),
         "text.tokenizer": tokenizers.get_tokenizer_names(),

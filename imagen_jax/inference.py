@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 import jax
@@ -32,13 +34,20 @@ def load(
 ) -> Loaded:
     """Rebuilds the model of `workdir` (config.json unless given) and its params.
 
+    A given `config` (an evaluation's) keeps its evaluation and sampling
+    settings, but the sections that define the trained network come from the
+    workdir's config.json when it has one (`trained_sections`).
     The params are the EMA weights or the trained ones as `use_ema` says, by
     default as the config's `sample.use_ema` says (EMA when it is unset).
 
     Raises:
       checkpointing.CheckpointError: no config or checkpoint, or a corrupt one.
     """
-    config = with_conditioning(config or checkpointing.load_config(workdir))
+    if config is None:
+        config = checkpointing.load_config(workdir)
+    elif os.path.exists(os.path.join(workdir, "config.json")):
+        config = trained_sections(config, checkpointing.load_config(workdir))
+    config = with_conditioning(config)
     if use_ema is None:
         use_ema = bool(config.sample.get("use_ema", True))
     tokenizer = train.make_tokenizer(config)
@@ -48,6 +57,41 @@ def load(
     params_like = train.abstract_params(model, config, mesh, rules)
     params, step = checkpointing.restore_params(workdir, params_like, use_ema=use_ema)
     return Loaded(config, tokenizer, model, params, int(step))
+
+
+# What the trained network is: its architecture, text encoder and tokenizer,
+# and what it predicts under which noise schedule.
+_TRAINED = ("model", "text", "diffusion")
+
+
+def trained_sections(
+    config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """`config` with the sections defining the network taken from `trained`.
+
+    An evaluation config built without a training run's overrides (say
+    `--config.model.context_norm=True`) would otherwise build another network
+    than the checkpoint's; each difference is logged.
+    """
+    out = ml_collections.ConfigDict(config.to_dict())
+    for section in _TRAINED:
+        if section not in trained:
+            continue
+        saved = trained[section].to_dict()
+        # Through JSON, as config.json was written: tuples read back as lists.
+        given = json.loads(json.dumps(out[section].to_dict() if section in out else {}))
+        changed = sorted(
+            k for k in set(given) | set(saved) if given.get(k) != saved.get(k)
+        )
+        if changed:
+            logging.warning(
+                "config.%s differs from the trained run's in %s: using the "
+                "trained run's",
+                section,
+                ", ".join(changed),
+            )
+        out[section] = ml_collections.ConfigDict(saved)
+    return out
 
 
 def with_conditioning(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,8 +1,11 @@
 """The one conditioning switch, `config.model.conditioning`: it alone decides
 the batch fields, the parameters, the dropout and the generate path."""
 
+import json
+
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -171,3 +174,20 @@ def test_train_step_takes_an_instruction_batch_with_dropout(kind):
     if kind == "instruction":  # the context path is trained
         out = state.params["unet"]["mid_ctx_attn"]["out"]["kernel"]
         assert np.abs(np.asarray(out) - unet0["mid_ctx_attn"]["out"]["kernel"]).max()
+
+
+def test_a_given_config_keeps_the_trained_network(caplog):
+    trained = stage2_shapes.get_config("smoke")
+    trained.model.context_norm = True  # a training-time override
+    trained.diffusion.param = "eps"
+    saved = ml_collections.ConfigDict(json.loads(json.dumps(trained.to_dict())))
+    given = stage2_shapes.get_config("smoke")
+    given.sample.guidance = 7.0
+    out = inference.trained_sections(given, saved)
+    assert out.model.context_norm and out.diffusion.param == "eps"
+    assert out.sample.guidance == 7.0  # evaluation settings stay the caller's
+    assert not given.model.context_norm  # the caller's config is untouched
+    assert "context_norm" in caplog.text and "param" in caplog.text
+    caplog.clear()
+    inference.trained_sections(saved, saved)  # tuples and lists compare equal
+    assert "differs" not in caplog.text

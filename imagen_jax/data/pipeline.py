@@ -6,16 +6,23 @@ objects: `image [B,H,W,3] uint8`, `text_tokens [B,L] int32`,
 `text_mask [B,L] bool`; instruction datasets add `ctx_images [B,K,H,W,3]`,
 `ctx_tokens [B,K,Lc]`, `ctx_text_mask [B,K,Lc]`, `ctx_mask [B,K]`,
 `cond_image [B,H,W,3]` and `cond_image_mask [B]`.
+
+Stage 1 (`shapes_world_retrieval`) joins each example with its neighbours
+from a neighbour table mined beforehand (`retrieval.mining`): no index lookup
+happens while training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
+from imagen_jax.data.tasks import TaskExample
+from imagen_jax.retrieval import mining
 from imagen_jax.text.tokenizers import Tokenizer
 
 
@@ -72,23 +79,121 @@ class TaskSource:
         )
 
 
-_SOURCES: dict[str, Callable] = {
-    "shapes_world": _shapes_world_source,
-    "shapes_world_tasks": TaskSource,
+def _as_str(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+class RetrievalSource:
+    """Stage 1: records of a split with their mined neighbours as context.
+
+    Example i is record i of `examples`; its instruction is the caption with
+    the database records of row i of the neighbour table as context items
+    (`mining.neighbour_instruction`: all under one marker, best first, at most
+    `max_context`). A row without neighbours gives the caption alone.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[dict],
+        database: Sequence[dict],
+        table: np.ndarray,
+        max_context: int,
+    ):
+        """Records are dicts with "image" (uint8 [R, R, 3]), "caption" and
+        "scene" (str or bytes); `table` is int [len(examples), C], -1 padded,
+        indexing `database`."""
+        if table.ndim != 2 or len(table) != len(examples):
+            raise ValueError(
+                f"the neighbour table has shape {table.shape}; expected "
+                f"[{len(examples)}, num_context], one row per example"
+            )
+        if max_context < 1:
+            raise ValueError(f"max_context must be >= 1, got {max_context}")
+        self._examples, self._database = examples, database
+        self._table, self._max_context = table, max_context
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, index: int) -> TaskExample:
+        record = self._examples[int(index)]
+        ids = [int(j) for j in self._table[int(index)] if j >= 0]
+        ids = ids[: self._max_context]
+        found = [self._database[j] for j in ids]
+        neighbours = [(r["image"], _as_str(r["caption"])) for r in found]
+        instruction = mining.neighbour_instruction(
+            _as_str(record["caption"]), neighbours
+        )
+        meta = {"scene": _as_str(record["scene"]), "neighbours": ids}
+        return TaskExample(
+            "retrieval", instruction, np.asarray(record["image"], np.uint8), meta
+        )
+
+
+def _shapes_world_retrieval_source(
+    cfg: ml_collections.ConfigDict, split: str
+) -> RetrievalSource:
+    """The retrieval world's `split`, its neighbour table and the database.
+
+    The table is `cfg.neighbours_dir`/<split>.npy, or beside the dataset
+    (`mining.neighbours_dir`) when that field is empty.
+    """
+    from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
+
+    variant = shapes_world_tfds.retrieval_variant(cfg.variant)
+    examples = shapes_world_tfds.load_source(
+        cfg.data_dir, split, resolution=cfg.resolution, variant=variant
+    )
+    database = shapes_world_tfds.load_source(
+        cfg.data_dir, "database", resolution=cfg.resolution, variant=variant
+    )
+    directory = cfg.get("neighbours_dir") or mining.neighbours_dir(
+        shapes_world_tfds.dataset_dir(cfg.data_dir, cfg.resolution, variant)
+    )
+    table, _ = mining.load_table(
+        directory, split, num_rows=len(examples), num_database=len(database)
+    )
+    return RetrievalSource(examples, database, table, cfg.max_context)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """A dataset the pipeline reads.
+
+    Attributes:
+      make: (data config, split) -> random-access source.
+      instructions: its elements are `tasks.TaskExample`s (-> the
+        `InstructionArrays` transform), else records with "image" and
+        "caption" (-> `Tokenize`).
+    """
+
+    make: Callable
+    instructions: bool
+
+
+_SOURCES: dict[str, _Source] = {
+    "shapes_world": _Source(_shapes_world_source, instructions=False),
+    "shapes_world_tasks": _Source(TaskSource, instructions=True),
+    "shapes_world_retrieval": _Source(
+        _shapes_world_retrieval_source, instructions=True
+    ),
 }
+
+
+def _lookup(name: str) -> _Source:
+    if name not in _SOURCES:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(_SOURCES)}")
+    return _SOURCES[name]
+
+
+def source_names() -> tuple[str, ...]:
+    """The datasets `config.data.name` may name."""
+    return tuple(sorted(_SOURCES))
 
 
 def get_source(data_config: ml_collections.ConfigDict, split: str):
     """The random-access source named by `data_config.name`."""
-    if data_config.name not in _SOURCES:
-        raise ValueError(
-            f"unknown dataset {data_config.name!r}; known: {sorted(_SOURCES)}"
-        )
-    return _SOURCES[data_config.name](data_config, split)
-
-
-def _as_str(x) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+    return _lookup(data_config.name).make(data_config, split)
 
 
 class Tokenize(grain.transforms.Map):
@@ -135,7 +240,7 @@ class InstructionArrays(grain.transforms.Map):
 
 def element_transform(d: ml_collections.ConfigDict, tokenizer: Tokenizer):
     """The per-element transform for the dataset named by `d.name`."""
-    if d.name == "shapes_world_tasks":
+    if _lookup(d.name).instructions:
         return InstructionArrays(tokenizer, d)
     return Tokenize(tokenizer, d.max_text_len, d.resolution)
 

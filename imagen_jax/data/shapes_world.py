@@ -6,6 +6,10 @@ background has a pattern and a two-colour palette, independent of content.
 Scenes render to crisp uint8 images (no anti-aliasing, so an oracle can parse
 them back exactly) and describe themselves in plain English.
 
+The retrieval world (`make_retrieval_example`, stage 1) draws single objects
+in sources of several renders, some of them named subjects of long-tailed
+frequency, some names (`RETRIEVAL_ONLY_SUBJECTS`) only in its database.
+
 Everything here is numpy only and deterministic given a seed.
 """
 
@@ -80,6 +84,71 @@ NAMED_SUBJECTS: Mapping[str, tuple[str, str, str]] = {
 }
 NAMED_SUBJECT_WEIGHTS: Mapping[str, float] = {
     name: 1.0 / (rank + 1) for rank, name in enumerate(NAMED_SUBJECTS)
+}
+
+
+def _long_tail() -> tuple[dict[str, tuple[str, str, str]], ...]:
+    """(tail names, retrieval-only names, unnamed identities), fixed forever.
+
+    Every identity outside NAMED_SUBJECTS, in an order drawn once from a fixed
+    seed: the first LONG_TAIL_SIZE get made-up training names, the next
+    RETRIEVAL_ONLY_SIZE made-up names found only in the retrieval database,
+    the rest stay unnamed (described in words).
+    """
+    rng = np.random.default_rng(20241129)
+    taken = set(NAMED_SUBJECTS.values())
+    free = [
+        (s, c, p)
+        for s in SHAPES
+        for c in COLOURS
+        for p in PATTERNS
+        if (s, c, p) not in taken
+    ]
+    free = [free[i] for i in rng.permutation(len(free))]
+    onsets, codas = (
+        "b d f g k l m n p r s t v w z br dr gl kr pl sn tr".split(),
+        "kmnpstx",
+    )
+    names: list[str] = []
+    while len(names) < LONG_TAIL_SIZE + RETRIEVAL_ONLY_SIZE:
+        word = (
+            "".join(
+                onsets[rng.integers(len(onsets))] + "aeiou"[rng.integers(5)]
+                for _ in range(2)
+            )
+            + codas[rng.integers(len(codas))]
+        )
+        if word not in names and word not in NAMED_SUBJECTS:
+            names.append(word)
+    split = LONG_TAIL_SIZE + RETRIEVAL_ONLY_SIZE
+    tail = dict(zip(names[:LONG_TAIL_SIZE], free[:LONG_TAIL_SIZE]))
+    only = dict(zip(names[LONG_TAIL_SIZE:], free[LONG_TAIL_SIZE:split]))
+    return tail, only, tuple(free[split:])
+
+
+# The retrieval world's long tail (Re-Imagen's rare entities): training names
+# past NAMED_SUBJECTS, each seen in few captions, so a model learns to draw a
+# rare name from retrieved neighbours rather than by heart; and names found
+# only in the retrieval database, never in a training caption, which a model
+# can draw only from retrieved context.
+LONG_TAIL_SIZE, RETRIEVAL_ONLY_SIZE = 44, 8
+_TAIL, _ONLY, UNNAMED_IDENTITIES = _long_tail()
+LONG_TAIL_SUBJECTS: Mapping[str, tuple[str, str, str]] = _TAIL
+RETRIEVAL_ONLY_SUBJECTS: Mapping[str, tuple[str, str, str]] = _ONLY
+# Zipf frequency over the training names, head (NAMED_SUBJECTS) first.
+TRAINING_SUBJECT_WEIGHTS: Mapping[str, float] = {
+    name: 1.0 / (rank + 1)
+    for rank, name in enumerate([*NAMED_SUBJECTS, *LONG_TAIL_SUBJECTS])
+}
+# The Zipf tail continued past the training names.
+RETRIEVAL_ONLY_WEIGHTS: Mapping[str, float] = {
+    name: 1.0 / (len(TRAINING_SUBJECT_WEIGHTS) + rank + 1)
+    for rank, name in enumerate(RETRIEVAL_ONLY_SUBJECTS)
+}
+ALL_SUBJECTS: Mapping[str, tuple[str, str, str]] = {
+    **NAMED_SUBJECTS,
+    **LONG_TAIL_SUBJECTS,
+    **RETRIEVAL_ONLY_SUBJECTS,
 }
 
 _POSITION_PHRASES: Mapping[str, str] = {
@@ -364,12 +433,17 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _object_phrase(obj: Obj, *, with_size: bool, with_pattern: bool) -> str:
+def _object_phrase(
+    obj: Obj, *, with_size: bool, with_pattern: bool, name: str | None = None
+) -> str:
     words = [obj.size] if with_size else []
-    words.append(obj.colour)
-    if with_pattern and obj.pattern != "solid":
-        words.append(obj.pattern)
-    words.append(obj.shape)
+    if name:  # the name stands for colour, fill and shape
+        words.append(name)
+    else:
+        words.append(obj.colour)
+        if with_pattern and obj.pattern != "solid":
+            words.append(obj.pattern)
+        words.append(obj.shape)
     where = _POSITION_PHRASES.get(obj.position, f"at the {obj.position}")
     return f"{_article(words[0])} {' '.join(words)} {where}"
 
@@ -496,6 +570,7 @@ def describe(
     rng: np.random.Generator | None = None,
     grammar: str = "plain",
     background: bool | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> tuple[str, bool]:
     """A caption of `scene` in `grammar`, and whether it names the background.
 
@@ -505,6 +580,9 @@ def describe(
       grammar: one of `GRAMMARS`.
       background: name the background always (True), never (False) or 70% of
         the time (None; always without `rng`).
+      names: position -> subject name of a named object there, which the
+        caption calls by its name ("a zorblat at the top left"); plain grammar
+        only. Without names the output is unchanged.
 
     Returns:
       (caption, names_background).
@@ -512,6 +590,11 @@ def describe(
     _check_choice("caption grammar", grammar, GRAMMARS)
     if rng is None and grammar != "plain":
         raise ValueError(f"the {grammar!r} grammar needs an rng")
+    names = names or {}
+    if names and grammar != "plain":
+        raise ValueError(
+            f"named subjects are phrased in the plain grammar only, got {grammar!r}"
+        )
     objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
     if rng is not None:
         objects = [objects[i] for i in rng.permutation(len(objects))]
@@ -521,7 +604,12 @@ def describe(
 
     if grammar == "plain":
         phrases = [
-            _object_phrase(o, with_size=keep(0.25), with_pattern=keep(0.25))
+            _object_phrase(
+                o,
+                with_size=keep(0.25),
+                with_pattern=keep(0.25),
+                name=names.get(o.position),
+            )
             for o in objects
         ]
     else:
@@ -656,3 +744,152 @@ def eval_prompts(n: int, seed: int = 0, resolution: int = 32) -> list[dict[str, 
         scene = Scene.from_json(example["scene"])
         prompts.append({**example, "scene": scene})
     return prompts
+
+
+# --------------------------------------------------------------------------
+# The retrieval world (DESIGN §4; stage 1 of the method): the CPU world (one
+# object, any fill and background) in which some objects are named subjects of
+# long-tailed frequency, grouped into *sources*.
+#
+# Source s is an underlying scene: one identity (a named subject, or an unnamed
+# (shape, colour, fill) that no name has) on one background. Each of its
+# renders places the object at a random size and position, with a caption of
+# its own. Render 0 of a training source is a `train` example; renders 1.. of
+# every source are `database` items carrying the source's id, so a training
+# target's other renders are in the database and mining can exclude them. One
+# source in DATABASE_ONLY_EVERY is database-only and shows a retrieval-only
+# subject, so those names are never in a training caption.
+
+RETRIEVAL_SPLITS = ("train", "database", "test")
+# Share of training sources showing a named subject (Zipf-weighted).
+RETRIEVAL_NAMED_FRACTION = 0.5
+RENDERS_PER_SOURCE = 3
+DATABASE_ONLY_EVERY = 8
+_SOURCE_CODE, _RENDER_CODE, _RETRIEVAL_TEST_CODE = 10, 11, 12
+
+
+def is_database_only(source_id: int) -> bool:
+    """Whether source `source_id` shows a retrieval-only subject."""
+    return source_id % DATABASE_ONLY_EVERY == DATABASE_ONLY_EVERY - 1
+
+
+def train_source_id(index: int) -> int:
+    """The source of training example `index`: the index-th training source."""
+    per_block = DATABASE_ONLY_EVERY - 1
+    return (index // per_block) * DATABASE_ONLY_EVERY + index % per_block
+
+
+def database_source_render(index: int) -> tuple[int, int]:
+    """(source id, render number) of database item `index`."""
+    per_source = RENDERS_PER_SOURCE - 1
+    return index // per_source, 1 + index % per_source
+
+
+def database_size(num_train: int) -> int:
+    """Database items holding the other renders of the first `num_train`
+    training sources (and the database-only sources among them)."""
+    if num_train <= 0:
+        return 0
+    return (train_source_id(num_train - 1) + 1) * (RENDERS_PER_SOURCE - 1)
+
+
+def _zipf_pick(rng: np.random.Generator, weights: Mapping[str, float]) -> str:
+    names = list(weights)
+    p = np.array([weights[n] for n in names])
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def _random_background(rng: np.random.Generator) -> Background:
+    return Background(
+        BG_PATTERNS[int(rng.integers(len(BG_PATTERNS)))],
+        tuple(BG_PALETTES)[int(rng.integers(len(BG_PALETTES)))],
+    )
+
+
+def _source(seed: int, source_id: int) -> tuple[str, tuple[str, str, str], Background]:
+    """(subject name or "", (shape, colour, pattern), background) of a source."""
+    rng = np.random.default_rng((seed, _SOURCE_CODE, source_id))
+    if is_database_only(source_id):
+        name = _zipf_pick(rng, RETRIEVAL_ONLY_WEIGHTS)
+    elif rng.random() < RETRIEVAL_NAMED_FRACTION:
+        name = _zipf_pick(rng, TRAINING_SUBJECT_WEIGHTS)
+    else:
+        name = ""
+    if name:
+        identity = ALL_SUBJECTS[name]
+    else:
+        identity = UNNAMED_IDENTITIES[int(rng.integers(len(UNNAMED_IDENTITIES)))]
+    return name, identity, _random_background(rng)
+
+
+def _placed(
+    rng: np.random.Generator,
+    identity: tuple[str, str, str],
+    background: Background,
+) -> Scene:
+    """One object of `identity`, random size, at a position not held out."""
+    shape, colour, pattern = identity
+    held_out = held_out_triples()
+    positions = [p for p in POSITIONS if (shape, colour, p) not in held_out]
+    obj = Obj(
+        shape,
+        colour,
+        SIZES[int(rng.integers(len(SIZES)))],
+        positions[int(rng.integers(len(positions)))],
+        pattern,
+    )
+    return Scene((obj,), background)
+
+
+def _retrieval_record(
+    scene: Scene, text: str, name: str, source_id: int, resolution: int
+) -> dict[str, Any]:
+    return {
+        "image": render(scene, resolution),
+        "caption": text,
+        "scene": scene.to_json(),
+        "source_id": source_id,
+        "name": name,
+    }
+
+
+def make_retrieval_example(
+    split: str, index: int, seed: int, resolution: int = 32
+) -> dict[str, Any]:
+    """Example `index` of a retrieval-world split; a pure function of its arguments.
+
+    `train`: render 0 of the index-th training source (a training-named
+    subject or an unnamed object); `database`: render 1.. of a source (every
+    name, RETRIEVAL_ONLY_SUBJECTS included, and unnamed objects); both with
+    plain captions varied by the render's rng, a named object called by its
+    name ("a zorblat at the top left"). `test`: a retrieval-only subject (the
+    names in turn) in a fresh scene, canonical caption, source id -1.
+
+    Returns:
+      {"image": uint8 [R, R, 3], "caption": str, "scene": JSON str,
+      "source_id": int, "name": str ("" for an unnamed object)}.
+
+    Raises:
+      ValueError: on an unknown split, a bad resolution or a negative index.
+    """
+    _check_choice("retrieval split", split, RETRIEVAL_SPLITS)
+    _check_resolution(resolution)
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}.")
+    if split == "test":
+        name = tuple(RETRIEVAL_ONLY_SUBJECTS)[index % len(RETRIEVAL_ONLY_SUBJECTS)]
+        rng = np.random.default_rng((seed, _RETRIEVAL_TEST_CODE, index))
+        background = _random_background(rng)
+        scene = _placed(rng, ALL_SUBJECTS[name], background)
+        text = describe(scene, names={scene.objects[0].position: name})[0]
+        return _retrieval_record(scene, text, name, -1, resolution)
+    if split == "train":
+        source_id, render_number = train_source_id(index), 0
+    else:
+        source_id, render_number = database_source_render(index)
+    name, identity, background = _source(seed, source_id)
+    rng = np.random.default_rng((seed, _RENDER_CODE, source_id, render_number))
+    scene = _placed(rng, identity, background)
+    names = {scene.objects[0].position: name} if name else None
+    text = describe(scene, rng, names=names)[0]
+    return _retrieval_record(scene, text, name, source_id, resolution)

@@ -1,0 +1,95 @@
+"""Stage 1 on ShapesWorld: retrieval-augmented text-to-image (issue 14).
+
+The target's caption is the text and its K mined neighbours (image, caption)
+are the context, all under one marker (`retrieval.mining.neighbour_instruction`);
+the data is the CPU world's retrieval form (tfds config `r32_retrieval`: named
+subjects of long-tailed frequency, retrieval-only names in the database) with
+its neighbour table, mined beforehand by `launch.build_index`:
+
+    python -m launch.build_data --dataset shapes_world --variant retrieval \
+        --data_dir data
+    python -m launch.build_index --config experiments/stage1_shapes.py \
+        --workdir runs/stage1   # writes <dataset dir>/neighbours/train.npy
+    python -m launch.train --config experiments/stage1_shapes.py \
+        --workdir runs/stage1 --config.init_from=runs/cpu_t2i
+    python -m launch.train --config experiments/stage2_shapes.py:simple \
+        --workdir runs/stage2_from_stage1 --config.init_from=runs/stage1
+
+Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config). The
+model is an instruction model, so stage 2 starts from it with every
+parameter; its input-image path stays unused here (no input image).
+"""
+
+import ml_collections
+
+from experiments import t2i_shapes
+from imagen_jax.config_utils import parse_arg
+from imagen_jax.retrieval import build
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    opts = parse_arg(arg, **t2i_shapes.OPTIONS)
+    c = t2i_shapes.build(opts)
+
+    c.data.name = "shapes_world_retrieval"
+    c.model.conditioning = "instruction"
+    # The world, "simple" (the CPU world, the one built in retrieval form);
+    # the evaluators' task world too.
+    c.data.variant = "simple"
+    # Directory of the neighbour tables (<split>.npy + <split>.json); empty
+    # means beside the dataset: <data_dir>/shapes_world/r<res>_retrieval/
+    # <version>/neighbours (`retrieval.mining.neighbours_dir`).
+    c.data.neighbours_dir = ""
+    # Neighbours given as context (the paper: clusters of target + 3).
+    c.data.max_context = 3
+    # Captions reach 89 bytes; + " [ref#1]" (2 tokens) + EOS.
+    c.data.max_text_len = 96
+    # A context item's text is "[ref#1] <its caption>".
+    c.data.ctx_text_len = 96
+    # 0 encodes all B * K context slots: nearly every example has 3 neighbours.
+    c.model.context_slots = 0.0
+    # As in stage 2 (`UNetConfig.context_level`, `context_norm`), so that
+    # stage 2 starts from this model unchanged.
+    c.model.context_level = -1
+    c.model.context_norm = False
+
+    # Instruct-Imagen stage 1: 10% drop text and context, 10% context only.
+    c.diffusion.cond_drop.all = 0.1
+    c.diffusion.cond_drop.text = 0.0
+    c.diffusion.cond_drop.context = 0.1
+    c.diffusion.cond_drop.image = 0.0
+
+    if not opts.smoke:  # a time budget (`minutes`) shortens the schedule to fit
+        c.train.num_steps = 6000
+        # Continuing a drawing model (`init_from`): a gentler peak LR.
+        c.optim.lr = 1e-3
+        c.optim.warmup_steps = 100
+
+    # Embedder, index and mining (`launch.build_index`); see
+    # `retrieval.build.default_config` for every field.
+    c.retrieval = build.default_config()
+    if opts.smoke:
+        c.retrieval.embedder.steps = 3
+        c.retrieval.embedder.batch_size = 8
+        c.retrieval.embedder.model.image_widths = (8, 16)
+        c.retrieval.embedder.model.text_width = 16
+        c.retrieval.embedder.model.text_layers = 1
+
+    c.sample.guidance = 3.0
+    # No input image in stage 1: input-image guidance plays no part.
+    c.sample.image_guidance = 1.0
+    c.sample.oscillate = False
+
+    smoke = opts.smoke
+    c.evals = ml_collections.ConfigDict()
+    # Evaluator "tasks" on the CPU world: text-to-image, and subject (an
+    # identity shown only in the context images), what stage 1 prepares for.
+    # The retrieval-only identity evaluation of issue 14 (prompts of the
+    # `test` split, context retrieved from the index) joins it here.
+    c.evals.tasks = ml_collections.ConfigDict()
+    c.evals.tasks.type = "tasks"
+    c.evals.tasks.names = ["text_to_image", "subject"]
+    c.evals.tasks.per_task = 4 if smoke else 24
+    c.evals.tasks.batch_size = 8 if smoke else 24
+    c.evals.tasks.robustness = False
+    return c

@@ -1,0 +1,153 @@
+"""The retrieval world as tfds records, and stage 1's pipeline joining each
+example with its mined neighbours (`pipeline.RetrievalSource`)."""
+
+import numpy as np
+import pytest
+
+from experiments import stage1_shapes
+from imagen_jax import instructions
+from imagen_jax.data import pipeline
+from imagen_jax.data import shapes_world as sw
+from imagen_jax.data.tfds import shapes_world as sw_tfds
+from imagen_jax.retrieval import mining
+from imagen_jax.text.tokenizers import ByteTokenizer
+
+NUM_TRAIN = 21
+NUM_TEST = len(sw.RETRIEVAL_ONLY_SUBJECTS)  # each retrieval-only name once
+
+
+def _table(num_rows, num_database):
+    """Full rows, a short row, an empty row: ids spread over the database."""
+    table = (np.arange(num_rows * 3).reshape(num_rows, 3) * 7) % num_database
+    table[1, 2] = -1
+    table[2] = -1
+    return table.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("data"))
+    sw_tfds.build(d, 32, num_train=NUM_TRAIN, num_test=NUM_TEST, variant="retrieval")
+    num_database = sw.database_size(NUM_TRAIN)
+    directory = mining.neighbours_dir(sw_tfds.dataset_dir(d, 32, "retrieval"))
+    mining.save_table(directory, "train", _table(NUM_TRAIN, num_database), {"k": 10})
+    return d
+
+
+def test_retrieval_records(data_dir):
+    sizes = {
+        "train": NUM_TRAIN,
+        "database": sw.database_size(NUM_TRAIN),
+        "test": NUM_TEST,
+    }
+    for split, size in sizes.items():
+        src = sw_tfds.load_source(data_dir, split, 32, "retrieval")
+        assert len(src) == size
+        columns = sw_tfds.load_columns(data_dir, split)
+        assert columns["source_id"].dtype == np.int64
+        for i in range(size):
+            record = src[i]
+            scene = sw.Scene.from_json(record["scene"].decode())
+            np.testing.assert_array_equal(record["image"], sw.render(scene, 32))
+            assert record["source_id"] == columns["source_id"][i]
+            assert record["name"].decode() == columns["name"][i]
+    assert set(sw_tfds.load_columns(data_dir, "test")["name"]) == set(
+        sw.RETRIEVAL_ONLY_SUBJECTS
+    )
+    with pytest.raises(ValueError, match="no \\['colour'\\]"):
+        sw_tfds.load_columns(data_dir, "train", keys=("colour",))
+
+
+def _record(value, caption):
+    return {
+        "image": np.full((32, 32, 3), value, np.uint8),
+        "caption": caption.encode(),
+        "scene": b"{}",
+    }
+
+
+def test_source_gives_the_neighbours_as_context():
+    examples = [_record(200 + i, f"target {i}") for i in range(3)]
+    database = [_record(i, f"neighbour {i}") for i in range(5)]
+    table = np.array([[4, 0, 2], [3, -1, -1], [-1, -1, -1]])
+    source = pipeline.RetrievalSource(examples, database, table, max_context=2)
+    assert len(source) == 3
+    first = source[0]
+    assert first.instruction.text == "target 0 [ref#1]"
+    assert [c.text for c in first.instruction.context] == ["neighbour 4", "neighbour 0"]
+    for item, j in zip(first.instruction.context, [4, 0], strict=True):
+        np.testing.assert_array_equal(item.image, database[j]["image"])
+    np.testing.assert_array_equal(first.target, examples[0]["image"])
+    assert first.meta["neighbours"] == [4, 0]  # cut to max_context
+    assert len(source[1].instruction.context) == 1
+    alone = source[2].instruction
+    assert alone.text == "target 2" and alone.context == ()
+    for i in range(3):
+        instructions.validate(source[i].instruction, max_context=2, resolution=32)
+    with pytest.raises(ValueError, match="one row per example"):
+        pipeline.RetrievalSource(examples, database, table[:2], max_context=2)
+
+
+def _config(data_dir):
+    cfg = stage1_shapes.get_config("smoke")
+    cfg.data.data_dir = data_dir
+    return cfg
+
+
+def test_pipeline_batches_carry_the_mined_neighbours(data_dir):
+    cfg = _config(data_dir)
+    tok = ByteTokenizer(extra_tokens=instructions.MARKERS)
+    examples = sw_tfds.load_source(data_dir, "train", 32, "retrieval")
+    database = sw_tfds.load_source(data_dir, "database", 32, "retrieval")
+    table = _table(len(examples), len(database))
+    it = iter(pipeline.train_dataset(cfg, tok))
+    k = cfg.data.max_context
+    seen = set()
+    for _ in range(3):
+        batch = next(it)
+        assert batch["ctx_images"].shape == (8, k, 32, 32, 3)
+        assert not batch["cond_image_mask"].any()
+        for b in range(8):
+            text = tok.decode(batch["text_tokens"][b])
+            (i,) = [
+                i
+                for i in range(len(examples))
+                if text.startswith(examples[i]["caption"].decode())
+                and np.array_equal(examples[i]["image"], batch["image"][b])
+            ]
+            seen.add(i)
+            ids = table[i][table[i] >= 0]
+            np.testing.assert_array_equal(batch["ctx_mask"][b], np.arange(k) < len(ids))
+            assert text.endswith("[ref#1]") == bool(len(ids))
+            for slot, j in enumerate(ids):
+                np.testing.assert_array_equal(
+                    batch["ctx_images"][b, slot], database[int(j)]["image"]
+                )
+                caption = tok.decode(batch["ctx_tokens"][b, slot])
+                assert caption == "[ref#1] " + database[int(j)]["caption"].decode()
+            assert not batch["ctx_images"][b, len(ids) :].any()
+    assert {1, 2} & seen  # a short or an empty row was checked
+
+
+def test_missing_or_stale_table_is_a_clear_error(data_dir, tmp_path):
+    cfg = _config(data_dir)
+    cfg.data.neighbours_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="launch.build_index"):
+        pipeline.get_source(cfg.data, "train")
+    stale = np.zeros((NUM_TRAIN - 1, 3), np.int64)
+    mining.save_table(str(tmp_path), "train", stale, {})
+    with pytest.raises(ValueError, match=f"has {NUM_TRAIN} records"):
+        pipeline.get_source(cfg.data, "train")
+    cfg.data.variant = "full"
+    with pytest.raises(ValueError, match="no retrieval dataset"):
+        pipeline.get_source(cfg.data, "train")
+
+
+def test_stage1_config():
+    cfg = stage1_shapes.get_config()
+    assert cfg.data.name == "shapes_world_retrieval"
+    assert cfg.model.conditioning == "instruction" and cfg.data.max_context == 3
+    drop = cfg.diffusion.cond_drop
+    assert (drop.all, drop.context, drop.text, drop.image) == (0.1, 0.1, 0.0, 0.0)
+    assert cfg.init_from == "" and cfg.data.neighbours_dir == ""
+    assert stage1_shapes.get_config("smoke").train.num_steps < 100

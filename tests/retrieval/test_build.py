@@ -1,0 +1,99 @@
+"""`launch.build_index`'s work end to end on a tiny retrieval world."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import stage1_shapes
+from imagen_jax.data import pipeline
+from imagen_jax.data import shapes_world as sw
+from imagen_jax.data.tfds import shapes_world as sw_tfds
+from imagen_jax.retrieval import build, mining
+
+NUM_TRAIN = 24
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    sw_tfds.build(data_dir, 32, num_train=NUM_TRAIN, num_test=8, variant="retrieval")
+    config = stage1_shapes.get_config("smoke")
+    config.data.data_dir = data_dir
+    # A 3-step embedder scores every pair alike: keep all but exact copies.
+    config.retrieval.near_duplicate = 1.0 - 1e-6
+    workdir = str(tmp_path_factory.mktemp("stage1"))
+    return config, workdir, build.build(config, workdir)
+
+
+def test_the_table_lands_beside_the_dataset_with_its_figures(built):
+    config, workdir, figures = built
+    dataset = sw_tfds.dataset_dir(config.data.data_dir, 32, "retrieval")
+    table, metadata = mining.load_table(
+        mining.neighbours_dir(dataset),
+        "train",
+        num_rows=NUM_TRAIN,
+        num_database=sw.database_size(NUM_TRAIN),
+    )
+    assert table.shape == (NUM_TRAIN, config.data.max_context)
+    assert metadata["num_train"] == NUM_TRAIN == figures["num_train"]
+    assert 0.0 <= figures["neighbour_precision"] <= 1.0
+    with open(os.path.join(workdir, "retrieval", "build.json")) as f:
+        assert json.load(f) == figures
+    # Same-source items (the target's other renders) are never neighbours.
+    train = sw_tfds.load_columns(config.data.data_dir, "train")["source_id"]
+    database = sw_tfds.load_columns(config.data.data_dir, "database")["source_id"]
+    kept = table >= 0
+    assert kept.any()
+    assert not (
+        database[table[kept]] == np.broadcast_to(train[:, None], table.shape)[kept]
+    ).any()
+
+
+def test_a_second_run_reuses_the_embedder_embeddings_and_index(built, capsys):
+    config, workdir, figures = built
+    stamps = {
+        name: os.path.getmtime(os.path.join(workdir, "retrieval", name))
+        for name in ("embeddings/database.npy", "index/index.json")
+    }
+    again = build.build(config, workdir)
+    assert "index reloaded" in capsys.readouterr().out
+    timing = ("search_s",)
+    assert {k: v for k, v in again.items() if k not in timing} == {
+        k: v for k, v in figures.items() if k not in timing
+    }
+    for name, stamp in stamps.items():
+        assert os.path.getmtime(os.path.join(workdir, "retrieval", name)) == stamp
+
+
+def test_stage1_batches_carry_the_mined_neighbours(built):
+    config, _, _ = built
+    source = pipeline.get_source(config.data, "train")
+    example = source[0]
+    assert example.instruction.context  # a neighbour as context
+    database = sw_tfds.load_source(config.data.data_dir, "database", 32, "retrieval")
+    first = example.meta["neighbours"][0]
+    np.testing.assert_array_equal(
+        example.instruction.context[0].image, database[first]["image"]
+    )
+
+
+def test_stale_embeddings_are_refused(built, tmp_path):
+    config, workdir, _ = built
+    other = str(tmp_path / "w")
+    os.makedirs(os.path.join(other, "retrieval", "embeddings"))
+    np.save(
+        os.path.join(other, "retrieval", "embeddings", "database.npy"),
+        np.eye(4, 128, dtype=np.float32),
+    )
+    with pytest.raises(ValueError, match="delete it"):
+        build.build(config, other)
+
+
+def test_a_world_without_a_retrieval_form_is_refused(built, tmp_path):
+    config, _, _ = built
+    config = stage1_shapes.get_config("smoke")
+    config.data.variant = "full"
+    with pytest.raises(ValueError, match="no retrieval dataset"):
+        build.build(config, str(tmp_path))
