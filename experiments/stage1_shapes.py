@@ -84,12 +84,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals = ml_collections.ConfigDict()
     # Evaluator "tasks" on the CPU world: text-to-image, and subject (an
     # identity shown only in the context images), what stage 1 prepares for.
-    # The retrieval-only identity evaluation of issue 14 (prompts of the
-    # `test` split, context retrieved from the index) joins it here.
     c.evals.tasks = ml_collections.ConfigDict()
     c.evals.tasks.type = "tasks"
     c.evals.tasks.names = ["text_to_image", "subject"]
     c.evals.tasks.per_task = 4 if smoke else 24
     c.evals.tasks.batch_size = 8 if smoke else 24
     c.evals.tasks.robustness = False
+    # Evaluator "retrieval_only": subjects named only in the retrieval
+    # database, drawn with the text's `k` nearest database items as context
+    # (from the index `launch.build_index` built) and with the text alone.
+    c.evals.retrieval = ml_collections.ConfigDict()
+    c.evals.retrieval.type = "retrieval_only"
+    # The retrieval directory; empty = <workdir>/retrieval.
+    c.evals.retrieval.dir = ""
+    c.evals.retrieval.k = c.data.get_ref("max_context")
+    c.evals.retrieval.num_prompts = 4 if smoke else 96
+    c.evals.retrieval.batch_size = 4 if smoke else 24
     return c

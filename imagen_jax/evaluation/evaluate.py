@@ -106,7 +106,6 @@ def _fill_right(image: np.ndarray, obj: shapes_world.Obj, resolution: int) -> fl
 
 def _task_batches(loaded, names, per_task, unseen, seed=1):
     """(task name, examples, stacked instruction arrays) per task."""
-    from imagen_jax import instructions
     from imagen_jax.data import tasks
 
     d = loaded.config.data
@@ -123,18 +122,11 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
             )
             for i in range(per_task)
         ]
-        arrays = [
-            instructions.to_arrays(
-                e.instruction,
-                loaded.tokenizer,
-                max_context=d.max_context,
-                text_len=d.max_text_len,
-                ctx_text_len=d.ctx_text_len,
-                resolution=d.resolution,
-            )
-            for e in examples
-        ]
-        yield name, examples, {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
+        yield (
+            name,
+            examples,
+            _instruction_arrays(loaded, [e.instruction for e in examples]),
+        )
 
 
 def _generate_tasks(loaded, generate, batch, sample_cfg, batch_size, seed, label):
@@ -378,7 +370,106 @@ def summary_rows(rows: list[dict], vision_tasks) -> list[dict]:
     return out
 
 
-EVALUATORS: dict[str, Callable] = {"single_object": single_object, "tasks": tasks_eval}
+def _instruction_arrays(loaded, instrs) -> dict[str, np.ndarray]:
+    from imagen_jax import instructions
+
+    d = loaded.config.data
+    arrays = [
+        instructions.to_arrays(
+            instr,
+            loaded.tokenizer,
+            max_context=d.max_context,
+            text_len=d.max_text_len,
+            ctx_text_len=d.ctx_text_len,
+            resolution=d.resolution,
+        )
+        for instr in instrs
+    ]
+    return {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
+
+
+def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
+    """Subjects named only in the retrieval database, drawn from retrieved context.
+
+    Prompts are the retrieval dataset's `test` split ("a <name> at ..." with
+    a retrieval-only name); each is run with its text's top `k` database
+    items as context (`retrieve.Retriever`) and with the text alone, where
+    the name means nothing (chance). Rows: the subject's identity, shape,
+    colour and fill, SC/PQ/O, and `retrieval_precision` (retrieved items
+    showing the prompt's subject).
+    """
+    from imagen_jax import instructions
+    from imagen_jax.data import tasks
+    from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
+    from imagen_jax.retrieval import retrieve
+
+    d = loaded.config.data
+    directory = eval_cfg.dir or os.path.join(os.path.dirname(out_dir), "retrieval")
+    retriever = retrieve.Retriever(directory)
+    variant = shapes_world_tfds.retrieval_variant(d.variant)
+    test = shapes_world_tfds.load_source(d.data_dir, "test", d.resolution, variant)
+    records = [test[i] for i in range(min(eval_cfg.num_prompts, len(test)))]
+    captions = [_as_text(r["caption"]) for r in records]
+    names = np.array([_as_text(r["name"]) for r in records])
+    ids = retriever.search(captions, eval_cfg.k)
+    examples = []
+    for record, caption, row in zip(records, captions, ids):
+        scene = shapes_world.Scene.from_json(_as_text(record["scene"]))
+        (obj,) = scene.objects
+        subject = tasks.Condition(
+            "subject", identity=(obj.shape, obj.colour, obj.pattern)
+        )
+        examples.append(
+            tasks.TaskExample(
+                "retrieval_only",
+                retriever.instruction(caption, row),
+                np.asarray(record["image"], np.uint8),
+                {"scene": scene, "conditions": {"subject": subject}},
+            )
+        )
+    generate = sampling.make_generate_fn(
+        loaded.model, loaded.config, sample_cfg.sampler
+    )
+    kept = ids >= 0
+    precision = float(
+        np.mean(
+            retriever.names[ids[kept]]
+            == np.broadcast_to(names[:, None], ids.shape)[kept]
+        )
+    )
+    rows = [
+        {
+            "task": "retrieval_only",
+            "metric": "retrieval_precision",
+            "value": precision,
+            "n": int(kept.sum()),
+        }
+    ]
+    for suffix, instrs in (
+        ("", [e.instruction for e in examples]),
+        ("/text_only", [instructions.MultiModalInstruction(c) for c in captions]),
+    ):
+        batch = _instruction_arrays(loaded, instrs)
+        label = "retrieval_only" + suffix
+        images = _generate_tasks(
+            loaded, generate, batch, sample_cfg, eval_cfg.batch_size, 4321, label
+        )
+        rows += _task_rows("retrieval_only", examples, images, suffix)
+        _task_grid(
+            examples, images, os.path.join(out_dir, label.replace("/", "_") + ".png")
+        )
+    return rows
+
+
+def _as_text(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+EVALUATORS: dict[str, Callable] = {
+    "single_object": single_object,
+    "tasks": tasks_eval,
+    "retrieval_only": retrieval_only,
+}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:

@@ -171,6 +171,9 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     kwargs = {"num_context": d.max_context, "near_duplicate": cfg.near_duplicate}
     table = mining.mine_neighbours(*args, **kwargs)
     figures = {
+        "data_dir": os.path.abspath(data_dir),
+        "resolution": d.resolution,
+        "variant": variant,
         "num_database": len(sources["database"]),
         "num_train": len(sources["train"]),
         "num_candidates": cfg.num_candidates,

@@ -97,3 +97,28 @@ def test_a_world_without_a_retrieval_form_is_refused(built, tmp_path):
     config.data.variant = "full"
     with pytest.raises(ValueError, match="no retrieval dataset"):
         build.build(config, str(tmp_path))
+
+
+def test_a_stage1_model_trains_and_is_scored_with_retrieved_context(built):
+    from imagen_jax import train
+    from imagen_jax.evaluation import evaluate
+    from imagen_jax.retrieval import retrieve
+
+    config, workdir, _ = built
+    retriever = retrieve.Retriever(os.path.join(workdir, "retrieval"))
+    name = next(iter(sw.RETRIEVAL_ONLY_SUBJECTS))
+    ids = retriever.search([f"a {name} at the top left"], 3)
+    assert ids.shape == (1, 3) and (ids >= 0).all()
+    instruction = retriever.instruction("a caption", ids[0])
+    assert len(instruction.context) == 3 and instruction.text.endswith("[ref#1]")
+
+    config.train.num_steps = 2
+    config.sample.steps = 2
+    del config.evals["tasks"]  # the stage-2 tasks are tested elsewhere
+    train.train_and_evaluate(config, workdir)
+    rows = evaluate.evaluate(config, workdir)
+    got = {(r["task"], r["metric"]): r["value"] for r in rows}
+    assert 0.0 <= got[("retrieval_only", "retrieval_precision")] <= 1.0
+    for task in ("retrieval_only", "retrieval_only/text_only"):
+        assert 0.0 <= got[(task, "subject/identity")] <= 1.0
+    assert os.path.exists(os.path.join(workdir, "eval", "retrieval_only.png"))
