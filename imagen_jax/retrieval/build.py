@@ -39,6 +39,11 @@ def default_config() -> ml_collections.ConfigDict:
     # in-project embedder, trained here unless already in `dir`.
     c.embeddings = ""
     c.embedder = embedder_lib.default_config()
+    # The texts the embedder learns to match images with: "dataset" (the
+    # records' captions) or, on ShapesWorld, a re-description of each
+    # record's scene (`embedder.CAPTIONS`): "subject" names only the object's
+    # identity, so images embed by what they show rather than where.
+    c.embedder_captions = "dataset"
     c.index = index_lib.default_config()
     # Candidates per target taken from the index (the paper: top 10).
     c.num_candidates = mining.NUM_CANDIDATES
@@ -60,8 +65,24 @@ def _text(x: bytes | str) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def _pairs(source, seed: int):
+def _caption(record: dict, how: str, rng: np.random.Generator) -> str:
+    """The text a record is paired with to train the embedder (`how`)."""
+    if how == "dataset":
+        return _text(record["caption"])
+    from imagen_jax.data import shapes_world
+
+    scene = shapes_world.Scene.from_json(_text(record["scene"]))
+    return embedder_lib.CAPTIONS[how](scene, rng)
+
+
+def _pairs(source, seed: int, how: str):
     """`embedder.train_embedder`'s pairs: shuffled batches of `source`."""
+    if how != "dataset" and how not in embedder_lib.CAPTIONS:
+        raise ValueError(
+            f"config.retrieval.embedder_captions={how!r}; expected 'dataset' or "
+            f"one of {sorted(embedder_lib.CAPTIONS)}"
+        )
+    rng = np.random.default_rng(seed)
 
     def pairs(batch_size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
         order = np.random.default_rng(seed).permutation(len(source))
@@ -69,7 +90,7 @@ def _pairs(source, seed: int):
             records = [source[int(i)] for i in order[begin : begin + batch_size]]
             yield (
                 np.stack([r["image"] for r in records]),
-                [_text(r["caption"]) for r in records],
+                [_caption(r, how, rng) for r in records],
             )
 
     return pairs
@@ -85,9 +106,8 @@ def _embedder(cfg: ml_collections.ConfigDict, directory: str, database):
     path = os.path.join(directory, "embedder")
     if not os.path.isdir(path):
         _say(f"training the embedder on {len(database)} database pairs")
-        embedder_lib.train_embedder(
-            _pairs(database, cfg.embedder.seed), cfg.embedder, path
-        )
+        pairs = _pairs(database, cfg.embedder.seed, cfg.embedder_captions)
+        embedder_lib.train_embedder(pairs, cfg.embedder, path)
     return embedder_lib.load_embedder(path)
 
 
