@@ -110,6 +110,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The retrieval directory; empty = <workdir>/retrieval.
     c.evals.retrieval.dir = ""
     c.evals.retrieval.k = c.data.get_ref("max_context")
+    # How a prompt finds database items (`retrieve.TEXT_SEARCH`): "lexical"
+    # (its words against the database captions, rare words weighing most:
+    # a retrieval-only name finds its items) or "embedding" (the embedder's
+    # text tower, which never saw those names).
+    c.evals.retrieval.text_search = "lexical"
     c.evals.retrieval.num_prompts = 4 if smoke else 96
     c.evals.retrieval.batch_size = 4 if smoke else 24
     return c

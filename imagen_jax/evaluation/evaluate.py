@@ -405,7 +405,7 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
 
     d = loaded.config.data
     directory = eval_cfg.dir or os.path.join(os.path.dirname(out_dir), "retrieval")
-    retriever = retrieve.Retriever(directory)
+    retriever = retrieve.Retriever(directory, eval_cfg.text_search)
     variant = shapes_world_tfds.retrieval_variant(d.variant)
     test = shapes_world_tfds.load_source(d.data_dir, "test", d.resolution, variant)
     records = [test[i] for i in range(min(eval_cfg.num_prompts, len(test)))]

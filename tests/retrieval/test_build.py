@@ -122,3 +122,23 @@ def test_a_stage1_model_trains_and_is_scored_with_retrieved_context(built):
     for task in ("retrieval_only", "retrieval_only/text_only"):
         assert 0.0 <= got[(task, "subject/identity")] <= 1.0
     assert os.path.exists(os.path.join(workdir, "eval", "retrieval_only.png"))
+
+
+def test_lexical_search_finds_a_rare_name_first():
+    from imagen_jax.retrieval import retrieve
+
+    captions = [
+        "a red circle at the top left",
+        "a vorp at the bottom right",
+        "a blue square at the top left",
+        "a vorp at the top left",
+    ]
+    ids = retrieve.LexicalIndex(captions).search(
+        ["a vorp at the top left", "a zebra", "a red circle"], 2
+    )
+    np.testing.assert_array_equal(ids[0], [3, 1])  # the name outweighs the place
+    # "a" is in every caption, so it weighs nothing: nothing is found.
+    np.testing.assert_array_equal(ids[1], [-1, -1])
+    assert ids[2][0] == 0
+    with pytest.raises(ValueError, match="text_search"):
+        retrieve.Retriever("unused", "bm42")
