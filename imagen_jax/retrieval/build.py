@@ -196,7 +196,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "variant": variant,
         "num_database": len(sources["database"]),
         "num_train": len(sources["train"]),
-        "num_candidates": cfg.num_candidates,
+        "candidates_per_target": cfg.num_candidates,
         **kwargs,
         "search_s": round(search_s, 2),
         "neighbour_precision": mining.neighbour_precision(
