@@ -61,10 +61,11 @@ def _check_fits(loaded: inference.Loaded, request: Request) -> None:
     """Refuses what this model cannot take, before any image is loaded."""
     max_context = loaded.config.data.get("max_context", 0)
     if not loaded.model.conditioning.instruction:
-        if request.context or request.image:
+        if request.context or request.image or request.retrieve:
             raise ValueError(
-                "this model is a text-to-image model: requests with 'context' items "
-                "or an input 'image' need an instruction-tuned (stage-2) model"
+                "this model is a text-to-image model: requests with 'context' "
+                "items, 'retrieve' or an input 'image' need an instruction model "
+                "(stage 1 or 2)"
             )
         markers = instructions.parse_markers(request.text)
         if markers:
@@ -73,13 +74,30 @@ def _check_fits(loaded: inference.Loaded, request: Request) -> None:
                 f"text-to-image model: markers need 'context' items and an "
                 f"instruction-tuned (stage-2) model"
             )
-    elif len(request.context) > max_context:
+    elif max(len(request.context), request.retrieve) > max_context:
+        field = "retrieve" if request.retrieve else "context"
         raise LimitError(
-            "context",
-            f"{len(request.context)} items",
+            field,
+            f"{max(len(request.context), request.retrieve)} items",
             f"{max_context} (the model's data.max_context)",
         )
     _check_tokens(loaded, "text", request.text, "max_text_len", "EOS included")
+
+
+def _retrieved(loaded: inference.Loaded, request: Request):
+    """The request's text with its `retrieve` nearest database items as context,
+    as stage 1 trained (from the run's retrieval directory)."""
+    from imagen_jax.retrieval import build, retrieve
+
+    if "retrieval" not in loaded.config or not loaded.workdir:
+        raise ValueError(
+            "request field 'retrieve' needs a stage-1 run with a retrieval index "
+            "(`launch.build_index`); this model has none"
+        )
+    directory = build.retrieval_dir(loaded.config, loaded.workdir)
+    retriever = retrieve.Retriever(directory)
+    ids = retriever.search([request.text], request.retrieve)
+    return retriever.instruction(request.text, ids[0])
 
 
 def _request_batch(
@@ -99,6 +117,8 @@ def _request_batch(
             loaded.model.conditioning,
         )
     instr = instructions.instruction_from_request(request, load_image, limits)
+    if request.retrieve:
+        instr = _retrieved(loaded, request)
     for i, item in enumerate(instr.context):
         _check_tokens(
             loaded,

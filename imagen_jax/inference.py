@@ -25,6 +25,8 @@ class Loaded:
     model: Imagen
     params: Any
     step: int
+    # The run's directory ("" when the model was built in memory).
+    workdir: str = ""
 
 
 def load(
@@ -56,7 +58,7 @@ def load(
     mesh = sharding.make_mesh(_mesh_shape(config), config.mesh.axes)
     params_like = train.abstract_params(model, config, mesh, rules)
     params, step = checkpointing.restore_params(workdir, params_like, use_ema=use_ema)
-    return Loaded(config, tokenizer, model, params, int(step))
+    return Loaded(config, tokenizer, model, params, int(step), workdir)
 
 
 # What the trained network is: its architecture, text encoder and tokenizer,

@@ -31,6 +31,7 @@ _FIELDS = (
     "guidance",
     "seed",
     "num_images",
+    "retrieve",
 )
 
 
@@ -44,6 +45,8 @@ class Request:
     guidance: dict[str, float] = dataclasses.field(default_factory=dict)
     seed: int = 0
     num_images: int = 4
+    # Database items retrieved by the text and given as context (stage 1).
+    retrieve: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,22 @@ def _guidance(value: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
+def _retrieve(obj: dict, context: list) -> int:
+    if "retrieve" not in obj:
+        return 0
+    value = obj["retrieve"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(
+            f"request field 'retrieve' must be a non-negative integer, got {value!r}"
+        )
+    if value and context:
+        raise ValueError(
+            "request fields 'retrieve' and 'context' exclude each other: retrieved "
+            "items are the context"
+        )
+    return value
+
+
 def parse_request(obj: Any, limits: RequestLimits = LIMITS) -> Request:
     """Validates a decoded JSON request.
 
@@ -133,6 +152,7 @@ def parse_request(obj: Any, limits: RequestLimits = LIMITS) -> Request:
         num_images=_positive_int(
             "num_images", obj.get("num_images", 4), limits.num_images
         ),
+        retrieve=_retrieve(obj, context),
     )
 
 

@@ -75,3 +75,16 @@ def test_limits_name_the_field_value_and_limit(field, limit, asked):
     tight = instructions.RequestLimits(**{field: 2})
     with pytest.raises(instructions.LimitError, match="the limit is 2"):
         instructions.parse_request({"text": "x", field: 3}, tight)
+
+
+def test_retrieve_is_a_count_that_excludes_explicit_context():
+    assert instructions.parse_request({"text": "a glim"}).retrieve == 0
+    assert instructions.parse_request({"text": "a glim", "retrieve": 3}).retrieve == 3
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="'retrieve'"):
+            instructions.parse_request({"text": "a glim", "retrieve": bad})
+    item = {"marker": "[ref#1]", "image": "x.png"}
+    with pytest.raises(ValueError, match="exclude each other"):
+        instructions.parse_request(
+            {"text": "a [ref#1]", "context": [item], "retrieve": 1}
+        )

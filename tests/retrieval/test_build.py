@@ -142,3 +142,23 @@ def test_lexical_search_finds_a_rare_name_first():
     assert ids[2][0] == 0
     with pytest.raises(ValueError, match="text_search"):
         retrieve.Retriever("unused", "bm42")
+
+
+def test_a_request_retrieves_its_context(built):
+    from imagen_jax import generate, inference, instructions
+
+    config, workdir, _ = built  # trained by the test above
+    loaded = inference.load(workdir)
+    name = next(iter(sw.RETRIEVAL_ONLY_SUBJECTS))
+    request = instructions.parse_request(
+        {"text": f"a {name} at the top left", "retrieve": 2, "steps": 2}
+    )
+    batch = generate._request_batch(
+        loaded, request, generate.load_png, instructions.LIMITS
+    )
+    assert batch["ctx_mask"][0].tolist() == [True, True, False]
+    images = generate.generate_images(loaded, request)
+    assert images.shape == (4, 32, 32, 3)
+    too_many = instructions.parse_request({"text": "a glim", "retrieve": 4})
+    with pytest.raises(instructions.LimitError, match="retrieve"):
+        generate.generate_images(loaded, too_many)
