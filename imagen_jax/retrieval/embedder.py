@@ -43,7 +43,7 @@ from imagen_jax.models.t5 import pooled
 from imagen_jax.text.tokenizers import Tokenizer, get_tokenizer
 
 Dtype = Any
-# (images uint8 [B, H, W, 3], captions) -> one training batch.
+# One training batch: (images uint8 [B, H, W, 3], B captions).
 Batch = tuple[np.ndarray, Sequence[str]]
 
 EMBED_DIM = 128
@@ -63,11 +63,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = EMBED_DIM
     # Image tower: one stage per width, each halving the resolution.
     c.model.image_widths = (16, 32, 64)
-    # Text tower: a pre-norm transformer over token ids.
+    # Text tower: a 1-D conv over token ids, max-pooled by `text_patch`, then
+    # pre-norm transformer layers.
     c.model.text_width = 64
-    c.model.text_layers = 2
+    c.model.text_layers = 1
     c.model.text_heads = 2
-    # Text positions max-pooled into one transformer token (divides max_len).
+    # Tokens pooled into one transformer position (must divide text.max_len).
     c.model.text_patch = 4
     # Compute dtype: "float32" or "bfloat16" (params and the loss stay float32).
     c.model.dtype = "float32"
@@ -81,14 +82,15 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict()
     # AdamW, linear warm-up then cosine decay to zero at `steps`.
-    c.optim.lr = 3e-3
+    c.optim.lr = 2e-3
     c.optim.warmup_steps = 50
     c.optim.weight_decay = 1e-4
     c.optim.grad_clip = 1.0
 
     # Pairs per contrastive batch (each pair's negatives are the others).
     c.batch_size = 64
-    # Training stops at `steps` or after `minutes` of wall time, first reached.
+    # Training stops at `steps` or after `minutes` of wall time, first reached
+    # (the learning-rate schedule spans `steps`).
     c.steps = 2000
     c.minutes = 10.0
     # A progress line (loss, image->text accuracy, steps/s) every so many steps.
@@ -596,14 +598,27 @@ def _read_spec(workdir: str) -> tuple[ml_collections.ConfigDict, int]:
             spec = json.load(f)
         cfg = ml_collections.ConfigDict(spec["config"])
         image_size = int(spec["image_size"])
-        _ = (cfg.model.embed_dim, cfg.model.image_widths, cfg.text.tokenizer)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path} is not a valid embedder spec: {type(e).__name__}: {e}"
         ) from e
+    missing = sorted(_keys(default_config()) - _keys(cfg))
+    if missing:
+        raise ValueError(f"{path} is not a valid embedder spec: lacks {missing}")
     if cfg.text.vocab_path:
         cfg.text.vocab_path = os.path.join(os.path.dirname(path), cfg.text.vocab_path)
     return cfg, image_size
+
+
+def _keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+    """Dotted names of the leaves of `cfg`."""
+    keys = set()
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys |= _keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + key)
+    return keys
 
 
 def load_embedder(workdir: str, batch_size: int = 256) -> Embedder:
@@ -631,8 +646,8 @@ def load_embedder(workdir: str, batch_size: int = 256) -> Embedder:
 
 
 def _bucket(n: int, batch_size: int) -> int:
-    """Rows a final partial chunk of `n` is padded to: a power of two (>= 8),
-    so a few compiled shapes serve every input length."""
+    """Rows a chunk of n <= batch_size rows is padded to: `batch_size` or a
+    power of two (>= 8), so a few compiled shapes serve every input length."""
     return min(batch_size, max(8, 1 << (n - 1).bit_length()))
 
 
@@ -701,17 +716,19 @@ class Embedder:
         return images
 
     def _chunks(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Regroups the batches into `batch_size` rows (the last one shorter)."""
+        """Regroups the batches into `batch_size` rows (the last one shorter),
+        holding fewer than 2 x `batch_size` images (a large batch, even a
+        memory-mapped one, is read a slice at a time)."""
         buffer, held = [], 0
         for batch in batches:
             batch = self._check_images(batch)
-            buffer.append(batch)
-            held += len(batch)
-            if held >= self.batch_size:
-                rows = np.concatenate(buffer)
-                full = len(rows) - len(rows) % self.batch_size
-                yield from np.split(rows[:full], full // self.batch_size)
-                buffer, held = [rows[full:]], len(rows) - full
+            for begin in range(0, len(batch), self.batch_size):
+                buffer.append(batch[begin : begin + self.batch_size])
+                held += len(buffer[-1])
+                if held >= self.batch_size:
+                    rows = np.concatenate(buffer)
+                    yield rows[: self.batch_size]
+                    buffer, held = [rows[self.batch_size :]], held - self.batch_size
         if held:
             yield np.concatenate(buffer)
 
@@ -724,7 +741,7 @@ class Embedder:
     ) -> np.ndarray:
         """Embeds a stream of uint8 [B, H, W, 3] batches.
 
-        Memory holds one `batch_size` chunk of images at a time besides the
+        Memory holds at most 2 x `batch_size` images at a time besides the
         result; pass `out` (e.g. an `np.memmap` [N, D]) to write the result
         there instead of an in-memory array.
 
@@ -738,10 +755,12 @@ class Embedder:
         """
         if isinstance(batches, np.ndarray):
             batches = [batches]
+        if total is None and out is not None:
+            total = len(out)
         progress, parts, done = _Progress("images", total), [], 0
         for chunk in self._chunks(batches):
             n = len(chunk)
-            size = n if n == self.batch_size else _bucket(n, self.batch_size)
+            size = _bucket(n, self.batch_size)
             emb = np.asarray(self._images(self.params, _pad(chunk, size)))[:n]
             if out is None:
                 parts.append(emb)
@@ -769,11 +788,7 @@ class Embedder:
         for begin in range(0, len(texts), batch_size):
             chunk = list(texts[begin : begin + batch_size])
             ids, mask = self.tokenizer.encode_batch(chunk, self.model.max_len)
-            size = (
-                len(chunk)
-                if len(chunk) == batch_size
-                else _bucket(len(chunk), batch_size)
-            )
+            size = _bucket(len(chunk), batch_size)
             emb = self._texts(self.params, _pad(ids, size), _pad(mask, size))
             parts.append(np.asarray(emb)[: len(chunk)])
             progress.update(len(chunk))
@@ -865,13 +880,18 @@ def scene_caption(scene: shapes_world.Scene, rng: np.random.Generator) -> str:
 
 
 def subject_caption(scene: shapes_world.Scene, rng: np.random.Generator) -> str:
-    """The first object's identity only, e.g. "a purple dotted circle"."""
+    """The (first) object's identity only, e.g. "a purple dotted circle"."""
     del rng  # one canonical phrase per identity
     obj = scene.objects[0]
     fill = "" if obj.pattern == "solid" else f" {obj.pattern}"
     return f"{'an' if obj.colour[0] in 'aeiou' else 'a'} {obj.colour}{fill} {obj.shape}"
 
 
+# What the training captions name is what the image embedding keeps. Scene
+# captions make an image's nearest neighbours the ones with its background and
+# position (most of its pixels), whatever the object; subject captions make
+# them the ones with its (shape, colour, fill), the neighbours stage-1 mining
+# wants.
 CAPTIONS: dict[str, Callable[[shapes_world.Scene, np.random.Generator], str]] = {
     "scene": scene_caption,
     "subject": subject_caption,
@@ -883,7 +903,9 @@ def shapes_world_pairs(
     *,
     seed: int = 0,
     resolution: int = 32,
-    caption: str | Callable[[shapes_world.Scene, np.random.Generator], str] = "scene",
+    caption: str | Callable[[shapes_world.Scene, np.random.Generator], str] = (
+        "subject"
+    ),
     sample_scene: Callable[[np.random.Generator], shapes_world.Scene] = (
         cpu_world_scene
     ),
@@ -895,8 +917,8 @@ def shapes_world_pairs(
       batch_size: pairs per batch.
       seed: the stream is a pure function of the arguments.
       resolution: image side, a positive multiple of 16.
-      caption: a `CAPTIONS` name ("scene": the varied caption of the whole
-        scene; "subject": the object's identity only) or a function
+      caption: a `CAPTIONS` name ("subject": the object's identity only;
+        "scene": the varied caption of the whole scene) or a function
         (scene, rng) -> str, e.g. one naming subjects.
       sample_scene: rng -> Scene; default the CPU world's scenes.
       num_batches: stop after so many batches (None: never stop).

@@ -171,6 +171,17 @@ def test_missing_or_corrupt_workdir_names_the_path(trained, tmp_path):
     with pytest.raises(ValueError, match="bad_spec.*not a valid embedder spec"):
         emb.load_embedder(bad_spec)
 
+    old_spec = str(tmp_path / "old_spec")
+    shutil.copytree(trained[0], old_spec)
+    spec_path = os.path.join(old_spec, emb.SPEC_FILE)
+    with open(spec_path) as f:
+        spec = json.load(f)
+    del spec["config"]["model"]["text_patch"]
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    with pytest.raises(ValueError, match=r"old_spec.*lacks \['model.text_patch'\]"):
+        emb.load_embedder(old_spec)
+
     damaged = str(tmp_path / "damaged")
     shutil.copytree(trained[0], damaged)
     step_dir = os.path.join(damaged, "checkpoints", "30")
