@@ -79,10 +79,6 @@ class TaskSource:
         )
 
 
-def _as_str(x) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-
-
 class RetrievalSource:
     """Stage 1: records of a split with their mined neighbours as context.
 
@@ -120,11 +116,11 @@ class RetrievalSource:
         ids = [int(j) for j in self._table[int(index)] if j >= 0]
         ids = ids[: self._max_context]
         found = [self._database[j] for j in ids]
-        neighbours = [(r["image"], _as_str(r["caption"])) for r in found]
+        neighbours = [(r["image"], mining.as_text(r["caption"])) for r in found]
         instruction = mining.neighbour_instruction(
-            _as_str(record["caption"]), neighbours
+            mining.as_text(record["caption"]), neighbours
         )
-        meta = {"scene": _as_str(record["scene"]), "neighbours": ids}
+        meta = {"scene": mining.as_text(record["scene"]), "neighbours": ids}
         return TaskExample(
             "retrieval", instruction, np.asarray(record["image"], np.uint8), meta
         )
@@ -212,7 +208,7 @@ class Tokenize(grain.transforms.Map):
                 f"({self._resolution}, {self._resolution}, 3)"
             )
         ids, mask = self._tokenizer.encode_batch(
-            [_as_str(element["caption"])], self._max_len
+            [mining.as_text(element["caption"])], self._max_len
         )
         return {"image": image, "text_tokens": ids[0], "text_mask": mask[0]}
 

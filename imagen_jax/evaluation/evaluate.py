@@ -401,7 +401,7 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     from imagen_jax import instructions
     from imagen_jax.data import tasks
     from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
-    from imagen_jax.retrieval import retrieve
+    from imagen_jax.retrieval import mining, retrieve
 
     d = loaded.config.data
     directory = eval_cfg.dir or os.path.join(os.path.dirname(out_dir), "retrieval")
@@ -409,12 +409,12 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     variant = shapes_world_tfds.retrieval_variant(d.variant)
     test = shapes_world_tfds.load_source(d.data_dir, "test", d.resolution, variant)
     records = [test[i] for i in range(min(eval_cfg.num_prompts, len(test)))]
-    captions = [_as_text(r["caption"]) for r in records]
-    names = np.array([_as_text(r["name"]) for r in records])
+    captions = [mining.as_text(r["caption"]) for r in records]
+    names = np.array([mining.as_text(r["name"]) for r in records])
     ids = retriever.search(captions, eval_cfg.k)
     examples = []
     for record, caption, row in zip(records, captions, ids):
-        scene = shapes_world.Scene.from_json(_as_text(record["scene"]))
+        scene = shapes_world.Scene.from_json(mining.as_text(record["scene"]))
         (obj,) = scene.objects
         subject = tasks.Condition(
             "subject", identity=(obj.shape, obj.colour, obj.pattern)
@@ -459,10 +459,6 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             examples, images, os.path.join(out_dir, label.replace("/", "_") + ".png")
         )
     return rows
-
-
-def _as_text(x) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
 EVALUATORS: dict[str, Callable] = {

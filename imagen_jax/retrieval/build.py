@@ -61,17 +61,13 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _text(x: bytes | str) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-
-
 def _caption(record: dict, how: str, rng: np.random.Generator) -> str:
     """The text a record is paired with to train the embedder (`how`)."""
     if how == "dataset":
-        return _text(record["caption"])
+        return mining.as_text(record["caption"])
     from imagen_jax.data import shapes_world
 
-    scene = shapes_world.Scene.from_json(_text(record["scene"]))
+    scene = shapes_world.Scene.from_json(mining.as_text(record["scene"]))
     return embedder_lib.CAPTIONS[how](scene, rng)
 
 

@@ -215,6 +215,11 @@ def neighbour_precision(
     return float(np.mean(db_names[table[rows, cols]] == query_names[rows]))
 
 
+def as_text(x: bytes | str) -> str:
+    """A record's text field (tfds gives bytes) as str."""
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
 def neighbours_dir(dataset_dir: str) -> str:
     """Where a dataset's neighbour tables live: `<dataset dir>/neighbours`."""
     return os.path.join(dataset_dir, NEIGHBOURS_DIR)

@@ -34,10 +34,6 @@ from imagen_jax.retrieval import mining
 TEXT_SEARCH = ("lexical", "embedding")
 
 
-def _text(x: bytes | str) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-
-
 def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
 
@@ -129,5 +125,5 @@ class Retriever:
         """`text` with database items `ids` as context, as stage 1 trained."""
         found = [self.database[int(i)] for i in ids if i >= 0]
         return mining.neighbour_instruction(
-            text, [(r["image"], _text(r["caption"])) for r in found]
+            text, [(r["image"], mining.as_text(r["caption"])) for r in found]
         )
