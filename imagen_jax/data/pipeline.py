@@ -15,12 +15,14 @@ happens while training.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
+from imagen_jax.data import shapes_world
 from imagen_jax.data.tasks import TaskExample
 from imagen_jax.retrieval import mining
 from imagen_jax.text.tokenizers import Tokenizer
@@ -86,6 +88,15 @@ class RetrievalSource:
     the database records of row i of the neighbour table as context items
     (`mining.neighbour_instruction`: all under one marker, best first, at most
     `max_context`). A row without neighbours gives the caption alone.
+
+    Renaming (`rename` > 0): in a world of a few dozen names every name is
+    seen often enough to be drawn from the text alone, so the neighbours
+    teach nothing; the web's long tail, which makes the paper's stage 1 work,
+    is missing. With probability `rename` an example's subject name (its
+    record's "name") is replaced, in its caption and its neighbours'
+    captions, by a made-up word (`new_name`), so the identity can come only
+    from the context images - as with a retrieval-only name at inference.
+    The choice and the word depend on (`seed`, index) alone.
     """
 
     def __init__(
@@ -94,10 +105,15 @@ class RetrievalSource:
         database: Sequence[dict],
         table: np.ndarray,
         max_context: int,
+        *,
+        rename: float = 0.0,
+        new_name: Callable[[np.random.Generator], str] | None = None,
+        seed: int = 0,
     ):
         """Records are dicts with "image" (uint8 [R, R, 3]), "caption" and
-        "scene" (str or bytes); `table` is int [len(examples), C], -1 padded,
-        indexing `database`."""
+        "scene" (str or bytes), and "name" (the subject's, may be empty) when
+        `rename` > 0; `table` is int [len(examples), C], -1 padded, indexing
+        `database`."""
         if table.ndim != 2 or len(table) != len(examples):
             raise ValueError(
                 f"the neighbour table has shape {table.shape}; expected "
@@ -107,6 +123,11 @@ class RetrievalSource:
             raise ValueError(f"max_context must be >= 1, got {max_context}")
         self._examples, self._database = examples, database
         self._table, self._max_context = table, max_context
+        if not 0.0 <= rename <= 1.0:
+            raise ValueError(f"rename must be in [0, 1], got {rename}")
+        if rename and new_name is None:
+            raise ValueError("rename > 0 needs new_name, a made-up word maker")
+        self._rename, self._new_name, self._seed = rename, new_name, seed
 
     def __len__(self) -> int:
         return len(self._examples)
@@ -116,11 +137,19 @@ class RetrievalSource:
         ids = [int(j) for j in self._table[int(index)] if j >= 0]
         ids = ids[: self._max_context]
         found = [self._database[j] for j in ids]
-        neighbours = [(r["image"], mining.as_text(r["caption"])) for r in found]
-        instruction = mining.neighbour_instruction(
-            mining.as_text(record["caption"]), neighbours
-        )
+        caption = mining.as_text(record["caption"])
+        captions = [mining.as_text(r["caption"]) for r in found]
         meta = {"scene": mining.as_text(record["scene"]), "neighbours": ids}
+        name = mining.as_text(record.get("name", b"")) if self._rename else ""
+        rng = np.random.default_rng((self._seed, int(index)))
+        if name and rng.random() < self._rename:
+            new = self._new_name(rng)
+            word = re.compile(rf"\b{re.escape(name)}\b")
+            caption = word.sub(new, caption)
+            captions = [word.sub(new, c) for c in captions]
+            meta["renamed"] = (name, new)
+        neighbours = [(r["image"], c) for r, c in zip(found, captions)]
+        instruction = mining.neighbour_instruction(caption, neighbours)
         return TaskExample(
             "retrieval", instruction, np.asarray(record["image"], np.uint8), meta
         )
@@ -149,7 +178,15 @@ def _shapes_world_retrieval_source(
     table, _ = mining.load_table(
         directory, split, num_rows=len(examples), num_database=len(database)
     )
-    return RetrievalSource(examples, database, table, cfg.max_context)
+    return RetrievalSource(
+        examples,
+        database,
+        table,
+        cfg.max_context,
+        rename=cfg.get("rename", 0.0) if split == "train" else 0.0,
+        new_name=shapes_world.unused_name,
+        seed=cfg.get("rename_seed", 0),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

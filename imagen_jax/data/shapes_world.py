@@ -87,6 +87,19 @@ NAMED_SUBJECT_WEIGHTS: Mapping[str, float] = {
 }
 
 
+_ONSETS = "b d f g k l m n p r s t v w z br dr gl kr pl sn tr".split()
+_CODAS = "kmnpstx"
+
+
+def made_up_word(rng: np.random.Generator) -> str:
+    """A made-up two-syllable name ("snorf"-like: onset vowel onset vowel
+    coda), the form of every long-tail and retrieval-only name."""
+    syllables = "".join(
+        _ONSETS[rng.integers(len(_ONSETS))] + "aeiou"[rng.integers(5)] for _ in range(2)
+    )
+    return syllables + _CODAS[rng.integers(len(_CODAS))]
+
+
 def _long_tail() -> tuple[dict[str, tuple[str, str, str]], ...]:
     """(tail names, retrieval-only names, unnamed identities), fixed forever.
 
@@ -105,19 +118,9 @@ def _long_tail() -> tuple[dict[str, tuple[str, str, str]], ...]:
         if (s, c, p) not in taken
     ]
     free = [free[i] for i in rng.permutation(len(free))]
-    onsets, codas = (
-        "b d f g k l m n p r s t v w z br dr gl kr pl sn tr".split(),
-        "kmnpstx",
-    )
     names: list[str] = []
     while len(names) < LONG_TAIL_SIZE + RETRIEVAL_ONLY_SIZE:
-        word = (
-            "".join(
-                onsets[rng.integers(len(onsets))] + "aeiou"[rng.integers(5)]
-                for _ in range(2)
-            )
-            + codas[rng.integers(len(codas))]
-        )
+        word = made_up_word(rng)
         if word not in names and word not in NAMED_SUBJECTS:
             names.append(word)
     split = LONG_TAIL_SIZE + RETRIEVAL_ONLY_SIZE
@@ -150,6 +153,15 @@ ALL_SUBJECTS: Mapping[str, tuple[str, str, str]] = {
     **LONG_TAIL_SUBJECTS,
     **RETRIEVAL_ONLY_SUBJECTS,
 }
+
+
+def unused_name(rng: np.random.Generator) -> str:
+    """A made-up name that no subject of the world has (stage 1's renaming,
+    `pipeline.RetrievalSource`)."""
+    while (word := made_up_word(rng)) in ALL_SUBJECTS:
+        pass
+    return word
+
 
 _POSITION_PHRASES: Mapping[str, str] = {
     "left": "on the left",

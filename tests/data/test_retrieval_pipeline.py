@@ -88,6 +88,65 @@ def test_source_gives_the_neighbours_as_context():
         pipeline.RetrievalSource(examples, database, table[:2], max_context=2)
 
 
+def test_renaming_replaces_the_subject_name_everywhere_or_nowhere():
+    def named(value, caption, name):
+        return {**_record(value, caption), "name": name.encode()}
+
+    examples = [named(100 + i, f"a snorf at the top {i}", "snorf") for i in range(64)]
+    examples.append(named(199, "a red square", ""))
+    database = [
+        named(1, "a snorf on the left", "snorf"),
+        named(2, "a snorfy blur", "blorp"),  # a longer word is not the name
+    ]
+    table = np.tile([0, 1], (len(examples), 1))
+    words = iter(f"zib{i}" for i in range(10**6))
+
+    def source(rename, seed=0):
+        return pipeline.RetrievalSource(
+            examples,
+            database,
+            table,
+            max_context=2,
+            rename=rename,
+            new_name=lambda rng: next(words),
+            seed=seed,
+        )
+
+    half = source(0.5)
+    renamed = 0
+    for i in range(64):
+        example = half[i]
+        texts = [example.instruction.text, example.instruction.context[0].text]
+        if "renamed" in example.meta:
+            renamed += 1
+            old, new = example.meta["renamed"]
+            assert old == "snorf" and new.startswith("zib")
+            assert texts == [f"a {new} at the top {i} [ref#1]", f"a {new} on the left"]
+        else:
+            assert texts == [f"a snorf at the top {i} [ref#1]", "a snorf on the left"]
+        assert example.instruction.context[1].text == "a snorfy blur"
+    # Binomial(64, 0.5): outside [16, 48] with probability < 1e-4.
+    assert 16 <= renamed <= 48
+    # The choice depends on (seed, index) alone; an unnamed subject stays.
+    assert [("renamed" in half[i].meta) for i in range(64)] == [
+        ("renamed" in source(0.5)[i].meta) for i in range(64)
+    ]
+    assert "renamed" not in source(1.0)[64].meta
+    assert all("renamed" in source(1.0)[i].meta for i in range(64))
+    assert not any("renamed" in source(0.0)[i].meta for i in range(64))
+    with pytest.raises(ValueError, match="rename must be in"):
+        source(1.5)
+    with pytest.raises(ValueError, match="needs new_name"):
+        pipeline.RetrievalSource(examples, database, table, 2, rename=0.5)
+
+
+def test_unused_names_are_never_a_subject_name():
+    rng = np.random.default_rng(0)
+    words = {sw.unused_name(rng) for _ in range(2000)}
+    assert not words & set(sw.ALL_SUBJECTS)
+    assert len(words) > 1500  # made-up words, not a handful repeated
+
+
 def _config(data_dir):
     cfg = stage1_shapes.get_config("smoke")
     cfg.data.data_dir = data_dir
