@@ -153,8 +153,23 @@ def _config(data_dir):
     return cfg
 
 
+def test_config_renaming_reaches_the_training_source(data_dir):
+    cfg = _config(data_dir)
+    assert cfg.data.rename == 0.5  # stage 1's default
+    cfg.data.rename = 1.0
+    source = pipeline.get_source(cfg.data, "train")
+    for i in range(len(source)):
+        example = source[i]
+        name = example.meta.get("renamed", ("",))[0]
+        assert name == (source._examples[i]["name"].decode())
+        if name:
+            assert name not in example.instruction.text
+
+
 def test_pipeline_batches_carry_the_mined_neighbours(data_dir):
     cfg = _config(data_dir)
+    # Captions as recorded: no renaming, context captions uncut.
+    cfg.data.rename, cfg.data.ctx_text_len = 0.0, 96
     tok = ByteTokenizer(extra_tokens=instructions.MARKERS)
     examples = sw_tfds.load_source(data_dir, "train", 32, "retrieval")
     database = sw_tfds.load_source(data_dir, "database", 32, "retrieval")
