@@ -10,8 +10,11 @@ import numpy as np
 from imagen_jax import inference, instructions, sampling
 from imagen_jax.instructions import LIMITS, LimitError, Request, RequestLimits
 
-# Request "guidance" keys besides the model's guidance chain ("text", "image").
-_GUIDANCE_OPTIONS = frozenset({"oscillate"})
+# Request "guidance" keys besides the model's guidance chain ("text", "image"):
+# "oscillate" (> 0: the scales on even steps only) and "interleave" (eta:
+# Re-Imagen's interleaved guidance, guiding on the text with probability eta
+# and on the context items otherwise, `sampling.RULES`).
+_GUIDANCE_OPTIONS = frozenset({"oscillate", "interleave"})
 
 
 def load_png(path: str) -> np.ndarray:
@@ -35,12 +38,26 @@ def load_png(path: str) -> np.ndarray:
 def _check_guidance(request: Request, loaded: inference.Loaded) -> None:
     kind = loaded.model.conditioning
     allowed = set(kind.guidance_chain) | _GUIDANCE_OPTIONS
+    if not kind.instruction:
+        allowed.discard("interleave")
     unknown = sorted(set(request.guidance) - allowed)
     if unknown:
         raise ValueError(
             f"guidance for {unknown} is not supported by a {kind.name!r}-conditioned "
             f"model; known: {sorted(allowed)}"
         )
+    if "interleave" in request.guidance:
+        eta = request.guidance["interleave"]
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(
+                f"request field guidance.interleave is eta, the probability of "
+                f"guiding on the text, in [0, 1]; got {eta}"
+            )
+        if "image" in request.guidance:
+            raise ValueError(
+                "guidance.interleave guides on the text or the context items "
+                "with the input image kept; it takes no 'image' scale"
+            )
 
 
 def _check_tokens(
@@ -163,8 +180,9 @@ def generate_images(
     _check_guidance(request, loaded)
     batch = _request_batch(loaded, request, load_image, limits)
     cfg, g = loaded.config.sample, request.guidance
+    rule = "interleaved" if "interleave" in g else "chain"
     generate = sampling.make_generate_fn(
-        loaded.model, loaded.config, request.sampler or cfg.sampler
+        loaded.model, loaded.config, request.sampler or cfg.sampler, rule
     )
     images = generate(
         loaded.params,
@@ -174,5 +192,6 @@ def generate_images(
         g.get("text", cfg.guidance),
         g.get("image", cfg.get("image_guidance", 1.0)),
         int(g.get("oscillate", cfg.get("oscillate", False))),
+        g.get("interleave", 0.5),
     )
     return sampling.to_uint8(images)

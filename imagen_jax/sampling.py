@@ -6,7 +6,8 @@ outside the sampler's loop: the text and, for instruction models, the
 context items' memory (the UNet's encoder over K clean images) and the input
 image. Each guidance branch is that one encoding with some conditions masked
 off, and the branches are stacked on the batch of one denoiser call per
-step: two for text-to-image (cfg), three for instructions (dual guidance).
+step: two for text-to-image (cfg), three for instructions (dual guidance,
+or Re-Imagen's interleaved guidance: all, no text, no context items).
 
 The number of steps and the guidance scales are traced arguments: a server or
 a sweep changes them without recompiling. The sampler name is static.
@@ -56,20 +57,60 @@ def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Call
     return run
 
 
-def _keep_only(cond: dict, conditions: frozenset[str]) -> dict:
-    """Encoded conditions with those not in `conditions` masked off.
+# Guidance rules (`make_generate_fn`): "chain" adds the conditions of the
+# model's guidance chain one at a time (`guidance.multi_cfg`: cfg for
+# text-to-image, InstructPix2Pix's dual rule for instructions);
+# "interleaved" is Re-Imagen's (`guidance.interleaved_guidance`): each step
+# and example guides on the text or on the context items, the other kept.
+RULES = ("chain", "interleaved")
 
-    "text" covers the text and the context items, "image" the input image. A
-    masked condition's encoding is never read (cross-attention and pooling
+
+def _keep_only(cond: dict, text: bool, context: bool, image: bool) -> dict:
+    """Encoded conditions with the text, the context items' memory and the
+    input image kept or masked off.
+
+    A masked condition's encoding is never read (cross-attention and pooling
     ignore masked tokens; the input image is zeroed, as in training).
     """
-    text, image = "text" in conditions, "image" in conditions
     out = dict(cond, text_mask=cond["text_mask"] & text)
     if "memory" in cond:
-        out["memory"] = cond["memory"].replace(mask=cond["memory"].mask & text)
+        out["memory"] = cond["memory"].replace(mask=cond["memory"].mask & context)
     if "cond_image" in cond:
         out["cond_image"] = cond["cond_image"] * image
     return out
+
+
+def _branches(kind: conditioning_lib.Conditioning, rule: str) -> list[dict]:
+    """Per guidance branch, which of text / context / image it keeps.
+
+    "chain": one branch per prefix of the guidance chain, whose "text" is the
+    text together with the context items. "interleaved": all conditions, all
+    but the text, all but the context items (the input image always kept).
+    """
+    if rule == "interleaved":
+        return [
+            dict(text=True, context=True, image=True),
+            dict(text=False, context=True, image=True),
+            dict(text=True, context=False, image=True),
+        ]
+    chain = kind.guidance_chain
+    out = []
+    for k in range(len(chain) + 1):
+        kept = set(chain[:k])
+        out.append(
+            dict(text="text" in kept, context="text" in kept, image="image" in kept)
+        )
+    return out
+
+
+def _check_rule(kind: conditioning_lib.Conditioning, rule: str) -> None:
+    if rule not in RULES:
+        raise ValueError(f"unknown guidance rule {rule!r}; expected one of {RULES}")
+    if rule == "interleaved" and not kind.instruction:
+        raise ValueError(
+            "interleaved guidance (text vs context items) needs an instruction "
+            f"model; this model is {kind.name!r}-conditioned"
+        )
 
 
 def guided_denoiser(
@@ -79,6 +120,10 @@ def guided_denoiser(
     batch: dict,
     scales: dict[str, jax.typing.ArrayLike],
     oscillate: jax.typing.ArrayLike,
+    *,
+    rule: str = "chain",
+    eta: jax.typing.ArrayLike = 0.5,
+    rng: jax.Array | None = None,
 ) -> samplers.DenoiseFn:
     """The guided x0 denoiser of one request; its conditions are encoded here.
 
@@ -88,16 +133,25 @@ def guided_denoiser(
       param: the model's parameterisation ("v", "eps" or "x0").
       params: its parameters.
       batch: the fields of `model.conditioning.batch_fields` (others ignored).
-      scales: guidance scale per condition of the chain ("text", "image").
+      scales: guidance scale per condition of the chain ("text", "image");
+        the interleaved rule uses the "text" scale for both of its guides.
       oscillate: > 0: the scales apply on even steps only (Instruct-Imagen).
+      rule: one of `RULES`.
+      eta: "interleaved": the probability, per step and example, of guiding
+        on the text (else on the context items).
+      rng: "interleaved": the key of those coins (folded with the step).
 
     Returns:
       `denoise_fn(z, logsnr, step_index)` -> guided x0 [B, H, W, 3].
 
     Raises:
-      ValueError: the batch lacks a field the model needs.
+      ValueError: the batch lacks a field the model needs; an unknown rule,
+        or "interleaved" for a model without context items or without `rng`.
     """
     kind = model.conditioning
+    _check_rule(kind, rule)
+    if rule == "interleaved" and rng is None:
+        raise ValueError("interleaved guidance needs rng, the key of its coins")
     missing = sorted(set(kind.batch_fields) - set(batch))
     if missing:
         raise ValueError(
@@ -109,53 +163,81 @@ def guided_denoiser(
         batch, kind, text=keep, context=keep, image=keep
     )
     cond = model.apply(variables, batch, masks, method=Imagen.condition)
-    chain = kind.guidance_chain
-    branches = [frozenset(chain[:k]) for k in range(len(chain) + 1)]
+    branches = _branches(kind, rule)
     stacked = jax.tree.map(
-        lambda *xs: jnp.concatenate(xs), *[_keep_only(cond, c) for c in branches]
+        lambda *xs: jnp.concatenate(xs), *[_keep_only(cond, **b) for b in branches]
     )
     n = len(branches)
+    chain = kind.guidance_chain
+
+    def scale_at(name, step_index):
+        return jnp.where(
+            jnp.asarray(oscillate) > 0,
+            guidance.oscillating_scale(step_index, scales[name]),
+            jnp.asarray(scales[name], jnp.float32),
+        )
 
     def denoise_fn(z, logsnr, step_index):
         zz, ll = jnp.concatenate([z] * n), jnp.concatenate([logsnr] * n)
         out = model.apply(variables, zz, ll, method=Imagen.denoise, **stacked)
         x0 = jnp.split(losses.predict_x0(out, zz, ll, param), n)
-        oscillating = jnp.asarray(oscillate) > 0
-        step_scales = {
-            name: jnp.where(
-                oscillating,
-                guidance.oscillating_scale(step_index, scales[name]),
-                jnp.asarray(scales[name], jnp.float32),
+        if rule == "interleaved":
+            coins = jax.random.fold_in(rng, step_index)
+            return guidance.interleaved_guidance(
+                *x0, scale_at("text", step_index), coins, eta
             )
-            for name in chain
-        }
-        return guidance.multi_cfg(dict(zip(branches, x0)), chain, step_scales)
+        step_scales = {name: scale_at(name, step_index) for name in chain}
+        prefixes = [frozenset(chain[:k]) for k in range(n)]
+        return guidance.multi_cfg(dict(zip(prefixes, x0)), chain, step_scales)
 
     return denoise_fn
 
 
 def make_generate_fn(
-    model: Imagen, config: ml_collections.ConfigDict, sampler: str | None = None
+    model: Imagen,
+    config: ml_collections.ConfigDict,
+    sampler: str | None = None,
+    rule: str = "chain",
 ) -> Callable:
     """Jitted `generate(params, batch, rng, num_steps, s_text, s_image=1,
-    oscillate=0)` -> images in [-1, 1], `[B, R, R, 3]` float32.
+    oscillate=0, eta=0.5)` -> images in [-1, 1], `[B, R, R, 3]` float32.
 
     `batch` holds the fields of `model.conditioning.batch_fields`: the text
     (`text_tokens`, `text_mask`) and, for instruction models, the context
     items and the input image (`ctx_*`, `cond_image`, `cond_image_mask`).
-    Guidance adds the conditions of `model.conditioning.guidance_chain` one at
-    a time: text-to-image is classifier-free guidance with scale `s_text`
-    (`s_image` plays no part); instructions use InstructPix2Pix's dual rule
+    With `rule` "chain", guidance adds the conditions of
+    `model.conditioning.guidance_chain` one at a time: text-to-image is
+    classifier-free guidance with scale `s_text` (`s_image` plays no part);
+    instructions use InstructPix2Pix's dual rule
     e = e(0,0) + s_T [e(I,TC) - e(I,0)] + s_I [e(I,0) - e(0,0)] over the input
-    image I and the text + context TC. With `oscillate` > 0 the scales apply
-    on even steps only (Instruct-Imagen). Steps and scales are traced.
+    image I and the text + context TC. With "interleaved" (Re-Imagen), each
+    step and example guides with `s_text` on the text (probability `eta`) or
+    on the context items, the input image kept (`s_image` plays no part).
+    With `oscillate` > 0 the scales apply on even steps only
+    (Instruct-Imagen). Steps, scales and eta are traced; the rule is static.
     """
     run = _make_runner(config, sampler)
+    _check_rule(model.conditioning, rule)
     param = config.diffusion.param
 
-    def generate(params, batch, rng, num_steps, s_text, s_image=1.0, oscillate=0):
+    def generate(
+        params, batch, rng, num_steps, s_text, s_image=1.0, oscillate=0, eta=0.5
+    ):
         scales = {"text": s_text, "image": s_image}
-        denoise_fn = guided_denoiser(model, param, params, batch, scales, oscillate)
+        coins = None
+        if rule == "interleaved":
+            rng, coins = jax.random.split(rng)
+        denoise_fn = guided_denoiser(
+            model,
+            param,
+            params,
+            batch,
+            scales,
+            oscillate,
+            rule=rule,
+            eta=eta,
+            rng=coins,
+        )
         return run(denoise_fn, rng, batch["text_tokens"].shape[0], num_steps)
 
     return jax.jit(generate)

@@ -149,6 +149,73 @@ def test_precomputed_memory_denoiser_equals_the_inline_one(instruction, step_ind
     assert float(jnp.abs(jax.jit(other)(z, logsnr, step_index) - got).max()) > 1e-3
 
 
+def _branch_x0(model, param, params, batch, z, logsnr, text, context, image):
+    """x0 of one guidance branch, its conditions encoded from the masks."""
+    on = np.ones(B, bool)
+    masks = conditioning.condition_masks(
+        batch,
+        model.conditioning,
+        text=on & text,
+        context=on & context,
+        image=on & image,
+    )
+
+    def encode_and_denoise(module, z, logsnr):
+        return module.denoise(z, logsnr, **module.condition(batch, masks))
+
+    out = model.apply({"params": params}, z, logsnr, method=encode_and_denoise)
+    return losses.predict_x0(out, z, logsnr, param)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_interleaved_guidance_guides_on_text_or_on_context(instruction, eta):
+    cfg, model, params, batch = instruction
+    param = cfg.diffusion.param
+    z = jax.random.normal(jax.random.PRNGKey(3), (B, 32, 32, 3))
+    logsnr = jnp.array([1.0, -2.0])
+    coins = jax.random.PRNGKey(7)
+    guided = sampling.guided_denoiser(
+        model,
+        param,
+        params,
+        batch,
+        {"text": 3.0},
+        0,
+        rule="interleaved",
+        eta=eta,
+        rng=coins,
+    )
+    got = jax.jit(guided)(z, logsnr, 2)
+    full, no_text, no_ctx = (
+        _branch_x0(model, param, params, batch, z, logsnr, *kept, True)
+        for kept in [(True, True), (False, True), (True, False)]
+    )
+    on_text = guidance.cfg(full, no_text, 3.0)
+    on_ctx = guidance.cfg(full, no_ctx, 3.0)
+    # The stacked branches differ from these apart only in summation order
+    # (~1e-6 on an O(1) x0); cfg weighs them by at most 1 + 2 s = 7.
+    atol = 7 * 2e-6
+    if eta in (0.0, 1.0):
+        want = on_text if eta else on_ctx
+    else:  # the coins of this step: fold_in(rng, step_index)
+        heads = jax.random.bernoulli(jax.random.fold_in(coins, 2), eta, (B,))
+        want = jnp.where(heads[:, None, None, None], on_text, on_ctx)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    # The two guides differ, so the comparison above tells them apart.
+    assert float(jnp.abs(on_text - on_ctx).max()) > 1e-3
+
+
+def test_interleaved_rule_needs_context_items(setup, instruction):
+    cfg, model, *_ = setup
+    with pytest.raises(ValueError, match="needs an instruction model"):
+        sampling.make_generate_fn(model, cfg, "ddim", "interleaved")
+    with pytest.raises(ValueError, match="unknown guidance rule 'mixed'"):
+        sampling.make_generate_fn(model, cfg, "ddim", "mixed")
+    cfg, model, params, batch = instruction
+    with pytest.raises(ValueError, match="needs rng"):
+        sampling.guided_denoiser(model, "v", params, batch, {}, 0, rule="interleaved")
+
+
 def _conv_batches(jaxpr, in_loop: bool = False) -> list[tuple[int, bool]]:
     """(batch size, inside a loop body) of every convolution in a jaxpr."""
     out = []
@@ -180,6 +247,21 @@ def test_context_is_encoded_once_per_request_outside_the_sampler_loop(instructio
     # ... and in the loop only the denoiser, on the 3 guidance branches.
     assert {b for b, in_loop in convs if in_loop} == {3 * B}
     assert (B * K, True) not in convs
+
+
+def test_interleaved_sampling_runs_three_branches_and_traces_eta(instruction):
+    cfg, model, params, batch = instruction
+    generate = sampling.make_generate_fn(model, cfg, "ddim", "interleaved")
+    convs = _conv_batches(
+        jax.make_jaxpr(generate)(params, batch, KEY, 3, 3.0, 1.0, 0, 0.5).jaxpr
+    )
+    assert {b for b, in_loop in convs if in_loop} == {3 * B}
+    outs = [
+        np.asarray(generate(params, batch, KEY, 2, 3.0, 1.0, 0, eta))
+        for eta in (0.0, 1.0)
+    ]
+    assert generate._cache_size() == 1
+    assert np.abs(outs[0] - outs[1]).max() > 1e-4  # eta reaches the sampler
 
 
 def test_text_to_image_guidance_runs_two_branches(setup):
@@ -299,3 +381,23 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ValueError, match="huge.png' is not a readable image"):
         generate.load_png(path)
+
+
+def test_interleaved_guidance_in_a_request(setup, instruction):
+    t2i = _loaded(*setup[:3])
+    with pytest.raises(ValueError, match=r"guidance for \['interleave'\]"):
+        generate.generate_images(t2i, _request("a dot", guidance={"interleave": 0.5}))
+    loaded = _loaded(*instruction[:3])
+    context = {"context": _context(["a dot"])}
+
+    def sample(g):
+        request = _request("a [ref#1]", guidance=g, **context)
+        return generate.generate_images(
+            loaded, request, lambda ref: np.zeros((32, 32, 3), np.uint8)
+        )
+
+    with pytest.raises(ValueError, match=r"interleave is eta.*got 1.5"):
+        sample({"interleave": 1.5})
+    with pytest.raises(ValueError, match="takes no 'image' scale"):
+        sample({"interleave": 0.5, "image": 2.0})
+    assert sample({"text": 3.0, "interleave": 0.5}).shape == (1, 32, 32, 3)
