@@ -124,6 +124,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # a retrieval-only name finds its items) or "embedding" (the embedder's
     # text tower, which never saw those names).
     c.evals.retrieval.text_search = "lexical"
+    # >= 0: the retrieved prompts once more under Re-Imagen's interleaved
+    # guidance, guiding on the text with this probability (eta) and on the
+    # context items otherwise; -1: not run.
+    c.evals.retrieval.interleave = 0.5
     c.evals.retrieval.num_prompts = 4 if smoke else 96
     c.evals.retrieval.batch_size = 4 if smoke else 24
     return c

@@ -134,9 +134,11 @@ def _request_batch(
             loaded.model.conditioning,
         )
     instr = instructions.instruction_from_request(request, load_image, limits)
+    # Retrieved items' captions are cut to data.ctx_text_len as in training;
+    # a text the request wrote is refused rather than cut.
     if request.retrieve:
         instr = _retrieved(loaded, request)
-    for i, item in enumerate(instr.context):
+    for i, item in enumerate(() if request.retrieve else instr.context):
         _check_tokens(
             loaded,
             f"context[{i}].text",

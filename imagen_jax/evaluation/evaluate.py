@@ -129,7 +129,9 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
         )
 
 
-def _generate_tasks(loaded, generate, batch, sample_cfg, batch_size, seed, label):
+def _generate_tasks(
+    loaded, generate, batch, sample_cfg, batch_size, seed, label, eta=0.5
+):
     def fn(chunk, offset):
         return generate(
             loaded.params,
@@ -139,6 +141,7 @@ def _generate_tasks(loaded, generate, batch, sample_cfg, batch_size, seed, label
             sample_cfg.guidance,
             sample_cfg.image_guidance,
             int(sample_cfg.oscillate),
+            eta,
         )
 
     return _in_batches(batch, batch_size, fn, label)
@@ -396,7 +399,9 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     items as context (`retrieve.Retriever`) and with the text alone, where
     the name means nothing (chance). Rows: the subject's identity, shape,
     colour and fill, SC/PQ/O, and `retrieval_precision` (retrieved items
-    showing the prompt's subject).
+    showing the prompt's subject). With `interleave` >= 0, the retrieved
+    prompts again under Re-Imagen's interleaved guidance at that eta
+    (rows "retrieval_only/interleaved").
     """
     from imagen_jax import instructions
     from imagen_jax.data import tasks
@@ -445,14 +450,26 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             "n": int(kept.sum()),
         }
     ]
-    for suffix, instrs in (
-        ("", [e.instruction for e in examples]),
-        ("/text_only", [instructions.MultiModalInstruction(c) for c in captions]),
-    ):
+    retrieved = [e.instruction for e in examples]
+    runs = [
+        ("", retrieved, generate),
+        (
+            "/text_only",
+            [instructions.MultiModalInstruction(c) for c in captions],
+            generate,
+        ),
+    ]
+    eta = eval_cfg.get("interleave", -1.0)
+    if eta >= 0:  # also with Re-Imagen's interleaved guidance at this eta
+        interleaved = sampling.make_generate_fn(
+            loaded.model, loaded.config, sample_cfg.sampler, "interleaved"
+        )
+        runs.append(("/interleaved", retrieved, interleaved))
+    for suffix, instrs, fn in runs:
         batch = _instruction_arrays(loaded, instrs)
         label = "retrieval_only" + suffix
         images = _generate_tasks(
-            loaded, generate, batch, sample_cfg, eval_cfg.batch_size, 4321, label
+            loaded, fn, batch, sample_cfg, eval_cfg.batch_size, 4321, label, eta
         )
         rows += _task_rows("retrieval_only", examples, images, suffix)
         _task_grid(

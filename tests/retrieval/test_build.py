@@ -119,9 +119,17 @@ def test_a_stage1_model_trains_and_is_scored_with_retrieved_context(built):
     rows = evaluate.evaluate(config, workdir)
     got = {(r["task"], r["metric"]): r["value"] for r in rows}
     assert 0.0 <= got[("retrieval_only", "retrieval_precision")] <= 1.0
-    for task in ("retrieval_only", "retrieval_only/text_only"):
+    assert config.evals.retrieval.interleave == 0.5
+    for task in (
+        "retrieval_only",
+        "retrieval_only/text_only",
+        "retrieval_only/interleaved",
+    ):
         assert 0.0 <= got[(task, "subject/identity")] <= 1.0
     assert os.path.exists(os.path.join(workdir, "eval", "retrieval_only.png"))
+    assert os.path.exists(
+        os.path.join(workdir, "eval", "retrieval_only_interleaved.png")
+    )
 
 
 def test_lexical_search_finds_a_rare_name_first():
