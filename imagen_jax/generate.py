@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -101,18 +102,26 @@ def _check_fits(loaded: inference.Loaded, request: Request) -> None:
     _check_tokens(loaded, "text", request.text, "max_text_len", "EOS included")
 
 
+@functools.cache
+def _retriever(directory: str):
+    """The retriever of a run's retrieval directory, loaded once per process
+    (its database captions and images), not once per request."""
+    from imagen_jax.retrieval import retrieve
+
+    return retrieve.Retriever(directory)
+
+
 def _retrieved(loaded: inference.Loaded, request: Request):
     """The request's text with its `retrieve` nearest database items as context,
     as stage 1 trained (from the run's retrieval directory)."""
-    from imagen_jax.retrieval import build, retrieve
+    from imagen_jax.retrieval import build
 
     if "retrieval" not in loaded.config or not loaded.workdir:
         raise ValueError(
             "request field 'retrieve' needs a stage-1 run with a retrieval index "
             "(`launch.build_index`); this model has none"
         )
-    directory = build.retrieval_dir(loaded.config, loaded.workdir)
-    retriever = retrieve.Retriever(directory)
+    retriever = _retriever(build.retrieval_dir(loaded.config, loaded.workdir))
     ids = retriever.search([request.text], request.retrieve)
     return retriever.instruction(request.text, ids[0])
 
