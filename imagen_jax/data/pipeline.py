@@ -7,6 +7,9 @@ objects: `image [B,H,W,3] uint8`, `text_tokens [B,L] int32`,
 `ctx_tokens [B,K,Lc]`, `ctx_text_mask [B,K,Lc]`, `ctx_mask [B,K]`,
 `cond_image [B,H,W,3]` and `cond_image_mask [B]`.
 
+Your own image-text data (`own_data`: a folder or a tfds dataset, built by
+`launch.build_data`, `data.tfds.own_data`) gives records as ShapesWorld does.
+
 Stage 1 (`shapes_world_retrieval`) joins each example with its neighbours
 from a neighbour table mined beforehand (`retrieval.mining`): no index lookup
 happens while training.
@@ -34,6 +37,15 @@ def _shapes_world_source(cfg: ml_collections.ConfigDict, split: str):
 
     return shapes_world_tfds.load_source(
         cfg.data_dir, split, resolution=cfg.resolution, variant=cfg.variant
+    )
+
+
+def _own_data_source(cfg: ml_collections.ConfigDict, split: str):
+    """Dataset `cfg.dataset` built by `launch.build_data --dataset folder|tfds`."""
+    from imagen_jax.data.tfds import own_data
+
+    return own_data.load_source(
+        cfg.data_dir, cfg.get("dataset", ""), split, resolution=cfg.resolution
     )
 
 
@@ -206,6 +218,7 @@ class _Source:
 
 _SOURCES: dict[str, _Source] = {
     "shapes_world": _Source(_shapes_world_source, instructions=False),
+    "own_data": _Source(_own_data_source, instructions=False),
     "shapes_world_tasks": _Source(TaskSource, instructions=True),
     "shapes_world_retrieval": _Source(
         _shapes_world_retrieval_source, instructions=True
