@@ -19,7 +19,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from imagen_jax import checkpointing, config_utils, sampling, sharding
+from imagen_jax import checkpointing, config_utils, preemption, sampling, sharding
 from imagen_jax import conditioning as conditioning_lib
 from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
@@ -432,52 +432,69 @@ class _Loop:
         self._generate = None
 
     def run(self, state, data_iter, step_fn, batch_sharding):
-        """Trains to the schedule's horizon or the time budget, whichever is first.
+        """Trains to the schedule's horizon, the time budget or a preemption.
 
         The horizon is `config.train.num_steps` unless a time budget moved it:
         with a budget and a decaying LR, every `log_every` steps the rate so
         far says where the budget will end, and the schedule's horizon (in the
         optimizer state, so no recompilation, and kept by checkpoints) moves
         there, so the run anneals whatever the machine's speed.
+
+        A preemption (SIGTERM, or JAX's multi-host notice; `preemption.Notice`)
+        or the end of the budget stops the run after the step under way, with
+        a checkpoint of that step and of the data iterator, as a periodic save.
         """
         t = self.config.train
         first = step = int(state.step)
         start = t0 = time.time()
-        budget, pending = t.time_budget_minutes * 60.0, []
-        adapt = bool(budget) and self.config.optim.decay != "constant"
+        adapt = bool(t.time_budget_minutes) and self.config.optim.decay != "constant"
         planned = int(optax.tree_utils.tree_get(state.opt_state, "planned"))
         if planned != t.num_steps:  # resumed with another plan: start from it
             opt_state = set_horizon(state.opt_state, t.num_steps, replan=True)
             state = state.replace(opt_state=opt_state)
         self.num_steps = get_horizon(state.opt_state)
-        while step < self.num_steps:
-            batch = sharding.global_batch(next(data_iter), batch_sharding)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            if pending:  # the previous step is done by now: no pipeline stall
-                self._check_finite(pending[-1], step - 1)
-            if step == first + 1:  # rates exclude compilation
-                jax.block_until_ready(metrics)
-                start = time.time()
-            if adapt and step > first + 1 and step % t.log_every == 0:
-                state = self._fit_budget(state, step, first, start, t0)
-            self.progress(step)
-            pending.append(metrics)
-            if step % t.log_every == 0 or step == self.num_steps:
-                self._log(step, pending, start, first)
-                pending = []
-            if step % t.sample_every == 0:
-                self.write_samples(state, step)
-            out_of_time = budget and time.time() - t0 > budget
-            if step % t.checkpoint_every == 0 or step == self.num_steps or out_of_time:
-                self._check_finite(metrics, step)
-                checkpointing.save(self.mngr, step, state, data_iter.get_state())
-            if out_of_time:
-                _say(f"time budget of {t.time_budget_minutes} min reached: step {step}")
-                break
-        self.mngr.wait_until_finished()
-        self.writer.flush()
+        pending, stop = [], None
+        with preemption.Notice(self.mngr) as notice:
+            while step < self.num_steps and stop is None:
+                batch = sharding.global_batch(next(data_iter), batch_sharding)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                if pending:  # the previous step is done by now: no pipeline stall
+                    self._check_finite(pending[-1], step - 1)
+                if step == first + 1:  # rates exclude compilation
+                    jax.block_until_ready(metrics)
+                    start = time.time()
+                if adapt and step > first + 1 and step % t.log_every == 0:
+                    state = self._fit_budget(state, step, first, start, t0)
+                self.progress(step)
+                pending.append(metrics)
+                stop = self._stop_reason(step, t0, notice)
+                last = step == self.num_steps or stop is not None
+                if step % t.log_every == 0 or last:
+                    self._log(step, pending, start, first)
+                    pending = []
+                if step % t.sample_every == 0:
+                    self.write_samples(state, step)
+                if step % t.checkpoint_every == 0 or last:
+                    self._check_finite(metrics, step)
+                    checkpointing.save(self.mngr, step, state, data_iter.get_state())
+            self.mngr.wait_until_finished()
+            self.writer.flush()
+        if stop:
+            _say(f"{stop} at step {step}: saved {self.mngr.directory}/{step}")
         return state
+
+    def _stop_reason(
+        self, step: int, t0: float, notice: preemption.Notice
+    ) -> str | None:
+        """Why the run stops after `step`, or None. Asks `notice` every step, as
+        JAX's multi-host preemption sync requires."""
+        if notice.reached(step):
+            return f"preempted ({notice.reason()})"
+        budget = self.config.train.time_budget_minutes
+        if budget and time.time() - t0 > budget * 60.0:
+            return f"time budget of {budget} min reached"
+        return None
 
     def _fit_budget(self, state, step, first, start, t0):
         rate = _rate(step, first, start)
