@@ -371,7 +371,8 @@ def restore_or_init(config, workdir, state, mngr, data_iter):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains per `config`, checkpointing, logging and sampling into `workdir`."""
     config_utils.validate(config)
-    checkpointing.save_config(workdir, config)
+    if jax.process_index() == 0:  # one writer of the shared file
+        checkpointing.save_config(workdir, config)
     tokenizer = make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size)
     rules = mesh_rules(config)
@@ -411,9 +412,11 @@ def _rate(step: int, first: int, start: float) -> float:
 
 def _say(line: str) -> None:
     """Prints a progress line in one write, so log lines from other threads
-    (the metric writer, checkpointing) cannot land in the middle of it."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    (the metric writer, checkpointing) cannot land in the middle of it; on
+    process 0 only, so a multi-host job prints each line once."""
+    if jax.process_index() == 0:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class _Loop:
@@ -555,9 +558,10 @@ class _Loop:
         images = self._generate(
             state.ema_params, batch, jax.random.PRNGKey(step), s.steps, s.guidance
         )
-        path = grids.save_grid(
-            sampling.to_uint8(images),
-            os.path.join(self.workdir, "samples", f"step_{step}.png"),
-        )
         self.writer.write_images(step, {"samples": sampling.to_uint8(images)[:8]})
-        logging.info("Wrote samples to %s", path)
+        if jax.process_index() == 0:  # every host samples; one writes the grid
+            path = grids.save_grid(
+                sampling.to_uint8(images),
+                os.path.join(self.workdir, "samples", f"step_{step}.png"),
+            )
+            logging.info("Wrote samples to %s", path)

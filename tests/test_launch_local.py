@@ -250,6 +250,10 @@ def test_two_processes_checkpoint_and_one_process_resumes(two_then_one):
     assert "[1] " in two_out.stderr and "process 1/2" in two_out.stderr
     assert sorted(os.listdir(two / "checkpoints")) == ["3", "6"]
     assert os.path.exists(two / "samples" / "step_6.png")
+    # Progress lines and the sample grid come from process 0 only.
+    both = two_out.stdout + two_out.stderr
+    assert "[0] step 6/6" in both and "[1] step " not in both
+    assert both.count("Wrote samples to") == 1
     # One TensorBoard file (`_losses` asserts it): process 0's.
     assert sorted(_losses(two)) == [1, 2, 3, 4, 5, 6]
     assert "process 0/1, 4 local / 4 global devices" in one_out.stderr
