@@ -14,3 +14,21 @@ from imagen_jax import xla_flags  # noqa: E402
 
 # The tests run with the XLA flags the entry points use (allocator: above).
 xla_flags.apply_defaults()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_world(tmp_path_factory):
+    """A small ShapesWorld of the smoke config's variant (96 train, 8 test,
+    32 px) for tests that run `launch.train` on it; built once per session."""
+    from experiments import t2i_shapes
+    from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
+
+    d = tmp_path_factory.mktemp("smoke_world")
+    variant = t2i_shapes.get_config("smoke").data.variant
+    shapes_world_tfds.build(
+        str(d), resolution=32, num_train=96, num_test=8, variant=variant
+    )
+    return str(d)

@@ -10,40 +10,29 @@ from PIL import Image
 
 from experiments import t2i_shapes
 from imagen_jax import generate, inference, instructions, train
-from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
 from imagen_jax.evaluation import evaluate
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    variant = t2i_shapes.get_config("smoke").data.variant
-    shapes_world_tfds.build(
-        str(d), resolution=32, num_train=96, num_test=8, variant=variant
-    )
-    return str(d)
-
-
-def _config(data_dir, steps):
+def _config(smoke_world, steps):
     cfg = t2i_shapes.get_config("smoke")
-    cfg.data.data_dir = data_dir
+    cfg.data.data_dir = smoke_world
     cfg.mesh.shape = (2, 2, 2)
     cfg.train.num_steps = steps
     return cfg
 
 
-def test_train_resume_eval_sample(data_dir, tmp_path):
+def test_train_resume_eval_sample(smoke_world, tmp_path):
     workdir = str(tmp_path / "run")
-    state = train.train_and_evaluate(_config(data_dir, 4), workdir)
+    state = train.train_and_evaluate(_config(smoke_world, 4), workdir)
     assert int(state.step) == 4
     assert os.path.exists(os.path.join(workdir, "config.json"))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     # Same workdir, more steps: resumes from step 4 (with the data iterator).
-    state = train.train_and_evaluate(_config(data_dir, 6), workdir)
+    state = train.train_and_evaluate(_config(smoke_world, 6), workdir)
     assert int(state.step) == 6
     assert os.path.exists(os.path.join(workdir, "samples", "step_6.png"))
 
-    rows = evaluate.evaluate(_config(data_dir, 6), workdir)
+    rows = evaluate.evaluate(_config(smoke_world, 6), workdir)
     with open(os.path.join(workdir, "eval", "results.json")) as f:
         assert json.load(f) == rows
     metrics = {r["metric"]: r for r in rows}
@@ -54,7 +43,7 @@ def test_train_resume_eval_sample(data_dir, tmp_path):
 
     loaded = inference.load(workdir)
     # config.sample.use_ema picks the trained weights instead of the EMA ones.
-    raw_cfg = _config(data_dir, 6)
+    raw_cfg = _config(smoke_world, 6)
     raw_cfg.sample.use_ema = False
     ema, raw, raw_arg = (
         jax.tree.leaves(x.params)
@@ -81,12 +70,12 @@ def test_train_resume_eval_sample(data_dir, tmp_path):
         )
 
 
-def test_sample_grid_written_by_launcher(data_dir, tmp_path):
+def test_sample_grid_written_by_launcher(smoke_world, tmp_path):
     import subprocess
     import sys
 
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(_config(data_dir, 2), workdir)
+    train.train_and_evaluate(_config(smoke_world, 2), workdir)
     req = tmp_path / "req.json"
     req.write_text(json.dumps({"text": "a blue square", "steps": 2, "num_images": 3}))
     out = tmp_path / "out.png"

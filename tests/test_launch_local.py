@@ -174,20 +174,7 @@ def test_two_processes_form_one_jax_job():
     assert lines == ["[0] got 2 4 [0.0, 1.0]", "[1] got 2 4 [0.0, 1.0]"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from experiments import t2i_shapes
-    from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
-
-    d = tmp_path_factory.mktemp("data")
-    variant = t2i_shapes.get_config("smoke").data.variant
-    shapes_world_tfds.build(
-        str(d), resolution=32, num_train=96, num_test=8, variant=variant
-    )
-    return str(d)
-
-
-def _train(workdir, data_dir, processes, devices):
+def _train(workdir, smoke_world, processes, devices):
     """The smoke config's 6 steps (checkpoints at 3 and 6) on processes x devices."""
     return _local(
         f"--num_processes={processes}",
@@ -200,7 +187,7 @@ def _train(workdir, data_dir, processes, devices):
             "experiments/t2i_shapes.py:smoke",
             "--workdir",
             str(workdir),
-            f"--config.data.data_dir={data_dir}",
+            f"--config.data.data_dir={smoke_world}",
             # Batch over the processes, parameters sharded within each.
             "--config.mesh.shape=(2,2,1)",
             "--config.train.log_every=1",
@@ -225,21 +212,21 @@ def _losses(workdir) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def two_then_one(data_dir, tmp_path_factory):
+def two_then_one(smoke_world, tmp_path_factory):
     """Must-show 1 of issue 16: 2 processes x 2 devices train 6 steps; 1
     process x 4 devices resumes their step-3 checkpoint and trains 4-6.
 
     Returns the two workdirs and the launcher's outputs.
     """
     two = tmp_path_factory.mktemp("two_processes")
-    two_out = _train(two, data_dir, processes=2, devices=2)
+    two_out = _train(two, smoke_world, processes=2, devices=2)
     assert two_out.returncode == 0, two_out.stderr[-3000:]
     one = tmp_path_factory.mktemp("one_process")  # the first run at step 3
     shutil.copytree(
         two / "checkpoints", one / "checkpoints", ignore=shutil.ignore_patterns("6")
     )
     shutil.copy(two / "config.json", one / "config.json")
-    one_out = _train(one, data_dir, processes=1, devices=4)
+    one_out = _train(one, smoke_world, processes=1, devices=4)
     assert one_out.returncode == 0, one_out.stderr[-3000:]
     return two, two_out, one, one_out
 

@@ -24,7 +24,6 @@ from tensorboard.util import tensor_util
 
 from experiments import t2i_shapes
 from imagen_jax import checkpointing, train
-from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
 from tests.test_checkpoint_integrity import _damage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,19 +149,9 @@ def test_multi_host_stops_at_the_sync_point_without_a_python_handler(
 # `launch.train` as a user runs it, SIGTERM from outside.
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    variant = t2i_shapes.get_config("smoke").data.variant
-    shapes_world_tfds.build(
-        str(d), resolution=32, num_train=96, num_test=8, variant=variant
-    )
-    return str(d)
-
-
 def _train(
     workdir: str,
-    data_dir: str,
+    smoke_world: str,
     *flags: str,
     num_steps: int = NUM_STEPS,
     env: dict | None = None,
@@ -175,7 +164,7 @@ def _train(
     args = [
         "--config=experiments/t2i_shapes.py:smoke",
         f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
+        f"--config.data.data_dir={smoke_world}",
         f"--config.train.num_steps={num_steps}",
         f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
         "--config.train.log_every=1",
@@ -191,9 +180,9 @@ def _train(
     )
 
 
-def _run_to_end(workdir: str, data_dir: str) -> str:
+def _run_to_end(workdir: str, smoke_world: str) -> str:
     """Trains (or resumes) in `workdir` to NUM_STEPS; returns stderr."""
-    proc = _train(workdir, data_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _train(workdir, smoke_world, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert f"step {NUM_STEPS}/{NUM_STEPS}" in out, out
@@ -217,9 +206,9 @@ def _losses(workdir: str) -> dict[int, list[float]]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory) -> dict[int, float]:
+def uninterrupted(smoke_world, tmp_path_factory) -> dict[int, float]:
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    _run_to_end(workdir, data_dir)
+    _run_to_end(workdir, smoke_world)
     losses = _losses(workdir)
     assert sorted(losses) == list(range(1, NUM_STEPS + 1))
     assert all(len(values) == 1 for values in losses.values())
@@ -227,12 +216,12 @@ def uninterrupted(data_dir, tmp_path_factory) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def preempted(data_dir, tmp_path_factory) -> tuple[str, int]:
+def preempted(smoke_world, tmp_path_factory) -> tuple[str, int]:
     """A run sent SIGTERM once it logged step SIGTERM_AFTER: (workdir, the
     step it saved)."""
     workdir = str(tmp_path_factory.mktemp("preempted"))
     with open(os.path.join(workdir, "stderr.txt"), "w") as stderr:
-        proc = _train(workdir, data_dir, stdout=subprocess.PIPE, stderr=stderr)
+        proc = _train(workdir, smoke_world, stdout=subprocess.PIPE, stderr=stderr)
         guard = threading.Timer(600, proc.kill)
         guard.start()
         lines = []
@@ -275,18 +264,18 @@ def test_sigterm_saves_model_and_data_state_at_the_step_reached(preempted):
 
 
 def test_resumed_run_has_the_losses_of_an_uninterrupted_one(
-    preempted, uninterrupted, data_dir, tmp_path
+    preempted, uninterrupted, smoke_world, tmp_path
 ):
     workdir = str(tmp_path / "run")
     shutil.copytree(preempted[0], workdir)
-    err = _run_to_end(workdir, data_dir)
+    err = _run_to_end(workdir, smoke_world)
     assert f"Training resumed {workdir} at step {preempted[1]}." in err
     # Exactly: the same batches, in the same order, to the same weights.
     assert _losses(workdir) == {s: [loss] for s, loss in uninterrupted.items()}
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(
-    preempted, uninterrupted, data_dir, tmp_path
+    preempted, uninterrupted, smoke_world, tmp_path
 ):
     workdir = str(tmp_path / "run")
     shutil.copytree(preempted[0], workdir)
@@ -294,7 +283,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(
     damaged = os.path.join(workdir, "checkpoints", str(step))
     name = _damage(damaged)
     previous = _periodic_before(step)
-    err = _run_to_end(workdir, data_dir)
+    err = _run_to_end(workdir, smoke_world)
     # One line naming the damaged step, its file and the step resumed from.
     (line,) = [x for x in err.splitlines() if "is damaged" in x]
     assert f"checkpoint {damaged} is damaged: {name} does not match" in line
@@ -308,7 +297,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(
 
 
 @pytest.mark.slow  # two processes training on two cores: about two minutes
-def test_sigterm_to_one_host_stops_every_host_at_one_step(data_dir, tmp_path):
+def test_sigterm_to_one_host_stops_every_host_at_one_step(smoke_world, tmp_path):
     # Two processes on loopback (gloo collectives), as two hosts of a pod;
     # only process 1 is told to go, through JAX's preemption service.
     workdir, num_steps = str(tmp_path / "run"), 200
@@ -321,7 +310,7 @@ def test_sigterm_to_one_host_stops_every_host_at_one_step(data_dir, tmp_path):
         procs = [
             _train(
                 workdir,
-                data_dir,
+                smoke_world,
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
