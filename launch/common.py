@@ -13,7 +13,8 @@ from absl import app, flags, logging  # noqa: E402
 
 from imagen_jax import xla_flags  # noqa: E402
 
-# Before JAX starts its backend (XLA reads XLA_FLAGS once, then).
+# Before JAX starts its backend (XLA reads XLA_FLAGS once, then); a no-op
+# unless that backend will be the CPU (xla_flags.backend_is_cpu).
 xla_flags.apply_defaults()
 
 flags.DEFINE_bool(

@@ -4,6 +4,13 @@ Every parameter carries logical axis names (weights: `embed`, `mlp`, `heads`,
 `kv`, `conv_in`, `conv_out`); large activations are constrained with the
 activation vocabulary (`act_batch`, `act_height`, `act_width`, `act_len`,
 `act_channels`). Norm statistics and softmax run in float32 whatever `dtype`.
+
+Two operations come in two forms, chosen by a `kernels` option (`KERNELS`):
+"cpu" runs the forms shaped for XLA:CPU (`matmul`, a custom-VJP Dense
+product, and `deferred_norm_attention`), "stock" the plain ones accelerator
+compilers are tuned for (`jax.lax.dot_general`, `jax.nn.dot_product_attention`).
+They compute the same function with the same parameters, so a checkpoint
+trained with either runs with the other.
 """
 
 from __future__ import annotations
@@ -21,6 +28,27 @@ Dtype = Any
 
 IMAGE_AXES = ("act_batch", "act_height", "act_width", "act_channels")
 TOKEN_AXES = ("act_batch", "act_len", "act_channels")
+
+
+# Allowed values of a `kernels` option: "cpu", "stock", or "auto" ("cpu" on
+# the CPU backend, "stock" elsewhere; see `resolve_kernels`).
+KERNELS = ("auto", "cpu", "stock")
+
+
+def resolve_kernels(kernels: str) -> str:
+    """The form ("cpu" or "stock") a `kernels` option stands for.
+
+    "auto" asks `jax.default_backend()`, so it must be resolved after JAX has
+    started (at model build time, not in a config).
+
+    Raises:
+      ValueError: `kernels` is not one of `KERNELS`.
+    """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if kernels == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "stock"
+    return kernels
 
 
 def constrain_image(x: jax.Array) -> jax.Array:
@@ -85,8 +113,14 @@ def dense(
     name: str | None = None,
     use_bias: bool = True,
     zero_init: bool = False,
+    kernels: str = "auto",
 ) -> nn.Dense:
-    """A Dense layer with logical axes on kernel [in, out] and bias [out]."""
+    """A Dense layer with logical axes on kernel [in, out] and bias [out].
+
+    With `kernels` "cpu" it multiplies through `matmul`; with "stock" through
+    `jax.lax.dot_general`. The parameters are the same either way.
+    """
+    cpu = resolve_kernels(kernels) == "cpu"
     return nn.Dense(
         features,
         use_bias=use_bias,
@@ -94,7 +128,7 @@ def dense(
         param_dtype=param_dtype,
         kernel_init=_init(nn.initializers.lecun_normal(), axes, zero_init),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
-        dot_general=dense_dot_general,
+        dot_general=dense_dot_general if cpu else jax.lax.dot_general,
         name=name,
     )
 
@@ -160,6 +194,7 @@ class ResBlock(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
@@ -167,9 +202,13 @@ class ResBlock(nn.Module):
         h = nn.silu(group_norm(x.shape[-1], param_dtype=self.param_dtype)(x))
         h = conv(self.features, name="conv1", **kw)(h.astype(self.dtype))
         # FiLM from the time + pooled-text embedding.
-        film = dense(2 * self.features, ("embed", "conv_out"), name="film", **kw)(
-            nn.silu(cond)
-        )
+        film = dense(
+            2 * self.features,
+            ("embed", "conv_out"),
+            name="film",
+            kernels=self.kernels,
+            **kw,
+        )(nn.silu(cond))
         scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
         h = group_norm(self.features, param_dtype=self.param_dtype)(h)
         h = nn.silu(h * (1.0 + scale) + shift).astype(self.dtype)
@@ -181,9 +220,33 @@ class ResBlock(nn.Module):
 
 
 def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    kernels: str = "auto",
+) -> jax.Array:
+    """Multi-head attention; q [B,Q,N,D], k/v [B,K,N,D], mask [B,K] -> [B,Q,N,D].
+
+    A query whose keys are all masked attends to nothing (zeros): a row of
+    dropped text or of no context items must not average the masked values,
+    or the "unconditional" branch of guidance would still see the condition.
+    `kernels` chooses the form: "cpu" `deferred_norm_attention`, "stock"
+    `jax.nn.dot_product_attention` (softmax, then the value matmul).
+    """
+    if resolve_kernels(kernels) == "cpu":
+        return deferred_norm_attention(q, k, v, mask)
+    if mask is None:
+        return jax.nn.dot_product_attention(q, k, v)
+    mask = mask.astype(bool)  # as jax.nn.dot_product_attention requires
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+    return jnp.where(jnp.any(mask, axis=-1)[:, None, None, None], out, 0)
+
+
+def deferred_norm_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
 ) -> jax.Array:
-    """Multi-head attention; q [B,Q,N,D], k/v [B,K,N,D], mask [B,K] -> [B,Q,N,D]."""
+    """`attention` as XLA:CPU runs it fastest (same arguments and result)."""
     # The 1/sqrt(D) scale goes on q: on the logits XLA:CPU materialises it as
     # a [B, N, Q, K] broadcast operand.
     q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
@@ -210,10 +273,7 @@ def attention(
         preferred_element_type=jnp.float32,
     )
     out = out / total
-    if mask is not None:
-        # A row with every key masked (dropped text, no context items) would
-        # otherwise average all the masked values: the "unconditional" branch
-        # of guidance would still see the condition. It attends to nothing.
+    if mask is not None:  # queries with every key masked: zeros
         out = out * jnp.any(mask, axis=-1)[:, None, None, None]
     return out.astype(v.dtype).transpose(0, 2, 1, 3)
 
@@ -265,6 +325,7 @@ class Attention(nn.Module):
     head_dim: int = 32
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernels: str = "auto"
 
     @nn.compact
     def __call__(
@@ -274,7 +335,7 @@ class Attention(nn.Module):
         context_mask: jax.Array | None = None,
     ) -> jax.Array:
         b, h, w, c = x.shape
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernels=self.kernels)
         inner = self.num_heads * self.head_dim
         xn = group_norm(c, param_dtype=self.param_dtype)(x).astype(self.dtype)
         tokens = xn.reshape(b, h * w, c)
@@ -285,7 +346,8 @@ class Attention(nn.Module):
         if context is not None:
             k, v, mask = self._with_null(k, v, mask)
         split = lambda t: t.reshape(b, t.shape[1], self.num_heads, self.head_dim)  # noqa: E731
-        out = attention(split(q), split(k), split(v), mask).reshape(b, h * w, inner)
+        out = attention(split(q), split(k), split(v), mask, self.kernels)
+        out = out.reshape(b, h * w, inner)
         out = dense(c, ("heads", "embed"), name="out", zero_init=True, **kw)(out)
         return constrain_image(x + out.reshape(b, h, w, c))
 

@@ -69,6 +69,9 @@ class UNetConfig:
       context_norm: LayerNorm the memory tokens (per token, over channels)
         before the context cross-attention reads them. The text arrives
         normalised from T5, the encoder's raw features do not.
+      kernels: the forms of the Dense products and of attention
+        (`layers.KERNELS`): "cpu" (shaped for XLA:CPU), "stock" (plain, for
+        accelerators) or "auto" (by the backend). Parameters are the same.
     """
 
     base_channels: int = 32
@@ -88,6 +91,7 @@ class UNetConfig:
     context_slots: float = 0.0
     context_level: int = -1
     context_norm: bool = False
+    kernels: str = "auto"
 
     def __post_init__(self):
         if self.attn_blocks not in ATTN_BLOCKS:
@@ -97,6 +101,10 @@ class UNetConfig:
         if self.text_pool not in TEXT_POOLS:
             raise ValueError(
                 f"text_pool must be one of {TEXT_POOLS}, got {self.text_pool!r}"
+            )
+        if self.kernels not in layers.KERNELS:
+            raise ValueError(
+                f"kernels must be one of {layers.KERNELS}, got {self.kernels!r}"
             )
         if len(self.attn_levels) != len(self.channel_mults):
             raise ValueError(
@@ -131,7 +139,8 @@ class Level(nn.Module):
 
     @nn.compact
     def __call__(self, h, cond, text, text_mask, memory, memory_mask, train: bool):
-        cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernels=cfg.kernels)
         for b in range(cfg.num_res_blocks):
             h = layers.ResBlock(self.features, cfg.dropout, **kw)(h, cond, train)
             last = b == cfg.num_res_blocks - 1
@@ -145,6 +154,7 @@ class Level(nn.Module):
 
 
 def _attend(h, text, text_mask, cfg: UNetConfig, kw) -> jax.Array:
+    """Self-attention, then text cross-attention (`kw`: dtypes and kernels)."""
     h = layers.Attention(cfg.num_heads, cfg.head_dim, **kw)(h)
     return layers.Attention(cfg.num_heads, cfg.head_dim, **kw)(h, text, text_mask)
 
@@ -203,7 +213,7 @@ class UNet(nn.Module):
     def setup(self):
         cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         level_cls = _maybe_remat(Level, cfg.remat_policy)
-        f32 = dict(dtype=jnp.float32, param_dtype=self.param_dtype)
+        f32 = dict(dtype=jnp.float32, param_dtype=self.param_dtype, kernels=cfg.kernels)
         chans = [cfg.base_channels * m for m in cfg.channel_mults]
         self.conv_in = layers.conv(cfg.base_channels, name="conv_in", **kw)
         # Submodule names: down_1, down_2, ... and enc_0, enc_1, ...
@@ -332,7 +342,8 @@ class UNet(nn.Module):
         return skips
 
     def _middle(self, h, cond, text, text_mask, tokens, tokens_mask, train):
-        cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernels=cfg.kernels)
         ch = h.shape[-1]
         h = layers.ResBlock(ch, cfg.dropout, name="mid_1", **kw)(h, cond, train)
         h = _attend(h, text, text_mask, cfg, kw)

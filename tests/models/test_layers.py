@@ -1,4 +1,5 @@
-"""Building blocks: the custom-gradient matmul behind every Dense layer."""
+"""Building blocks: the Dense product in its two forms (custom-gradient matmul for
+XLA:CPU, stock dot_general) and the `kernels` option choosing between them."""
 
 import flax.linen as nn
 import jax
@@ -44,10 +45,15 @@ def test_matmul_gradients_keep_the_input_dtypes():
     np.testing.assert_array_equal(dw.astype(jnp.float32), 6.0)
 
 
-def test_dense_layer_uses_matmul_and_matches_flax_dense():
+@pytest.mark.parametrize("kernels", ["cpu", "stock"])
+def test_dense_layer_uses_its_product_and_matches_flax_dense(kernels):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 8)), jnp.float32)
     ours = layers.dense(
-        16, ("embed", "mlp"), dtype=jnp.float32, param_dtype=jnp.float32
+        16,
+        ("embed", "mlp"),
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        kernels=kernels,
     )
     params = nn.meta.unbox(ours.init(jax.random.PRNGKey(0), x)["params"])
     params["bias"] = params["bias"] + 0.5
@@ -57,7 +63,9 @@ def test_dense_layer_uses_matmul_and_matches_flax_dense():
         return lambda p, x: jnp.sum(jnp.sin(module.apply({"params": p}, x)))
 
     jaxpr = str(jax.make_jaxpr(jax.grad(loss(ours)))(params, x))
-    assert "custom_vjp" in jaxpr
+    # The CPU form multiplies through `matmul`; the stock one through the
+    # `dot_general` every accelerator compiler knows.
+    assert ("custom_vjp" in jaxpr) == (kernels == "cpu")
     got = jax.grad(loss(ours), (0, 1))(params, x)
     want = jax.grad(loss(plain), (0, 1))(params, x)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -71,3 +79,11 @@ def test_dense_dot_general_falls_back_for_other_contractions():
     np.testing.assert_array_equal(
         layers.dense_dot_general(a, b, dims), jax.lax.dot_general(a, b, dims)
     )
+
+
+def test_kernels_option_resolves_by_backend_and_rejects_unknown_values():
+    on_cpu = jax.default_backend() == "cpu"
+    assert layers.resolve_kernels("auto") == ("cpu" if on_cpu else "stock")
+    assert [layers.resolve_kernels(k) for k in ("cpu", "stock")] == ["cpu", "stock"]
+    with pytest.raises(ValueError, match=r"kernels must be one of .*'tpu'"):
+        layers.resolve_kernels("tpu")

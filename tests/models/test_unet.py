@@ -141,7 +141,8 @@ def test_bad_resolution_is_a_clear_error():
         model.init(jax.random.PRNGKey(0), z[:, :15], logsnr, text, mask)
 
 
-def test_attention_matches_numpy():
+@pytest.mark.parametrize("kernels", ["cpu", "stock"])
+def test_attention_matches_numpy(kernels):
     rng = np.random.default_rng(0)
     q, k, v = (rng.normal(size=s) for s in [(2, 3, 2, 4), (2, 5, 2, 4), (2, 5, 2, 4)])
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
@@ -150,6 +151,7 @@ def test_attention_matches_numpy():
         jnp.asarray(k, jnp.float32),
         jnp.asarray(v, jnp.float32),
         jnp.asarray(mask),
+        kernels,
     )
     logits = np.einsum("bqnd,bknd->bnqk", q, k) / 2.0
     logits = np.where(mask[:, None, None], logits, -np.inf)
@@ -167,20 +169,24 @@ def _qkv(rng):
     )
 
 
-def test_attention_with_every_key_masked_attends_to_nothing():
+@pytest.mark.parametrize("kernels", ["cpu", "stock"])
+def test_attention_with_every_key_masked_attends_to_nothing(kernels):
     # Dropped text (or no context items) must not reach the output: a plain
     # masked softmax would average all the masked values instead.
     q, k, v = _qkv(np.random.default_rng(2))
     mask = jnp.asarray([[0, 0, 0, 0, 0], [1, 0, 1, 0, 1]], bool)
-    out = layers.attention(q, k, v, mask)
+    out = layers.attention(q, k, v, mask, kernels)
     np.testing.assert_array_equal(out[0], 0.0)
     assert np.abs(np.asarray(out[1])).min() > 0.0
     other_v = v.at[0].set(100.0)
-    np.testing.assert_array_equal(layers.attention(q, k, other_v, mask)[0], 0.0)
+    out_other = layers.attention(q, k, other_v, mask, kernels)
+    np.testing.assert_array_equal(out_other[0], 0.0)
 
 
-def test_attention_gradient_matches_plain_softmax():
-    # The deferred normalisation and the stop-gradient max shift must not
+@pytest.mark.parametrize("kernels", ["cpu", "stock"])
+def test_attention_gradient_matches_plain_softmax(kernels):
+    # The deferred normalisation and the stop-gradient max shift ("cpu"), or
+    # the masking round `jax.nn.dot_product_attention` ("stock"), must not
     # change the gradient of any input (mask included).
     rng = np.random.default_rng(1)
     q, k, v = _qkv(rng)
@@ -195,7 +201,9 @@ def test_attention_gradient_matches_plain_softmax():
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * probe)
 
-    ours = jax.grad(loss(lambda q, k, v: layers.attention(q, k, v, mask)), (0, 1, 2))
+    ours = jax.grad(
+        loss(lambda q, k, v: layers.attention(q, k, v, mask, kernels)), (0, 1, 2)
+    )
     ref = jax.grad(loss(plain), (0, 1, 2))
     # float32 with O(1) values and sums of at most 5 terms: rounding is ~1e-6.
     for got, want in zip(ours(q, k, v), ref(q, k, v)):
@@ -384,10 +392,12 @@ def _param_shapes(config) -> dict[str, list[int]]:
     return {"/".join(k.key for k in path): list(x.shape) for path, x in flat}
 
 
+@pytest.mark.parametrize("kernels", ["cpu", "stock"])
 @pytest.mark.parametrize("conditioning", ["text", "instruction"])
-def test_param_names_and_shapes_are_those_checkpoints_hold(conditioning):
+def test_param_names_and_shapes_are_those_checkpoints_hold(conditioning, kernels):
     # Recorded from the model before `encode_context` became a method of its
-    # own (commit 56ef986): checkpoints written then must restore.
+    # own (commit 56ef986): checkpoints written then must restore, whichever
+    # kernels run the model.
     import json
     import pathlib
 
@@ -395,6 +405,7 @@ def test_param_names_and_shapes_are_those_checkpoints_hold(conditioning):
 
     config = t2i_shapes.get_config("smoke")
     config.model.conditioning = conditioning
+    config.model.kernels = kernels
     config.data.max_context, config.data.ctx_text_len = 2, 8
     path = pathlib.Path(__file__).with_name("smoke_param_shapes.json")
     expected = json.loads(path.read_text())[conditioning]
@@ -424,3 +435,97 @@ def test_packed_context_encoding_matches_the_full_one_in_training():
     np.testing.assert_array_equal(dropped, [[True, True, False], [False, False, False]])
     # Sampling encodes every item whatever the setting.
     np.testing.assert_array_equal(memory(fewer, False).mask, full.mask)
+
+
+# The XLA:CPU forms (custom-VJP Dense product, deferred-norm attention) and
+# the stock ones differ in the order of float32 operations only, so in
+# rounding only. A float32 sum of n terms is off by at most about
+# n * u * sum|terms| (u = 2**-24), and, rounding errors having random signs,
+# in practice by about sqrt(n) * u * sum|terms| (Higham & Mary, SIAM J. Sci.
+# Comput. 41(5), 2019). The longest sums here have n ~ 600 terms (a 3x3 conv
+# over 64 channels; 512 tokens in a Dense kernel gradient), an output or a
+# gradient is reached through about 100 of them (context encoder, forward,
+# backward), and each of the two forms rounds on its own:
+# 2 * 100 * sqrt(600) * u ~ 3e-4, relative to the size of the values summed.
+# That is the largest output (or gradient) of the network, not each entry:
+# the conv biases in front of a GroupNorm have an exact gradient of 0, and
+# what is computed there is the rounding of O(1) terms. (Measured: ~5e-7. A
+# real difference, a scale or a mask, shows at 1e-2 or more.)
+KERNELS_RTOL = 2 * 100 * 600**0.5 * 2.0**-24
+
+
+def _assert_same_up_to_rounding(got, want):
+    scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(want))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=0, atol=KERNELS_RTOL * scale)
+
+
+def test_cpu_and_stock_kernels_give_the_same_outputs_and_gradients():
+    inputs, ctx = _inputs(), _context()  # padded text and context items
+    params = _context_params(UNet(CFG), inputs, ctx)
+    probe = jax.random.normal(jax.random.PRNGKey(3), (2, 16, 16, 3))
+
+    def value_and_grad(kernels):
+        model = UNet(dataclasses.replace(CFG, kernels=kernels))
+
+        def loss(params):
+            args = (*inputs, ctx)
+            out = model.apply({"params": params}, *args, method=_with_context)
+            return jnp.sum(out * probe), out
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    (_, out_cpu), grads_cpu = value_and_grad("cpu")
+    (_, out_stock), grads_stock = value_and_grad("stock")
+    _assert_same_up_to_rounding(out_stock, out_cpu)
+    _assert_same_up_to_rounding(grads_stock, grads_cpu)
+    assert float(jnp.abs(out_cpu).max()) > 0.1  # not trivially equal
+
+
+def test_kernels_leave_parameters_alone_and_checkpoints_load_either_way(tmp_path):
+    from imagen_jax import checkpointing
+
+    inputs, ctx = _inputs(), _context()
+    key = jax.random.PRNGKey(0)
+
+    def init(kernels):
+        model = UNet(dataclasses.replace(CFG, kernels=kernels))
+        return model.init(key, *inputs, ctx, method=_with_context)["params"]
+
+    boxed_cpu, boxed_stock = init("cpu"), init("stock")
+    # Same names, shapes, logical axes and initial values.
+    assert jax.tree.structure(boxed_cpu) == jax.tree.structure(boxed_stock)
+    for a, b in zip(jax.tree.leaves(boxed_cpu), jax.tree.leaves(boxed_stock)):
+        np.testing.assert_array_equal(a, b)
+    # Trained with the CPU forms (here: perturbed), saved, restored into the
+    # stock model's parameters.
+    cpu = UNet(dataclasses.replace(CFG, kernels="cpu"))
+    trained = _context_params(cpu, inputs, ctx)
+    mngr = checkpointing.manager(str(tmp_path / "ckpt"))
+    checkpointing.save(mngr, 1, {"params": trained}, None)
+    mngr.wait_until_finished()
+    restored, _ = checkpointing.restore(mngr, {"params": nn.meta.unbox(boxed_stock)})
+    jax.tree.map(np.testing.assert_array_equal, restored["params"], trained)
+    stock = UNet(dataclasses.replace(CFG, kernels="stock"))
+    out = stock.apply(restored, *inputs, ctx, method=_with_context)
+    want = cpu.apply({"params": trained}, *inputs, ctx, method=_with_context)
+    _assert_same_up_to_rounding(out, want)
+
+
+def test_kernels_auto_follows_the_backend_when_the_model_is_built():
+    from experiments import t2i_shapes
+    from imagen_jax.models.imagen import build_model
+
+    config = t2i_shapes.get_config("smoke")
+    assert config.model.kernels == "auto"
+    on_cpu = jax.default_backend() == "cpu"
+    assert build_model(config, 259).unet_config.kernels == (
+        "cpu" if on_cpu else "stock"
+    )
+    config.model.kernels = "stock"
+    assert build_model(config, 259).unet_config.kernels == "stock"
+    config.model.kernels = "gpu"
+    with pytest.raises(ValueError, match=r"kernels must be one of .*'gpu'"):
+        build_model(config, 259)
+    with pytest.raises(ValueError, match="kernels"):
+        dataclasses.replace(CFG, kernels="gpu")
