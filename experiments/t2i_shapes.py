@@ -43,16 +43,30 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.prefetch = 4
 
     c.text = ml_collections.ConfigDict()
-    # Tokenizer: "byte" (no vocabulary file) or "sentencepiece".
+    # A pretrained T5 / T5 v1.1 / Flan-T5: a local Hugging Face directory
+    # (config.json, model.safetensors or model.safetensors.index.json and its
+    # shards, spiece.model), or "" for the small encoder below trained with
+    # the UNet. When set, training loads its encoder frozen and sets the
+    # fields below from it: the tokenizer is its spiece.model, the
+    # architecture its config.json (`imagen_jax.text.pretrained`).
+    c.text.pretrained = ""
+    # Tokenizer: "byte" (no vocabulary file) or "sentencepiece" (`vocab_path`).
     c.text.tokenizer = "byte"
     c.text.vocab_path = ""
-    # Trained jointly (small, from scratch) or frozen (pretrained import).
+    # Trained jointly (from scratch) or frozen (no optimizer state, no updates).
     c.text.frozen = False
+    # Embedding rows; 0 = the tokenizer's vocabulary size.
+    c.text.vocab_size = 0
     c.text.d_model = 128
     c.text.d_kv = 32
     c.text.d_ff = 256
     c.text.num_layers = 2
     c.text.num_heads = 4
+    # Feed-forward network: "gated-gelu" (T5 v1.1, Flan-T5) or "relu" (T5).
+    c.text.feed_forward_proj = "gated-gelu"
+    c.text.relative_attention_num_buckets = 32
+    c.text.relative_attention_max_distance = 128
+    c.text.layer_norm_epsilon = 1e-6
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "imagen"
@@ -79,6 +93,12 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # Coordinate maps appended to the stem's input: positions ("top left")
     # are learned from the start instead of inferred from the borders.
     c.model.coord_channels = True
+    # Forms of the Dense products and attention: "cpu" (shaped for XLA:CPU:
+    # custom-VJP matmul, deferred-norm attention), "stock" (dot_general,
+    # jax.nn.dot_product_attention: for GPUs and TPUs) or "auto" (by JAX's
+    # backend when the model is built). Parameters and checkpoints are the
+    # same either way.
+    c.model.kernels = "auto"
 
     c.diffusion = ml_collections.ConfigDict()
     # Schedule: "cosine", "shifted_cosine" (cosine + 2 log(64 / resolution), as
@@ -186,3 +206,22 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.sample.num_images = 4
     c.evals.held_out.num_prompts = 8
     c.evals.held_out.batch_size = 8
+
+
+def sweeps() -> dict[str, list[dict]]:
+    """Evaluation sweeps, `python -m launch.eval --config experiments/t2i_shapes.py
+    --workdir runs/demo --sweep NAME` (`imagen_jax.evaluation.sweep`; unset
+    settings are `config.sample`'s, the checkpoint the latest).
+
+    fewer_steps: DDIM and DPM-Solver++(2M) at 5-50 steps (DDIM-50 is the
+      default to match); guidance: the text scale; oscillate: guidance on
+      every step or on even steps only; training: every saved checkpoint.
+    """
+    from imagen_jax.evaluation.sweep import product
+
+    return {
+        "fewer_steps": product(sampler=["ddim", "dpmpp_2m"], steps=[5, 10, 20, 50]),
+        "guidance": product(guidance=[1.0, 2.0, 3.0, 5.0, 8.0]),
+        "oscillate": product(guidance=[3.0, 6.0], oscillate=[False, True]),
+        "training": product(checkpoint="all"),
+    }

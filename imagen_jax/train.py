@@ -25,6 +25,7 @@ from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
 from imagen_jax.instructions import MARKERS
 from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.text import pretrained
 from imagen_jax.text.tokenizers import Tokenizer, get_tokenizer
 
 
@@ -155,6 +156,13 @@ def _text_encoder_mask(params, frozen_value: bool):
     return jax.tree_util.tree_map_with_path(flag, params)
 
 
+def frozen_leaves(config, params) -> Any:
+    """Per-leaf flag of `params`: True where the parameter is frozen."""
+    if not config.text.frozen:
+        return jax.tree.map(lambda _: False, params)
+    return _text_encoder_mask(params, frozen_value=True)
+
+
 def build_optimizer(config):
     """The optimizer; a frozen text encoder gets zero updates (and no state)."""
     opt, lr = make_optimizer(config.optim, config.train.num_steps)
@@ -267,8 +275,13 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
     x = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3]
     masks = drop_conditions(drop_rng, batch, d.cond_drop, model.conditioning)
+    frozen = frozen_leaves(config, state.params)
 
     def loss_fn(params):
+        # No backward pass through a frozen text encoder (its updates are zero).
+        params = jax.tree.map(
+            lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen
+        )
         variables = {"params": params}
         # The context memory: computed once per step, inside the gradient, with
         # dropout masks of its own.
@@ -301,8 +314,12 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(state.step, config.optim.ema_decay)
+    # Frozen parameters are kept as they are (the average would round them).
     ema = jax.tree.map(
-        lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params
+        lambda e, p, f: e if f else decay * e + (1.0 - decay) * p,
+        state.ema_params,
+        params,
+        frozen,
     )
     metrics = {
         "loss": loss,
@@ -344,8 +361,10 @@ def restore_or_init(config, workdir, state, mngr, data_iter):
     Order: a checkpoint in the workdir (resume this run from its latest
     undamaged step), else `config.resume` (continue another run exactly), else
     `config.init_from` (fine-tune: params and EMA only, missing parameters keep
-    their init), else scratch.
+    their init), else scratch. A run that starts (not resumed) takes a
+    pretrained text encoder (`config.text.pretrained`) from its directory.
     """
+    starts = mngr.latest_step() is None and not config.resume
     if mngr.latest_step() is not None:
         state, data_state = checkpointing.resume(mngr, state)
         source = f"resumed {workdir} at step {int(state.step)}"
@@ -362,14 +381,38 @@ def restore_or_init(config, workdir, state, mngr, data_iter):
         data_state, source = None, f"initialised from {config.init_from} (step {step})"
     else:
         data_state, source = None, "from scratch"
+    if starts and config.text.get("pretrained"):
+        state = pretrained.with_pretrained_text(state, config)
+        source += f", text encoder from {config.text.pretrained} (frozen)"
     if data_state is not None:
-        data_iter.set_state(data_state)
+        data_iter.set_state(_batch_position(data_state, int(state.step)))
     logging.info("Training %s.", source)
     return state
 
 
+def _batch_position(data_state: dict, step: int) -> dict:
+    """A checkpoint's iterator state, which counts batches: one per step.
+
+    Checkpoints written before the global-batch pipeline
+    (`pipeline.train_dataset`) counted the elements of a per-host shard; they
+    restore at batch `step` of the new stream, with a warning.
+    """
+    if data_state.get("next_index", step) == step:
+        return data_state
+    logging.warning(
+        "The checkpoint's data iterator state (next_index %s) is not at step %d "
+        "(written by an older pipeline that counted examples): the data "
+        "continues at batch %d.",
+        data_state["next_index"],
+        step,
+        step,
+    )
+    return {**data_state, "next_index": step}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains per `config`, checkpointing, logging and sampling into `workdir`."""
+    config = pretrained.resolve(config)
     config_utils.validate(config)
     if jax.process_index() == 0:  # one writer of the shared file
         checkpointing.save_config(workdir, config)

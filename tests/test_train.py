@@ -272,3 +272,11 @@ def test_every_allowed_schedule_trains_and_samples(schedule):
     images = generate(state.params, batch, jax.random.PRNGKey(0), 2, 3.0)
     assert images.shape == (2, 32, 32, 3)
     assert np.isfinite(np.asarray(images)).all()
+
+
+def test_an_older_iterator_state_restores_at_the_step_batch():
+    """The pipeline's state counts batches (one per step); a state that counted
+    a per-host shard's examples (before the global-batch pipeline) is moved to
+    batch `step`, and a current one passes unchanged."""
+    assert train._batch_position({"next_index": 12}, 12) == {"next_index": 12}
+    assert train._batch_position({"next_index": 12 * 32}, 12) == {"next_index": 12}

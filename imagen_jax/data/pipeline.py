@@ -298,7 +298,15 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
-    """Shuffled, repeated, per-host batches of `batch_size // process_count`."""
+    """Per-host batches of `batch_size // process_count`, the host's rows of
+    the global batch.
+
+    The global batches do not depend on the number of hosts: batch s is
+    elements [s*B, (s+1)*B) of one shuffled, repeated stream, and host p
+    reads rows [p*b, (p+1)*b) of it (b = B / process_count), the rows its
+    devices hold. The iterator's state counts steps, so a checkpoint restores
+    on any number of hosts and the run goes on with the same batches.
+    """
     d = config.data
     if d.batch_size % process_count:
         raise ValueError(
@@ -306,11 +314,13 @@ def train_dataset(
             f"{process_count} processes"
         )
     ds = grain.MapDataset.source(get_source(d, "train"))
-    ds = ds[process_index::process_count].seed(config.seed).shuffle().repeat()
+    ds = ds.seed(config.seed).shuffle().repeat()
     ds = ds.map(element_transform(d, tokenizer))
+    # Chunk c is rows [c*b, (c+1)*b) of the stream; global batch s is chunks
+    # s*P ... s*P + P-1, and host p reads chunk s*P + p.
+    ds = ds.batch(d.batch_size // process_count, drop_remainder=True)
+    ds = ds[process_index::process_count]
     options = grain.ReadOptions(
         num_threads=d.num_threads, prefetch_buffer_size=d.prefetch
     )
-    # Filtered-out elements are skipped by the iterator before batching.
-    ds = ds.to_iter_dataset(options)
-    return ds.batch(d.batch_size // process_count, drop_remainder=True)
+    return ds.to_iter_dataset(options)

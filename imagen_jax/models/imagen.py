@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from imagen_jax import conditioning as conditioning_lib
-from imagen_jax.models import t5
+from imagen_jax.models import layers, t5
 from imagen_jax.models.unet import Context, Memory, UNet, UNetConfig
 
 Dtype = Any
@@ -124,6 +124,38 @@ def dtype_from_name(name: str) -> Dtype:
     return DTYPES[name]
 
 
+def text_encoder_config(
+    text: ml_collections.ConfigDict, vocab_size: int, dtype: Dtype
+) -> t5.T5Config:
+    """The T5 of `config.text` for a tokenizer of `vocab_size` ids.
+
+    `text.vocab_size` (a pretrained encoder's embedding rows; 0 or absent:
+    the tokenizer's) must cover the tokenizer's ids.
+    """
+    rows = text.get("vocab_size", 0) or vocab_size
+    if vocab_size > rows:
+        raise ValueError(
+            f"the tokenizer has {vocab_size} ids (markers included) but "
+            f"config.text.vocab_size is {rows}: the text encoder cannot embed them"
+        )
+    return t5.T5Config(
+        vocab_size=rows,
+        d_model=text.d_model,
+        d_kv=text.d_kv,
+        d_ff=text.d_ff,
+        num_layers=text.num_layers,
+        num_heads=text.num_heads,
+        # Absent from configs saved before pretrained encoders: T5 v1.1's.
+        feed_forward_proj=text.get("feed_forward_proj", "gated-gelu"),
+        relative_attention_num_buckets=text.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=text.get(
+            "relative_attention_max_distance", 128
+        ),
+        layer_norm_epsilon=text.get("layer_norm_epsilon", 1e-6),
+        dtype=dtype,
+    )
+
+
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
     """Builds the model named by `config.model.name` from the config."""
     if config.model.name != "imagen":
@@ -149,19 +181,12 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         context_slots=m.get("context_slots", 0.0),
         context_level=m.get("context_level", -1),
         context_norm=m.get("context_norm", False),
-    )
-    text_config = t5.T5Config(
-        vocab_size=vocab_size,
-        d_model=tx.d_model,
-        d_kv=tx.d_kv,
-        d_ff=tx.d_ff,
-        num_layers=tx.num_layers,
-        num_heads=tx.num_heads,
-        dtype=dtype,
+        # Resolved now, after JAX has started: the model records its choice.
+        kernels=layers.resolve_kernels(m.get("kernels", "auto")),
     )
     return Imagen(
         unet_config,
-        text_config,
+        text_encoder_config(tx, vocab_size, dtype),
         conditioning=conditioning_lib.get(m.conditioning),
         dtype=dtype,
     )

@@ -5,9 +5,11 @@ Maths only: weight import from Hugging Face lives in `imagen_jax.text.t5_import`
 The architecture follows T5 v1.1: pre-RMSNorm blocks, self-attention without the
 1/sqrt(d) logit scaling, a bucketed relative position bias computed once and
 shared by every layer, a gated-GELU feed-forward network (tanh approximation)
-and a final RMSNorm. Parameter names follow T5X (`token_embedder`, `layers_{i}`,
-`encoder_norm`) and every parameter carries logical axis names from the
-vocabulary `vocab`, `embed`, `mlp`, `heads`, `kv`, `relpos_buckets`.
+and a final RMSNorm; the original T5's ReLU feed-forward network is an option
+(`feed_forward_proj="relu"`), so its checkpoints load too. Parameter names
+follow T5X (`token_embedder`, `layers_{i}`, `encoder_norm`) and every parameter
+carries logical axis names from the vocabulary `vocab`, `embed`, `mlp`,
+`heads`, `kv`, `relpos_buckets`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ _PRESETS: dict[str, tuple[int, int, int, int, int]] = {
 # The sentencepiece vocabulary of t5-v1_1, padded to a multiple of 128.
 T5_V1_1_VOCAB_SIZE = 32128
 
+# Feed-forward networks, by their Hugging Face `feed_forward_proj` names:
+# T5 v1.1 and Flan-T5 use "gated-gelu", the original T5 "relu".
+FEED_FORWARD_PROJS = ("gated-gelu", "relu")
+
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -56,6 +62,9 @@ class T5Config:
         positions share a bucket.
       dropout_rate: Dropout rate (active only when `deterministic=False`).
       layer_norm_epsilon: Epsilon of the RMS norms.
+      feed_forward_proj: One of `FEED_FORWARD_PROJS`: "gated-gelu"
+        (wo(gelu_tanh(wi_0 x) * wi_1 x), T5 v1.1) or "relu" (wo(relu(wi x)),
+        the original T5).
       dtype: Compute dtype (e.g. jnp.bfloat16 on accelerators).
       param_dtype: Storage dtype of the parameters.
     """
@@ -70,6 +79,7 @@ class T5Config:
     relative_attention_max_distance: int = 128
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "gated-gelu"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -91,6 +101,11 @@ class T5Config:
             raise ValueError(
                 "T5Config.relative_attention_num_buckets must be >= 4, got "
                 f"{self.relative_attention_num_buckets}"
+            )
+        if self.feed_forward_proj not in FEED_FORWARD_PROJS:
+            raise ValueError(
+                f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not one "
+                f"of {FEED_FORWARD_PROJS}"
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(
@@ -284,8 +299,8 @@ class T5SelfAttention(nn.Module):
         )(out)
 
 
-class T5GatedGeluMlp(nn.Module):
-    """The v1.1 feed-forward network: wo(gelu_tanh(wi_0 x) * wi_1 x)."""
+class T5Mlp(nn.Module):
+    """The feed-forward network: gated GELU (v1.1) or ReLU (original T5)."""
 
     config: T5Config
 
@@ -293,9 +308,13 @@ class T5GatedGeluMlp(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.config
         names_in = ("embed", "mlp")
-        gate = _dense(cfg, cfg.d_ff, -1, names_in, cfg.d_model**-0.5, "wi_0")(x)
-        linear = _dense(cfg, cfg.d_ff, -1, names_in, cfg.d_model**-0.5, "wi_1")(x)
-        hidden = nn.gelu(gate, approximate=True) * linear
+        std = cfg.d_model**-0.5
+        if cfg.feed_forward_proj == "gated-gelu":
+            gate = _dense(cfg, cfg.d_ff, -1, names_in, std, "wi_0")(x)
+            linear = _dense(cfg, cfg.d_ff, -1, names_in, std, "wi_1")(x)
+            hidden = nn.gelu(gate, approximate=True) * linear
+        else:
+            hidden = nn.relu(_dense(cfg, cfg.d_ff, -1, names_in, std, "wi")(x))
         hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
         return _dense(cfg, cfg.d_model, -1, ("mlp", "embed"), cfg.d_ff**-0.5, "wo")(
             hidden
@@ -320,7 +339,7 @@ class T5EncoderBlock(nn.Module):
         h = T5SelfAttention(cfg, name="attention")(h, bias, mask, deterministic)
         x = x + dropout(h, deterministic=deterministic)
         h = T5LayerNorm(name="pre_mlp_layer_norm", **norm_kwargs)(x)
-        h = T5GatedGeluMlp(cfg, name="mlp")(h, deterministic)
+        h = T5Mlp(cfg, name="mlp")(h, deterministic)
         x = x + dropout(h, deterministic=deterministic)
         return nn.with_logical_constraint(x, _ACT_AXES)
 

@@ -216,6 +216,11 @@ class SentencePieceTokenizer(Tokenizer):
     def _decode_ids(self, ids: list[int]) -> str:
         return self._sp.decode(ids)
 
+    def model_proto(self) -> bytes:
+        """The serialized model with the extra tokens appended (what a
+        `sentencepiece.SentencePieceProcessor` of a serving bundle loads)."""
+        return self._sp.serialized_model_proto()
+
 
 def _add_user_pieces(model: bytes, pieces: Sequence[str], model_path: str) -> bytes:
     """Returns the serialized sentencepiece model with `pieces` appended."""

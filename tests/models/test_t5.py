@@ -172,3 +172,14 @@ def test_presets_and_bad_values():
         t5.T5Config.preset("huge")
     with pytest.raises(ValueError, match="d_model"):
         t5.T5Config(vocab_size=10, d_model=0, d_kv=4, d_ff=8, num_layers=1, num_heads=1)
+    with pytest.raises(ValueError, match="feed_forward_proj='gated-silu'"):
+        t5.T5Config.tiny(feed_forward_proj="gated-silu")
+
+
+def test_relu_feed_forward_has_one_input_projection():
+    config = t5.T5Config.tiny(vocab_size=300, feed_forward_proj="relu")
+    tokens, mask = _inputs()
+    params = jax.eval_shape(t5.T5Encoder(config).init, jax.random.key(0), tokens, mask)
+    mlp = nn.unbox(params)["params"]["layers_0"]["mlp"]
+    assert set(mlp) == {"wi", "wo"}
+    chex.assert_shape(mlp["wi"]["kernel"], (config.d_model, config.d_ff))
