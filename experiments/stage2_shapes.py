@@ -140,3 +140,27 @@ def table() -> list[dict]:
             }
         )
     return rows
+
+
+def sweeps() -> dict[str, list[dict]]:
+    """Evaluation sweeps, `python -m launch.eval --config
+    experiments/stage2_shapes.py:simple --workdir runs/cpu_instruct --sweep NAME`
+    (`imagen_jax.evaluation.sweep`; unset settings are `config.sample`'s).
+
+    The text-to-image ones (`t2i_shapes.sweeps`), and for instruction models:
+    dual_guidance, the text x input-image scale grid (InstructPix2Pix s_T, s_I)
+    on the tasks with an input image; oscillate, Instruct-Imagen's guidance on
+    even steps only at a high scale, on every task.
+    """
+    from imagen_jax.evaluation.sweep import product
+
+    with_input = ["edit", "mask_to_image", "depth_to_image", "segmentation"]
+    return {
+        **t2i_shapes.sweeps(),
+        "dual_guidance": product(
+            guidance=[1.5, 3.0, 5.0, 7.5],
+            image_guidance=[1.0, 1.5, 2.5],
+            tasks=[with_input],
+        ),
+        "oscillate": product(guidance=[3.0, 8.0, 25.0], oscillate=[False, True]),
+    }

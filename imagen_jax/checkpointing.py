@@ -227,10 +227,24 @@ def _restore(
     return restored["state"], restored.get("data")
 
 
+def all_steps(directory: str) -> list[int]:
+    """The steps saved under `directory` (a workdir or its `checkpoints`), in order.
+
+    Raises:
+      CheckpointError: the directory does not exist.
+    """
+    return sorted(ocp.CheckpointManager(_checkpoint_dir(directory)).all_steps())
+
+
 def restore_params(
-    directory: str, params_like: Any, use_ema: bool = True, partial: bool = False
+    directory: str,
+    params_like: Any,
+    use_ema: bool = True,
+    partial: bool = False,
+    step: int | None = None,
 ) -> tuple[Any, int]:
-    """Loads the (EMA) params of the latest checkpoint under `directory`.
+    """Loads the (EMA) params of checkpoint `step` (default: the latest) under
+    `directory`.
 
     `directory` is a workdir or its `checkpoints` folder. Values are placed on
     the shardings of `params_like`. With `partial` (fine-tuning from another
@@ -240,8 +254,9 @@ def restore_params(
     Raises:
       DamagedCheckpointError: a file changed since the step was saved (no
         fallback to an older step: sampling must not answer from another one).
-      CheckpointError: no checkpoint, an unreadable one, a parameter of the
-        wrong shape, or (without `partial`) a missing parameter.
+      CheckpointError: no checkpoint (or no step `step`), an unreadable one,
+        a parameter of the wrong shape, or (without `partial`) a missing
+        parameter.
     """
     ckpt_dir = _checkpoint_dir(directory)
     # Read as host numpy: works whatever mesh (or device count) wrote it.
@@ -253,7 +268,12 @@ def restore_params(
             "data": ocp.JsonCheckpointHandler(),
         },
     )
-    step = mngr.latest_step()
+    if step is None:
+        step = mngr.latest_step()
+    elif step not in mngr.all_steps():
+        raise CheckpointError(
+            f"no checkpoint of step {step} in {ckpt_dir}; it has {mngr.all_steps()}"
+        )
     if step is None:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}")
     verify(os.path.join(ckpt_dir, str(step)))

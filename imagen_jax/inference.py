@@ -33,8 +33,10 @@ def load(
     workdir: str,
     config: ml_collections.ConfigDict | None = None,
     use_ema: bool | None = None,
+    step: int | None = None,
 ) -> Loaded:
-    """Rebuilds the model of `workdir` (config.json unless given) and its params.
+    """Rebuilds the model of `workdir` (config.json unless given) and the params
+    of its checkpoint `step` (default: the latest).
 
     A given `config` (an evaluation's) keeps its evaluation and sampling
     settings, but the sections that define the trained network come from the
@@ -57,7 +59,9 @@ def load(
     rules = train.mesh_rules(config)
     mesh = sharding.make_mesh(_mesh_shape(config), config.mesh.axes)
     params_like = train.abstract_params(model, config, mesh, rules)
-    params, step = checkpointing.restore_params(workdir, params_like, use_ema=use_ema)
+    params, step = checkpointing.restore_params(
+        workdir, params_like, use_ema=use_ema, step=step
+    )
     return Loaded(config, tokenizer, model, params, int(step), workdir)
 
 

@@ -1,7 +1,12 @@
 """Evaluates a run: `python -m launch.eval --config experiments/X.py --workdir DIR`.
 
-Writes DIR/eval/results.json, results.md and sample grids; prints the table.
+Writes DIR/eval/results.json, results.md, report.html, plots and sample
+grids; prints the table. With `--sweep NAME` it runs the experiment file's
+`sweeps()[NAME]` (checkpoints x sampler x steps x guidance x tasks), skipping
+the cells results.json already holds, so a killed sweep resumes.
 """
+
+import importlib.util
 
 from absl import flags
 from ml_collections import config_flags
@@ -12,16 +17,47 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Workdir of the training run.")
+flags.DEFINE_string(
+    "sweep", None, "Run this sweep of the experiment file's sweeps() (resumable)."
+)
+flags.DEFINE_string(
+    "embedder",
+    "",
+    "Embedder workdir whose image tower gives the FID/KID features (default: "
+    "the run's retrieval/embedder; without one those rows say so).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def _eval():
-    from imagen_jax.evaluation import evaluate
+def _sweep_cells(name: str) -> list[dict]:
+    """The cells of sweep `name` in the experiment file of --config."""
+    # The file of `--config FILE:ARGS`.
+    path = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
+    spec = importlib.util.spec_from_file_location("experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = module.sweeps() if hasattr(module, "sweeps") else {}
+    if name not in found:
+        raise ValueError(f"--sweep {name!r}: {path} defines the sweeps {sorted(found)}")
+    return found[name]
 
-    rows = evaluate.evaluate(FLAGS.config, FLAGS.workdir)
-    print(evaluate.markdown_table(rows))
-    print(f"results: {FLAGS.workdir}/eval/results.json")
+
+def _eval():
+    from imagen_jax.evaluation import evaluate, report, sweep
+
+    cells = _sweep_cells(FLAGS.sweep) if FLAGS.sweep else [{}]
+    rows = sweep.run(
+        FLAGS.config,
+        FLAGS.workdir,
+        cells,
+        embedder=FLAGS.embedder,
+        rerun=not FLAGS.sweep,
+    )
+    # A sweep's rows are many: its headline table; one setting's: every row.
+    table = report.headline_markdown if FLAGS.sweep else evaluate.markdown_table
+    print(table(rows))
+    print(f"results: {FLAGS.workdir}/eval/results.json, report.html")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,11 @@ def test_stage2_trains_on_the_mixture_and_scores_every_task(stage2_run):
     for name in tasks.ZERO_SHOT_TASKS:
         assert f"zero_shot/{name}" in names
     for r in rows:
-        assert np.isfinite(r["value"]), r
+        # This run has no embedder: its distribution rows say so instead.
+        if r["value"] is None:
+            assert r["metric"] in ("fid", "kid") and "no feature" in r["note"], r
+        else:
+            assert np.isfinite(r["value"]), r
     metrics = {(r["task"], r["metric"]) for r in rows}
     assert ("segmentation", "iou") in metrics and ("text_to_image", "o") in metrics
     for name in ("subject", "mask_to_image", "zero_shot/subject+style"):

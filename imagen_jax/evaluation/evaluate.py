@@ -1,14 +1,16 @@
 """Evaluation: sample the config's eval prompts with EMA weights, score, report.
 
-Writes `WORKDIR/eval/results.json` (rows `{task, metric, value,
-checkpoint_step, sampler, steps, guidance, n}`), `results.md` and one sample
-grid per evaluator beside it.
+Each evaluator of `config.evals` (`EVALUATORS`) samples its prompts at one
+sampler setting and returns rows `{task, metric, value, n}`; `evaluate_one`
+adds the distribution-level scores of its samples (`fid`). `evaluate` runs
+them all at the config's sampler setting; `sweep.run` over a grid of
+checkpoints and settings. Results go to `WORKDIR/eval/results.json` (every
+setting in each row), `results.md`, `report.html` and sample grids.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable
 
@@ -17,9 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from imagen_jax import inference, sampling
+from imagen_jax import sampling
 from imagen_jax.data import shapes_world
-from imagen_jax.evaluation import grids, oracle
+from imagen_jax.evaluation import fid, grids, oracle
 
 
 def _in_batches(arrays: dict, batch_size: int, fn: Callable, label: str) -> np.ndarray:
@@ -42,14 +44,33 @@ def _in_batches(arrays: dict, batch_size: int, fn: Callable, label: str) -> np.n
     return np.concatenate(out)
 
 
-def single_object(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
-    """Held-out single-object prompts scored by the oracle (colour/shape/...)."""
+# The generate functions of the models evaluated in this process, by (model,
+# config, sampler, rule): steps and scales are traced, so a sweep compiles
+# each sampler once, whichever checkpoint, steps or guidance it scores.
+_GENERATE_FNS: dict[tuple, Callable] = {}
+
+
+def generate_fn(loaded, sampler: str, rule: str = "chain") -> Callable:
+    """`sampling.make_generate_fn` of `loaded`'s model, made once per process."""
+    key = (loaded.model, loaded.config.to_json(), sampler, rule)
+    if key not in _GENERATE_FNS:
+        _GENERATE_FNS[key] = sampling.make_generate_fn(
+            loaded.model, loaded.config, sampler, rule
+        )
+    return _GENERATE_FNS[key]
+
+
+def single_object(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict]:
+    """Held-out single-object prompts scored by the oracle (colour/shape/...).
+
+    `samples` (a list, optional) receives (task, samples, the prompts'
+    ground-truth renders) for the distribution-level scores.
+    """
+    resolution = loaded.config.data.resolution
     prompts = shapes_world.eval_prompts(
-        eval_cfg.num_prompts, seed=0, resolution=loaded.config.data.resolution
+        eval_cfg.num_prompts, seed=0, resolution=resolution
     )
-    generate = sampling.make_generate_fn(
-        loaded.model, loaded.config, sample_cfg.sampler
-    )
+    generate = generate_fn(loaded, sample_cfg.sampler)
     tokens, mask = loaded.tokenizer.encode_batch(
         [p["caption"] for p in prompts], loaded.config.data.max_text_len
     )
@@ -62,12 +83,16 @@ def single_object(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             rng,
             sample_cfg.steps,
             sample_cfg.guidance,
+            sample_cfg.get("image_guidance", 1.0),
+            int(sample_cfg.get("oscillate", False)),
         )
 
     images = _in_batches(
         {"tokens": tokens, "mask": mask}, eval_cfg.batch_size, fn, "held-out"
     )
-    resolution = loaded.config.data.resolution
+    task = "text_to_image/held_out_single"
+    if samples is not None:
+        samples.append((task, images, np.stack([p["image"] for p in prompts])))
     # Held-out objects are solid and captions leave a solid fill unnamed, so
     # "fill" reads whether the object comes out clean, without a texture.
     scores = [
@@ -82,7 +107,7 @@ def single_object(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     metrics["colour_and_shape"] = [s["colour"] * s["shape"] for s in scores]
     return [
         {
-            "task": "text_to_image/held_out_single",
+            "task": task,
             "metric": k,
             "value": float(np.mean(v)),
             "n": len(v),
@@ -139,8 +164,8 @@ def _generate_tasks(
             jax.random.PRNGKey(seed + offset),
             sample_cfg.steps,
             sample_cfg.guidance,
-            sample_cfg.image_guidance,
-            int(sample_cfg.oscillate),
+            sample_cfg.get("image_guidance", 1.0),
+            int(sample_cfg.get("oscillate", False)),
             eta,
         )
 
@@ -231,6 +256,17 @@ def make_x0_error_fn(loaded) -> Callable:
     return fn
 
 
+_X0_ERROR_FNS: dict[tuple, Callable] = {}
+
+
+def _x0_error_fn(loaded) -> Callable:
+    """`make_x0_error_fn` of `loaded`'s model, made once per process."""
+    key = (loaded.model, loaded.config.to_json())
+    if key not in _X0_ERROR_FNS:
+        _X0_ERROR_FNS[key] = make_x0_error_fn(loaded)
+    return _X0_ERROR_FNS[key]
+
+
 def _x0_error_rows(loaded, error_fn, name, examples, batch, repeats=4) -> list[dict]:
     """`x0_error` (every condition) and `x0_error/text_only` of a task's targets."""
     x = np.stack([e.target for e in examples]).astype(np.float32) / 127.5 - 1.0
@@ -292,17 +328,18 @@ def _drop_conditions(batch: dict) -> dict:
     }
 
 
-def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
+def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict]:
     """Every ShapesWorld task (or `eval_cfg.names`): SC/PQ/O and per-condition
     scores (generation) or its metric (vision); zero-shot combinations; unseen
     paraphrases of the trained tasks; the text-only baseline. One sample grid
-    per task and pass in `out_dir/tasks/`."""
+    per task and pass in `out_dir/tasks/`. `samples` (a list, optional)
+    receives ("tasks", samples, targets) of the trained and zero-shot tasks,
+    for the distribution-level scores."""
     from imagen_jax.data import tasks
 
-    generate = sampling.make_generate_fn(
-        loaded.model, loaded.config, sample_cfg.sampler
-    )
-    x0_error = make_x0_error_fn(loaded)
+    generate = generate_fn(loaded, sample_cfg.sampler)
+    x0_error = _x0_error_fn(loaded)
+    pooled: tuple[list, list] = ([], [])
     os.makedirs(os.path.join(out_dir, "tasks"), exist_ok=True)
     rows, grid = [], []
     for names, unseen, suffix, text_only in _runs(eval_cfg, tasks):
@@ -323,6 +360,9 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             if text_only:  # beside the sampled baseline: the denoiser's reading
                 task_rows += _x0_error_rows(loaded, x0_error, name, examples, batch)
             rows += task_rows
+            if not unseen and not text_only:
+                pooled[0].append(images)
+                pooled[1].append(np.stack([e.target for e in examples]))
             grid += [images[0], examples[0].target]
             _task_grid(
                 examples,
@@ -334,6 +374,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             shown += sorted(k for k in head if k.startswith(("sc/", "x0_error")))
             print(f"  {label}: " + "  ".join(_figure(k, head[k]) for k in shown))
     grids.save_grid(np.stack(grid), os.path.join(out_dir, "tasks.png"), cols=8)
+    if samples is not None and pooled[0]:
+        samples.append(("tasks", np.concatenate(pooled[0]), np.concatenate(pooled[1])))
     summary = summary_rows(rows, tasks.VISION_TASKS)
     for r in summary:
         print(f"  {r['task']}: {r['metric']}={r['value']:.3f} over {r['n']} tasks")
@@ -391,7 +433,7 @@ def _instruction_arrays(loaded, instrs) -> dict[str, np.ndarray]:
     return {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
 
 
-def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
+def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict]:
     """Subjects named only in the retrieval database, drawn from retrieved context.
 
     Prompts are the retrieval dataset's `test` split ("a <name> at ..." with
@@ -401,7 +443,9 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     colour and fill, SC/PQ/O, and `retrieval_precision` (retrieved items
     showing the prompt's subject). With `interleave` >= 0, the retrieved
     prompts again under Re-Imagen's interleaved guidance at that eta
-    (rows "retrieval_only/interleaved").
+    (rows "retrieval_only/interleaved"). `samples` (a list, optional)
+    receives ("retrieval_only", retrieved-context samples, the prompts'
+    images), for the distribution-level scores.
     """
     from imagen_jax import instructions
     from imagen_jax.data import tasks
@@ -409,7 +453,7 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     from imagen_jax.retrieval import mining, retrieve
 
     d = loaded.config.data
-    directory = eval_cfg.dir or os.path.join(os.path.dirname(out_dir), "retrieval")
+    directory = eval_cfg.dir or os.path.join(loaded.workdir, "retrieval")
     retriever = retrieve.Retriever(directory, eval_cfg.text_search)
     variant = shapes_world_tfds.retrieval_variant(d.variant)
     test = shapes_world_tfds.load_source(d.data_dir, "test", d.resolution, variant)
@@ -432,9 +476,7 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
                 {"scene": scene, "conditions": {"subject": subject}},
             )
         )
-    generate = sampling.make_generate_fn(
-        loaded.model, loaded.config, sample_cfg.sampler
-    )
+    generate = generate_fn(loaded, sample_cfg.sampler)
     kept = ids >= 0
     precision = float(
         np.mean(
@@ -461,9 +503,7 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
     ]
     eta = eval_cfg.get("interleave", -1.0)
     if eta >= 0:  # also with Re-Imagen's interleaved guidance at this eta
-        interleaved = sampling.make_generate_fn(
-            loaded.model, loaded.config, sample_cfg.sampler, "interleaved"
-        )
+        interleaved = generate_fn(loaded, sample_cfg.sampler, "interleaved")
         runs.append(("/interleaved", retrieved, interleaved))
     for suffix, instrs, fn in runs:
         batch = _instruction_arrays(loaded, instrs)
@@ -472,6 +512,9 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir) -> list[dict]:
             loaded, fn, batch, sample_cfg, eval_cfg.batch_size, 4321, label, eta
         )
         rows += _task_rows("retrieval_only", examples, images, suffix)
+        if samples is not None and not suffix:
+            targets = np.stack([e.target for e in examples])
+            samples.append(("retrieval_only", images, targets))
         _task_grid(
             examples, images, os.path.join(out_dir, label.replace("/", "_") + ".png")
         )
@@ -485,53 +528,50 @@ EVALUATORS: dict[str, Callable] = {
 }
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Runs every evaluator in `config.evals`; returns and writes the rows."""
-    loaded = inference.load(workdir, config)
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    rows = []
-    for name, eval_cfg in config.evals.items():
-        if eval_cfg.type not in EVALUATORS:
-            raise ValueError(
-                f"config.evals.{name}.type={eval_cfg.type!r} is not one "
-                f"of {sorted(EVALUATORS)}"
-            )
-        print(f"eval {name} ({eval_cfg.type}) at step {loaded.step}", flush=True)
-        for row in EVALUATORS[eval_cfg.type](loaded, eval_cfg, config.sample, out_dir):
-            rows.append(
-                {
-                    **row,
-                    "checkpoint_step": loaded.step,
-                    "sampler": config.sample.sampler,
-                    "steps": config.sample.steps,
-                    "guidance": config.sample.guidance,
-                }
-            )
-    write_results(rows, out_dir)
+def evaluate_one(
+    loaded,
+    eval_cfg: ml_collections.ConfigDict,
+    sample_cfg: ml_collections.ConfigDict,
+    out_dir: str,
+    features: fid.Features | str,
+) -> list[dict]:
+    """One evaluator's rows at one sampler setting, then `fid` and `kid` of its
+    samples against their references on `features` (or, when that is a
+    string, rows saying why there are none).
+
+    Raises:
+      ValueError: an unknown evaluator type.
+    """
+    if eval_cfg.type not in EVALUATORS:
+        raise ValueError(
+            f"evaluator type {eval_cfg.type!r} is not one of {sorted(EVALUATORS)}"
+        )
+    samples: list[tuple[str, np.ndarray, np.ndarray]] = []
+    rows = EVALUATORS[eval_cfg.type](loaded, eval_cfg, sample_cfg, out_dir, samples)
+    for task, generated, reference in samples:
+        rows += fid.distribution_rows(task, generated, reference, features)
     return rows
 
 
-def write_results(rows: list[dict], out_dir: str) -> None:
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown_table(rows))
+def evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    features: fid.Features | None = None,
+) -> list[dict]:
+    """Runs every evaluator in `config.evals` on the latest checkpoint at the
+    config's sampler setting; returns its rows, which replace that setting's
+    rows in `eval/results.json` (other settings' rows are kept).
+
+    `features`: the network of the distribution-level scores (default: the
+    run's embedder, `fid.default_embedder_path`).
+    """
+    from imagen_jax.evaluation import sweep
+
+    return sweep.run(config, workdir, [{}], features=features, rerun=True)
 
 
 def markdown_table(rows: list[dict]) -> str:
-    cols = [
-        "task",
-        "metric",
-        "value",
-        "n",
-        "checkpoint_step",
-        "sampler",
-        "steps",
-        "guidance",
-    ]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The rows as a markdown table, every sampler setting a column."""
+    from imagen_jax.evaluation import report
+
+    return report.markdown_rows(rows)

@@ -40,6 +40,17 @@ def _trained(workdir: str) -> bool:
     )
 
 
+def _own_rows(rows: list[dict], config: ml_collections.ConfigDict) -> list[dict]:
+    """The rows of the config's own sampler setting at the latest checkpoint
+    (a sweep may have added others); rows that predate the recorded settings
+    are kept."""
+    from imagen_jax.evaluation import sweep
+
+    step = max((r["checkpoint_step"] for r in rows), default=0)
+    own = {sweep.key(u) for u in sweep.units(config, [{}], [step])}
+    return [r for r in rows if sweep.key(r) in own or not set(sweep.SETTINGS) <= set(r)]
+
+
 def run(
     get_config: Callable,
     rows: Sequence[dict],
@@ -74,7 +85,7 @@ def run(
             print(f"== evaluating {row['name']}", flush=True)
             evaluate.evaluate(config, workdir)
         with open(path) as f:
-            scored = json.load(f)
+            scored = _own_rows(json.load(f), config)
         step = max((r["checkpoint_step"] for r in scored), default=0)
         images = step * config.data.batch_size
         for r in scored:

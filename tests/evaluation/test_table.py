@@ -29,3 +29,27 @@ def test_markdown_columns_and_averages():
     # On the specialists' tasks (subject, segmentation): (0.8+0.9)/2, (0.4+0.7)/2.
     assert cells["average/specialist_tasks"] == ["0.85", "0.55", "0.20 |"]
     assert cells["average/zero_shot"] == ["0.50", "", " |"]
+
+
+def test_a_models_rows_are_its_own_setting_at_its_latest_step():
+    from experiments import stage2_shapes
+
+    config = stage2_shapes.get_config("smoke,simple")
+    own = {
+        "checkpoint_step": 9,
+        "sampler": config.sample.sampler,
+        "steps": config.sample.steps,
+        "guidance": config.sample.guidance,
+        "image_guidance": config.sample.image_guidance,
+        "oscillate": False,
+        "eval": "tasks",
+        "tasks": None,
+    }
+    rows = [
+        {**_row("a", "subject", "o", 0.8), **own},
+        {**_row("a", "subject", "o", 0.1), **own, "steps": 10},  # a sweep's
+        {**_row("a", "subject", "o", 0.2), **own, "checkpoint_step": 5},
+        {**_row("a", "edit", "o", 0.6), "checkpoint_step": 9},  # older: no settings
+    ]
+    kept = table._own_rows(rows, config)
+    assert [r["value"] for r in kept] == [0.8, 0.6]

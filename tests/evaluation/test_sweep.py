@@ -1,0 +1,256 @@
+"""Evaluation sweeps: cells, resuming a killed sweep, the results file, report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from experiments import stage2_shapes, t2i_shapes
+from imagen_jax.evaluation import evaluate, report, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_product_is_the_grid_of_its_axes():
+    cells = sweep.product(sampler=["ddim", "dpmpp_2m"], steps=[10, 20], guidance=3.0)
+    assert len(cells) == 4
+    assert cells[0] == {"sampler": "ddim", "steps": 10, "guidance": 3.0}
+    assert cells[-1] == {"sampler": "dpmpp_2m", "steps": 20, "guidance": 3.0}
+
+
+def test_units_resolve_checkpoints_and_record_every_setting():
+    config = stage2_shapes.get_config("smoke,simple,t2i")
+    cells = [
+        {"checkpoint": "all", "sampler": "dpmpp_2m", "steps": 10},
+        {"checkpoint": 20, "sampler": "dpmpp_2m", "steps": 10},  # a repeat
+        {"tasks": "text_to_image", "guidance": 5, "image_guidance": 2.0},
+    ]
+    units = sweep.units(config, cells, [10, 20])
+    assert [(u["checkpoint_step"], u["eval"]) for u in units] == [
+        (10, "held_out"),
+        (10, "tasks"),
+        (20, "held_out"),
+        (20, "tasks"),
+        (20, "held_out"),  # latest, at another guidance
+        (20, "tasks"),
+    ]
+    last = units[-1]
+    assert set(last) == set(sweep.SETTINGS)
+    assert last["tasks"] == ["text_to_image"] and last["guidance"] == 5.0
+    assert last["image_guidance"] == 2.0 and last["oscillate"] is False
+    assert last["sampler"] == config.sample.sampler
+    assert units[-2]["tasks"] is None  # names apply to "tasks" evaluators only
+
+
+@pytest.mark.parametrize(
+    "cell, match",
+    [
+        ({"sampler": "euler"}, "sampler='euler'"),
+        ({"steps": 0}, "steps=0"),
+        ({"guidance": "high"}, "guidance='high'; expected a number"),
+        ({"checkpoint": 7}, r"saved \[10, 20\]"),
+        ({"checkpoint": "first"}, "'latest' or 'all'"),
+        ({"guidence": 3.0}, r"unknown keys \['guidence'\]"),
+        ({"evals": ["nope"]}, "config.evals has"),
+        ({"tasks": ["subjekt"]}, "unknown tasks"),
+    ],
+)
+def test_bad_cells_are_named(cell, match):
+    config = stage2_shapes.get_config("smoke,simple,t2i")
+    with pytest.raises(ValueError, match=match):
+        sweep.units(config, [cell], [10, 20])
+
+
+def test_every_sweep_of_the_experiment_files_is_valid():
+    for module, arg in [(t2i_shapes, "smoke"), (stage2_shapes, "smoke,simple")]:
+        config = module.get_config(arg)
+        for name, cells in module.sweeps().items():
+            assert sweep.units(config, cells, [5, 9]), name
+
+
+def test_a_failed_write_leaves_the_results_file_whole(tmp_path):
+    path = str(tmp_path / "results.json")
+    sweep.save_rows([{"task": "a", "value": 1.0}], path)
+    with pytest.raises(TypeError):
+        sweep.save_rows([{"task": "b", "value": object()}], path)
+    assert sweep.load_rows(path) == [{"task": "a", "value": 1.0}]
+    with open(path, "w") as f:
+        f.write('[{"task": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        sweep.load_rows(path)
+
+
+def _rows():
+    """Rows of a synthetic sweep: 2 samplers x 2 step counts x 2 guidances at
+    2 checkpoints, with a task average and a distribution score."""
+    rows = []
+    for cell in sweep.product(
+        checkpoint_step=[100, 200],
+        sampler=["ddim", "dpmpp_2m"],
+        steps=[10, 50],
+        guidance=[2.0, 4.0],
+    ):
+        settings = {
+            **cell,
+            "image_guidance": 1.0,
+            "oscillate": False,
+            "eval": "tasks",
+            "tasks": None,
+        }
+        score = cell["steps"] / 100 + cell["guidance"] / 10 + cell["checkpoint_step"]
+        rows += [
+            {"task": "average/in_domain", "metric": "o", "value": score / 1e3},
+            {"task": "subject", "metric": "o", "value": 0.5},
+            {"task": "tasks", "metric": "fid", "value": 10.0 - score / 1e3},
+            {"task": "tasks", "metric": "kid", "value": None, "note": "none"},
+        ]
+        rows[-4:] = [{**r, **settings, "n": 8, "grids": "sweep/x"} for r in rows[-4:]]
+    return rows
+
+
+def test_report_tables_plots_and_html(tmp_path):
+    out = str(tmp_path)
+    os.makedirs(os.path.join(out, "sweep", "x", "tasks"))
+    for name in ("tasks.png", "tasks/subject.png"):
+        Image.new("RGB", (8, 8)).save(os.path.join(out, "sweep", "x", name))
+    rows = _rows()
+    legacy = {"task": "subject", "metric": "o", "value": 0.1, "n": 8}
+    paths = report.write([legacy, *rows], out)
+    assert [os.path.basename(p) for p in paths["plots"]] == [
+        "vs_guidance.png",
+        "vs_steps.png",
+        "vs_training.png",
+    ]
+    for path in paths["plots"]:
+        assert Image.open(path).size[0] > 300
+    header, lines = report.pivot(rows)
+    assert header[-3:] == ["average/in_domain o", "tasks fid", "tasks kid"]
+    assert len(lines) == 16 and "subject o" not in header  # averages only
+    with open(paths["markdown"]) as f:
+        text = f.read()
+    assert "| 200 | dpmpp_2m | 50 | 4 | 1 | no |" in text
+    with open(paths["html"]) as f:
+        page = f.read()
+    for src in ("plots/vs_steps.png", "sweep/x/tasks.png", "sweep/x/tasks/subject.png"):
+        assert f'"{src}"' in page and os.path.exists(os.path.join(out, src))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A smoke text-to-image run with checkpoints at steps 2 and 4, written as
+    training writes them (its initial state: sampling needs no trained model)."""
+    import jax
+
+    from imagen_jax import checkpointing, sharding, train
+    from imagen_jax.models.imagen import build_model
+
+    workdir = str(tmp_path_factory.mktemp("sweep_run"))
+    config = _config()
+    checkpointing.save_config(workdir, config)
+    model = build_model(config, train.make_tokenizer(config).vocab_size)
+    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    tx, _ = train.build_optimizer(config)
+    state, _ = train.init_state(model, tx, config, mesh, train.mesh_rules(config))
+    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
+    for step in (2, 4):
+        checkpointing.save(mngr, step, state.replace(step=jax.numpy.int32(step)), None)
+    mngr.wait_until_finished()
+    mngr.close()
+    return workdir
+
+
+def _config():
+    return t2i_shapes.get_config("smoke")
+
+
+def test_killed_sweep_resumes_without_repeating_cells(workdir, monkeypatch):
+    calls = []
+    real = evaluate.EVALUATORS["single_object"]
+
+    def counted(loaded, eval_cfg, sample_cfg, out_dir, samples=None):
+        calls.append((loaded.step, sample_cfg.sampler, sample_cfg.guidance))
+        if len(calls) == 2 and kill:
+            raise KeyboardInterrupt("killed in the second cell")
+        return real(loaded, eval_cfg, sample_cfg, out_dir, samples)
+
+    monkeypatch.setitem(evaluate.EVALUATORS, "single_object", counted)
+    config = _config()
+    cells = [
+        {"sampler": "ddim", "steps": 2},
+        {"sampler": "dpmpp_2m", "steps": 2, "guidance": 2.0, "oscillate": True},
+        {"checkpoint": 2, "sampler": "ddim", "steps": 2},
+    ]
+    path = os.path.join(workdir, "eval", "results.json")
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(config, workdir, cells)
+    with open(path) as f:
+        first = json.load(f)  # valid JSON holding the first cell only
+    assert {(r["checkpoint_step"], r["sampler"]) for r in first} == {(2, "ddim")}
+    assert len(calls) == 2
+
+    kill = False
+    rows = sweep.run(config, workdir, cells)
+    # The finished cell is not sampled again; the killed one and the rest are.
+    assert calls[2:] == [(4, "ddim", 3.0), (4, "dpmpp_2m", 2.0)]
+    assert sweep.run(config, workdir, cells) == rows and len(calls) == 4
+    with open(path) as f:
+        assert json.load(f) == rows
+
+    by_cell = {}
+    for r in rows:
+        assert set(sweep.SETTINGS) <= set(r), r
+        by_cell.setdefault(sweep.cell_name(r), []).append(r)
+    assert sorted(by_cell) == [
+        "step2_ddim_2steps_g3_ig1_osc0",
+        "step4_ddim_2steps_g3_ig1_osc0",
+        "step4_dpmpp_2m_2steps_g2_ig1_osc1",
+    ]
+    for name, cell_rows in by_cell.items():
+        got = {r["metric"]: r for r in cell_rows}
+        assert 0.0 <= got["colour"]["value"] <= 1.0
+        # No embedder in this run: the distribution rows say so.
+        assert got["fid"]["value"] is None and "--embedder" in got["fid"]["note"]
+        grids = os.path.join(workdir, "eval", "sweep", name, "single_object.png")
+        assert os.path.exists(grids)
+    eval_dir = os.path.join(workdir, "eval")
+    assert os.path.exists(os.path.join(eval_dir, "plots", "vs_training.png"))
+    with open(os.path.join(eval_dir, "report.html")) as f:
+        assert "sweep/step2_ddim_2steps_g3_ig1_osc0/single_object.png" in f.read()
+    events = os.listdir(os.path.join(eval_dir, "tensorboard"))
+    assert any(e.startswith("events.out.tfevents") for e in events)
+
+    # A plain evaluation is one more setting beside the sweep's rows.
+    plain = evaluate.evaluate(config, workdir)
+    assert {(r["sampler"], r["steps"]) for r in plain} == {("ddim", 4)}
+    with open(path) as f:
+        assert len(json.load(f)) == len(rows) + len(plain)
+    assert os.path.exists(os.path.join(eval_dir, "single_object.png"))
+
+
+def test_launcher_names_the_sweeps_it_knows(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.eval",
+            "--config",
+            "experiments/t2i_shapes.py:smoke",
+            "--workdir",
+            str(tmp_path),
+            "--sweep",
+            "nosuch",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "defines the sweeps ['fewer_steps', 'guidance'" in proc.stderr
