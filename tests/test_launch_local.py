@@ -249,12 +249,6 @@ def test_two_processes_checkpoint_and_one_process_resumes(two_then_one):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the data stream depends on the process count: each host shuffles "
-    "its own shard (data.pipeline.train_dataset), so 1 process resumes on "
-    "other batches (issue 16)",
-)
 def test_one_process_resumes_with_the_losses_of_two(two_then_one):
     two, _, one, _ = two_then_one
     two_losses, one_losses = _losses(two), _losses(one)
