@@ -131,3 +131,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.retrieval.num_prompts = 4 if smoke else 96
     c.evals.retrieval.batch_size = 4 if smoke else 24
     return c
+
+
+def sweeps() -> dict[str, list[dict]]:
+    """Evaluation sweeps, `python -m launch.eval --config
+    experiments/stage1_shapes.py --workdir runs/stage1 --sweep NAME
+    --config.evals.retrieval.dir=...` (`imagen_jax.evaluation.sweep`).
+
+    The text-to-image ones (`t2i_shapes.sweeps`), and retrieval_guidance: the
+    guidance scale on the retrieval-only prompts alone (how much of a copied
+    identity the scale decides).
+    """
+    from imagen_jax.evaluation.sweep import product
+
+    return {
+        **t2i_shapes.sweeps(),
+        "retrieval_guidance": product(
+            guidance=[1.0, 2.0, 3.0, 5.0, 8.0], evals=[["retrieval"]]
+        ),
+    }

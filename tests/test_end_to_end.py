@@ -10,7 +10,7 @@ from PIL import Image
 
 from experiments import t2i_shapes
 from imagen_jax import generate, inference, instructions, train
-from imagen_jax.evaluation import evaluate
+from imagen_jax.evaluation import sweep
 
 
 def _config(smoke_world, steps):
@@ -32,7 +32,7 @@ def test_train_resume_eval_sample(smoke_world, tmp_path):
     assert int(state.step) == 6
     assert os.path.exists(os.path.join(workdir, "samples", "step_6.png"))
 
-    rows = evaluate.evaluate(_config(smoke_world, 6), workdir)
+    rows = sweep.evaluate(_config(smoke_world, 6), workdir)
     with open(os.path.join(workdir, "eval", "results.json")) as f:
         assert json.load(f) == rows
     metrics = {r["metric"]: r for r in rows}

@@ -8,7 +8,7 @@ import pytest
 from experiments import stage2_shapes, t2i_shapes
 from imagen_jax import checkpointing, instructions, train
 from imagen_jax.data.tfds import shapes_world as shapes_world_tfds
-from imagen_jax.evaluation import evaluate
+from imagen_jax.evaluation import evaluate, sweep
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_stage2_trains_on_the_mixture_and_scores_every_task(stage2_run):
 
     cfg, workdir, state = stage2_run
     assert int(state.step) == 3
-    rows = evaluate.evaluate(cfg, workdir)
+    rows = sweep.evaluate(cfg, workdir)
     names = {r["task"] for r in rows}
     for name in tasks.TRAIN_TASKS:
         assert name in names and f"{name}/unseen_paraphrase" in names

@@ -2,8 +2,8 @@
 
 Each evaluator of `config.evals` (`EVALUATORS`) samples its prompts at one
 sampler setting and returns rows `{task, metric, value, n}`; `evaluate_one`
-adds the distribution-level scores of its samples (`fid`). `evaluate` runs
-them all at the config's sampler setting; `sweep.run` over a grid of
+adds the distribution-level scores of its samples (`fid`). `sweep.evaluate`
+runs them all at the config's sampler setting; `sweep.run` over a grid of
 checkpoints and settings. Results go to `WORKDIR/eval/results.json` (every
 setting in each row), `results.md`, `report.html` and sample grids.
 """
@@ -551,23 +551,6 @@ def evaluate_one(
     for task, generated, reference in samples:
         rows += fid.distribution_rows(task, generated, reference, features)
     return rows
-
-
-def evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    features: fid.Features | None = None,
-) -> list[dict]:
-    """Runs every evaluator in `config.evals` on the latest checkpoint at the
-    config's sampler setting; returns its rows, which replace that setting's
-    rows in `eval/results.json` (other settings' rows are kept).
-
-    `features`: the network of the distribution-level scores (default: the
-    run's embedder, `fid.default_embedder_path`).
-    """
-    from imagen_jax.evaluation import sweep
-
-    return sweep.run(config, workdir, [{}], features=features, rerun=True)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -36,7 +36,8 @@ import ml_collections
 
 from imagen_jax import checkpointing, inference
 from imagen_jax.diffusion import samplers
-from imagen_jax.evaluation import evaluate, fid, report
+from imagen_jax.evaluation import evaluate as evaluators
+from imagen_jax.evaluation import fid, report
 
 # The keys a cell may set.
 CELL_KEYS = (
@@ -104,10 +105,10 @@ def _evals(config: ml_collections.ConfigDict, cell: dict) -> list[str]:
     names = list(cell.get("evals") or config.evals)
     for name in names:
         kind = config.evals[name].type
-        if kind not in evaluate.EVALUATORS:
+        if kind not in evaluators.EVALUATORS:
             raise ValueError(
                 f"config.evals.{name}.type={kind!r} is not one of "
-                f"{sorted(evaluate.EVALUATORS)}"
+                f"{sorted(evaluators.EVALUATORS)}"
             )
     return names
 
@@ -255,7 +256,7 @@ def _run_unit(loaded, config, settings, out_dir, features) -> list[dict]:
     if settings["tasks"] is not None:
         eval_cfg.names = list(settings["tasks"])
     os.makedirs(out_dir, exist_ok=True)
-    return evaluate.evaluate_one(loaded, eval_cfg, sample_cfg, out_dir, features)
+    return evaluators.evaluate_one(loaded, eval_cfg, sample_cfg, out_dir, features)
 
 
 def run(
@@ -273,7 +274,7 @@ def run(
       config: the experiment config (`evals`, `sample`).
       workdir: the training run.
       cells: the sweep (see the module docstring); `[{}]` is the config's own
-        setting on the latest checkpoint, which `evaluate.evaluate` runs.
+        setting on the latest checkpoint, which `evaluate` runs.
       features: the network of the distribution-level scores; default the
         embedder at `embedder`, else the run's (`fid.default_embedder_path`).
       embedder: an embedder workdir (`retrieval.embedder`).
@@ -327,3 +328,18 @@ def run(
         report.write(rows, out_dir)
     wanted = {key(u) for u in todo}
     return [r for r in rows if key(r) in wanted]
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    features: fid.Features | None = None,
+) -> list[dict]:
+    """Runs every evaluator in `config.evals` on the latest checkpoint at the
+    config's sampler setting; returns its rows, which replace that setting's
+    rows in `eval/results.json` (other settings' rows are kept).
+
+    `features`: the network of the distribution-level scores (default: the
+    run's embedder, `fid.default_embedder_path`).
+    """
+    return run(config, workdir, [{}], features=features, rerun=True)

@@ -64,7 +64,7 @@ def run(
       FileNotFoundError: a model is not trained and `train_missing` is off.
     """
     from imagen_jax import train
-    from imagen_jax.evaluation import evaluate
+    from imagen_jax.evaluation import sweep
 
     results = []
     for row in rows:
@@ -83,7 +83,7 @@ def run(
         path = os.path.join(workdir, "eval", "results.json")
         if not os.path.exists(path):
             print(f"== evaluating {row['name']}", flush=True)
-            evaluate.evaluate(config, workdir)
+            sweep.evaluate(config, workdir)
         with open(path) as f:
             scored = _own_rows(json.load(f), config)
         step = max((r["checkpoint_step"] for r in scored), default=0)

@@ -350,7 +350,8 @@ def condition_attributes(
       shape, wherever it is) and `position` (some object is at the wanted
       position); `absent` positions empty count as `removed`;
     - layout (control maps): `shape`, `size`, `position` as above;
-    - subject: `identity` (shape, colour and fill all right) and each of them;
+    - subject: `identity` (shape, colour and fill all right) and each of them,
+      the fill also as `pattern_<wanted fill>`;
     - style: `pattern`, `palette` of the background.
     """
     if condition.kind in ("objects", "layout"):
@@ -402,6 +403,9 @@ def condition_attributes(
                 sum(best.values()),
             ):
                 best = {k: float(v) for k, v in hits.items()}
+        # The fill's score under the fill wanted, so that a low fill score
+        # says which one fails (e.g. dotted subjects drawn solid).
+        best[f"pattern_{condition.identity[2]}"] = best["pattern"]
         return best
     if condition.kind == "style":
         if background is None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from experiments import stage2_shapes, t2i_shapes
+from experiments import stage1_shapes, stage2_shapes, t2i_shapes
 from imagen_jax.evaluation import evaluate, report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,7 +65,12 @@ def test_bad_cells_are_named(cell, match):
 
 
 def test_every_sweep_of_the_experiment_files_is_valid():
-    for module, arg in [(t2i_shapes, "smoke"), (stage2_shapes, "smoke,simple")]:
+    experiments = [
+        (t2i_shapes, "smoke"),
+        (stage2_shapes, "smoke,simple"),
+        (stage1_shapes, "smoke"),
+    ]
+    for module, arg in experiments:
         config = module.get_config(arg)
         for name, cells in module.sweeps().items():
             assert sweep.units(config, cells, [5, 9]), name
@@ -144,16 +149,19 @@ def workdir(tmp_path_factory):
     training writes them (its initial state: sampling needs no trained model)."""
     import jax
 
-    from imagen_jax import checkpointing, sharding, train
+    from imagen_jax import checkpointing, optim, sharding, train_state
     from imagen_jax.models.imagen import build_model
+    from imagen_jax.text.tokenizers import make_tokenizer
 
     workdir = str(tmp_path_factory.mktemp("sweep_run"))
     config = _config()
     checkpointing.save_config(workdir, config)
-    model = build_model(config, train.make_tokenizer(config).vocab_size)
+    model = build_model(config, make_tokenizer(config).vocab_size)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-    tx, _ = train.build_optimizer(config)
-    state, _ = train.init_state(model, tx, config, mesh, train.mesh_rules(config))
+    tx, _ = optim.build_optimizer(config)
+    state, _ = train_state.init_state(
+        model, tx, config, mesh, train_state.mesh_rules(config)
+    )
     mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
     for step in (2, 4):
         checkpointing.save(mngr, step, state.replace(step=jax.numpy.int32(step)), None)
@@ -224,7 +232,7 @@ def test_killed_sweep_resumes_without_repeating_cells(workdir, monkeypatch):
     assert any(e.startswith("events.out.tfevents") for e in events)
 
     # A plain evaluation is one more setting beside the sweep's rows.
-    plain = evaluate.evaluate(config, workdir)
+    plain = sweep.evaluate(config, workdir)
     assert {(r["sampler"], r["steps"]) for r in plain} == {("ddim", 4)}
     with open(path) as f:
         assert len(json.load(f)) == len(rows) + len(plain)

@@ -370,6 +370,14 @@ def test_condition_attributes_say_what_failed(scene_parse):
     got = tm.score_example(image, ex)["attributes"]
     assert got["subject/identity"] == 0.0 and got["subject/colour"] == 0.0
     assert got["subject/shape"] == 1.0 and got["subject/pattern"] == 1.0
+    # The fill's score is also kept under the fill wanted, and only that one.
+    assert got["subject/pattern_solid"] == 1.0
+    assert "subject/pattern_dotted" not in got
+    # Drawn striped: the fill fails, under its wanted fill too.
+    striped = dataclasses.replace(subject, pattern="striped")
+    image = scene_parse(Scene((striped,), ex.meta["scene"].background))
+    got = tm.score_example(image, ex)["attributes"]
+    assert got["subject/pattern"] == 0.0 and got["subject/pattern_solid"] == 0.0
     # Moved: the position fails, the identity holds.
     spot = next(p for p in shapes_world.POSITIONS if p != subject.position)
     moved = dataclasses.replace(subject, position=spot)

@@ -101,7 +101,7 @@ def test_a_world_without_a_retrieval_form_is_refused(built, tmp_path):
 
 def test_a_stage1_model_trains_and_is_scored_with_retrieved_context(built):
     from imagen_jax import train
-    from imagen_jax.evaluation import evaluate
+    from imagen_jax.evaluation import sweep
     from imagen_jax.retrieval import retrieve
 
     config, workdir, _ = built
@@ -116,7 +116,7 @@ def test_a_stage1_model_trains_and_is_scored_with_retrieved_context(built):
     config.sample.steps = 2
     del config.evals["tasks"]  # the stage-2 tasks are tested elsewhere
     train.train_and_evaluate(config, workdir)
-    rows = evaluate.evaluate(config, workdir)
+    rows = sweep.evaluate(config, workdir)
     got = {(r["task"], r["metric"]): r["value"] for r in rows}
     assert 0.0 <= got[("retrieval_only", "retrieval_precision")] <= 1.0
     assert config.evals.retrieval.interleave == 0.5
