@@ -433,6 +433,37 @@ def _instruction_arrays(loaded, instrs) -> dict[str, np.ndarray]:
     return {k: np.stack([a[k] for a in arrays]) for k in arrays[0]}
 
 
+def fill_confusion(examples, images) -> dict[str, int]:
+    """Counts of "<fill wanted> -> <fill drawn>" over subject examples: the
+    fill an object of the subject's identity shows rendered at the drawn
+    object's size, against the fill read from the largest drawn object
+    ("none": no object found)."""
+    from imagen_jax.evaluation import task_metrics
+
+    counts: dict[str, int] = {}
+    for example, image in zip(examples, images, strict=True):
+        shape, colour, fill = example.meta["conditions"]["subject"].identity
+        found = oracle.parse(image).largest
+        drawn = (
+            task_metrics.object_pattern(image, found.box, found.colour)
+            if found is not None
+            else "none"
+        )
+        size = found.size if found is not None else "small"
+        wanted = task_metrics.visible_pattern(shape, colour, size, fill, image.shape[0])
+        pair = f"{wanted} -> {drawn}"
+        counts[pair] = counts.get(pair, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _write_fill_confusion(examples, images, path: str) -> None:
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(fill_confusion(examples, images), f, indent=1)
+
+
 def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict]:
     """Subjects named only in the retrieval database, drawn from retrieved context.
 
@@ -512,6 +543,10 @@ def retrieval_only(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[
             loaded, fn, batch, sample_cfg, eval_cfg.batch_size, 4321, label, eta
         )
         rows += _task_rows("retrieval_only", examples, images, suffix)
+        if not suffix:
+            _write_fill_confusion(
+                examples, images, os.path.join(out_dir, "retrieval_only_fills.json")
+            )
         if samples is not None and not suffix:
             targets = np.stack([e.target for e in examples])
             samples.append(("retrieval_only", images, targets))

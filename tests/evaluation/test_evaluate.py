@@ -106,3 +106,32 @@ def test_fill_is_read_from_the_largest_object():
         assert evaluate._fill_right(image, want, 32) == right
     blank = np.full((32, 32, 3), 205, np.uint8)  # grey background, no object
     assert evaluate._fill_right(blank, solid, 32) == 0.0
+
+
+def test_fill_confusion_counts_wanted_against_drawn():
+    from imagen_jax.data import shapes_world
+
+    def example(fill):
+        subject = tasks.Condition("subject", identity=("square", "red", fill))
+        return tasks.TaskExample(
+            "retrieval_only", None, None, {"conditions": {"subject": subject}}
+        )
+
+    def drawn(fill):
+        obj = shapes_world.Obj("square", "red", "large", "center", fill)
+        return shapes_world.render(shapes_world.Scene((obj,)), 32)
+
+    blank = np.full((32, 32, 3), 205, np.uint8)  # grey background, no object
+    examples = [
+        example("solid"),
+        example("solid"),
+        example("dotted"),
+        example("striped"),
+    ]
+    images = [drawn("solid"), drawn("dotted"), drawn("solid"), blank]
+    assert evaluate.fill_confusion(examples, images) == {
+        "dotted -> solid": 1,
+        "solid -> dotted": 1,
+        "solid -> solid": 1,
+        "striped -> none": 1,
+    }
