@@ -149,19 +149,16 @@ def workdir(tmp_path_factory):
     training writes them (its initial state: sampling needs no trained model)."""
     import jax
 
-    from imagen_jax import checkpointing, optim, sharding, train_state
+    from imagen_jax import checkpointing, sharding, train
     from imagen_jax.models.imagen import build_model
-    from imagen_jax.text.tokenizers import make_tokenizer
 
     workdir = str(tmp_path_factory.mktemp("sweep_run"))
     config = _config()
     checkpointing.save_config(workdir, config)
-    model = build_model(config, make_tokenizer(config).vocab_size)
+    model = build_model(config, train.make_tokenizer(config).vocab_size)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-    tx, _ = optim.build_optimizer(config)
-    state, _ = train_state.init_state(
-        model, tx, config, mesh, train_state.mesh_rules(config)
-    )
+    tx, _ = train.build_optimizer(config)
+    state, _ = train.init_state(model, tx, config, mesh, train.mesh_rules(config))
     mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
     for step in (2, 4):
         checkpointing.save(mngr, step, state.replace(step=jax.numpy.int32(step)), None)
