@@ -27,6 +27,8 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # continue exactly), else `init_from` (params only, partial allowed).
     c.resume = ""
     c.init_from = ""
+    # Regexes of parameter paths not loaded by `init_from` (kept at init).
+    c.init_skip = ()
 
     c.data = ml_collections.ConfigDict()
     # Dataset name; only "shapes_world" is built in (real data: tfds builders).
@@ -50,6 +52,11 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # fields below from it: the tokenizer is its spiece.model, the
     # architecture its config.json (`imagen_jax.text.pretrained`).
     c.text.pretrained = ""
+    # Captions encoded once by that frozen encoder (`launch.encode_text`,
+    # `imagen_jax.text.precompute`): the directory it wrote (by default
+    # WORKDIR/text_embeddings), or "" to run the encoder at every step.
+    # Text-to-image datasets only, whose captions are fixed per record.
+    c.text.precomputed = ""
     # Tokenizer: "byte" (no vocabulary file) or "sentencepiece" (`vocab_path`).
     c.text.tokenizer = "byte"
     c.text.vocab_path = ""

@@ -35,10 +35,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from imagen_jax import conditioning, sampling, sharding, train
+from imagen_jax import conditioning, optim, sampling, sharding, train, train_state
 from imagen_jax.diffusion import losses
 from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.models.unet import UNet
+from imagen_jax.text.tokenizers import make_tokenizer
 
 
 @dataclasses.dataclass
@@ -183,7 +184,7 @@ def prepare_unet_train(config: ml_collections.ConfigDict, donate: bool = True) -
     unet, batch_size = unet_of(config), config.data.batch_size
     o = config.optim
     tx = optax.adam(o.lr, o.b1, o.b2)
-    rules = train.mesh_rules(config)
+    rules = train_state.mesh_rules(config)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
     example = _unet_batch(config, 1)
 
@@ -243,12 +244,12 @@ def _token_batch(
 
 def prepare_full_train(config: ml_collections.ConfigDict) -> Bench:
     """The project's own sharded `train.train_step` (T5 + UNet, EMA), compiled."""
-    tokenizer = train.make_tokenizer(config)
+    tokenizer = make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size)
-    rules = train.mesh_rules(config)
+    rules = train_state.mesh_rules(config)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-    tx, _ = train.build_optimizer(config)
-    state, state_shardings = train.init_state(model, tx, config, mesh, rules)
+    tx, _ = optim.build_optimizer(config)
+    state, state_shardings = train_state.init_state(model, tx, config, mesh, rules)
     jitted, batch_sharding = train.compile_train_step(
         model, tx, config, mesh, state_shardings
     )
@@ -283,10 +284,12 @@ def prepare_train(config: ml_collections.ConfigDict) -> Bench:
 
 def _init_model(config: ml_collections.ConfigDict) -> tuple[Any, Any, int]:
     """The config's model, its initial params and its vocabulary size."""
-    tokenizer = train.make_tokenizer(config)
+    tokenizer = make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size)
-    with nn.logical_axis_rules(train.mesh_rules(config)):
-        params = jax.jit(lambda: nn.meta.unbox(train.init_params(model, config)))()
+    with nn.logical_axis_rules(train_state.mesh_rules(config)):
+        params = jax.jit(
+            lambda: nn.meta.unbox(train_state.init_params(model, config))
+        )()
     return model, params, tokenizer.vocab_size
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -242,6 +244,7 @@ def restore_params(
     use_ema: bool = True,
     partial: bool = False,
     step: int | None = None,
+    skip: Sequence[str] = (),
 ) -> tuple[Any, int]:
     """Loads the (EMA) params of checkpoint `step` (default: the latest) under
     `directory`.
@@ -250,6 +253,9 @@ def restore_params(
     the shardings of `params_like`. With `partial` (fine-tuning from another
     model, e.g. stage 2 from text-to-image) parameters the checkpoint lacks
     keep their values from `params_like`; otherwise they are an error.
+    Parameters whose path (`jax.tree_util.keystr`) matches one of the regexes
+    `skip` are not loaded: they keep their values from `params_like` (a layer
+    re-initialised on purpose, e.g. one whose input width changed).
 
     Raises:
       DamagedCheckpointError: a file changed since the step was saved (no
@@ -296,18 +302,24 @@ def restore_params(
             f"checkpoint {ckpt_dir}/{step} cannot be restored: {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from e
-    return _merge(saved, params_like, partial, f"{ckpt_dir}/{step}"), step
+    return _merge(saved, params_like, partial, f"{ckpt_dir}/{step}", skip), step
 
 
-def _merge(saved: Any, params_like: Any, partial: bool, where: str) -> Any:
+def _merge(
+    saved: Any, params_like: Any, partial: bool, where: str, skip: Sequence[str] = ()
+) -> Any:
     flat_saved = {
         jax.tree_util.keystr(k): v
         for k, v in jax.tree_util.tree_leaves_with_path(saved)
     }
-    missing = []
+    skipped, missing = [], []
+    patterns = [re.compile(p) for p in skip]
 
     def pick(path, like):
         name = jax.tree_util.keystr(path)
+        if any(p.search(name) for p in patterns):
+            skipped.append(name)
+            return like
         if name not in flat_saved:
             missing.append(name)
             return like
@@ -325,13 +337,17 @@ def _merge(saved: Any, params_like: Any, partial: bool, where: str) -> Any:
             f"{where} lacks {len(missing)} parameters, e.g. "
             f"{missing[0]}: is it a checkpoint of this model?"
         )
-    if missing:
-        logging.info(
-            "init_from %s: %d parameters keep their init (%s ...)",
-            where,
-            len(missing),
-            ", ".join(missing[:3]),
-        )
+    if skip and not skipped:
+        raise CheckpointError(f"no parameter matches the skip patterns {list(skip)}")
+    for names, why in ((skipped, "skipped"), (missing, "not in the checkpoint")):
+        if names:
+            logging.info(
+                "init_from %s: %d parameters %s keep their init (%s ...)",
+                where,
+                len(names),
+                why,
+                ", ".join(names[:3]),
+            )
     return merged
 
 

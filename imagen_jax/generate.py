@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -166,6 +167,33 @@ def _request_batch(
     return {k: np.stack([v] * request.num_images) for k, v in arrays.items()}
 
 
+def request_batch(
+    loaded: inference.Loaded,
+    request: Request,
+    load_image: Callable[[str], np.ndarray] = load_png,
+    limits: RequestLimits = LIMITS,
+) -> dict[str, np.ndarray]:
+    """The request's `num_images` rows of the model's batch fields, checked
+    against the model (see `generate_images` for the errors)."""
+    _check_guidance(request, loaded)
+    return _request_batch(loaded, request, load_image, limits)
+
+
+def request_settings(loaded: inference.Loaded, request: Request) -> dict[str, Any]:
+    """The settings `generate_images` samples `request` with: the request's,
+    else the run's `sample` settings."""
+    cfg, g = loaded.config.sample, request.guidance
+    return {
+        "sampler": request.sampler or cfg.sampler,
+        "rule": "interleaved" if "interleave" in g else "chain",
+        "steps": request.steps or cfg.steps,
+        "guidance_text": g.get("text", cfg.guidance),
+        "guidance_image": g.get("image", cfg.get("image_guidance", 1.0)),
+        "oscillate": int(g.get("oscillate", cfg.get("oscillate", False))),
+        "eta": g.get("interleave", 0.5),
+    }
+
+
 def generate_images(
     loaded: inference.Loaded,
     request: Request,
@@ -188,21 +216,19 @@ def generate_images(
         `LimitError` for more text, context items or pixels than the model or
         `limits` take.
     """
-    _check_guidance(request, loaded)
-    batch = _request_batch(loaded, request, load_image, limits)
-    cfg, g = loaded.config.sample, request.guidance
-    rule = "interleaved" if "interleave" in g else "chain"
+    batch = request_batch(loaded, request, load_image, limits)
+    s = request_settings(loaded, request)
     generate = sampling.make_generate_fn(
-        loaded.model, loaded.config, request.sampler or cfg.sampler, rule
+        loaded.model, loaded.config, s["sampler"], s["rule"]
     )
     images = generate(
         loaded.params,
         batch,
         jax.random.PRNGKey(request.seed),
-        request.steps or cfg.steps,
-        g.get("text", cfg.guidance),
-        g.get("image", cfg.get("image_guidance", 1.0)),
-        int(g.get("oscillate", cfg.get("oscillate", False))),
-        g.get("interleave", 0.5),
+        s["steps"],
+        s["guidance_text"],
+        s["guidance_image"],
+        s["oscillate"],
+        s["eta"],
     )
     return sampling.to_uint8(images)

@@ -11,9 +11,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from imagen_jax import checkpointing, sharding, train
+from imagen_jax import checkpointing, sharding, train_state
 from imagen_jax.models.imagen import Imagen, build_model
-from imagen_jax.text.tokenizers import Tokenizer
+from imagen_jax.text.tokenizers import Tokenizer, make_tokenizer
 
 
 @dataclasses.dataclass
@@ -54,11 +54,11 @@ def load(
     config = with_conditioning(config)
     if use_ema is None:
         use_ema = bool(config.sample.get("use_ema", True))
-    tokenizer = train.make_tokenizer(config)
+    tokenizer = make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size)
-    rules = train.mesh_rules(config)
+    rules = train_state.mesh_rules(config)
     mesh = sharding.make_mesh(_mesh_shape(config), config.mesh.axes)
-    params_like = train.abstract_params(model, config, mesh, rules)
+    params_like = train_state.abstract_params(model, config, mesh, rules)
     params, step = checkpointing.restore_params(
         workdir, params_like, use_ema=use_ema, step=step
     )

@@ -34,9 +34,10 @@ import numpy as np
 from jax.sharding import AbstractMesh
 
 from imagen_jax import conditioning as conditioning_lib
-from imagen_jax import sharding, train
+from imagen_jax import optim, sharding, train, train_state
 from imagen_jax.models import t5
 from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.text.tokenizers import make_tokenizer
 
 GIB = 2**30
 
@@ -136,7 +137,7 @@ def vocab_size(config: ml_collections.ConfigDict) -> int:
     """
     if config.text.tokenizer == "sentencepiece" and not config.text.vocab_path:
         return config.text.get("vocab_size", 0) or t5.T5_V1_1_VOCAB_SIZE
-    return train.make_tokenizer(config).vocab_size
+    return make_tokenizer(config).vocab_size
 
 
 class Plan:
@@ -146,26 +147,17 @@ class Plan:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.model = build_model(config, vocab_size(config))
-        self.tx, _ = train.build_optimizer(config)
-        self.rules = train.mesh_rules(config)
-        self.boxed = jax.eval_shape(self._init)
+        self.tx, _ = optim.build_optimizer(config)
+        self.rules = train_state.mesh_rules(config)
+        self.boxed = jax.eval_shape(
+            lambda: train_state.initial_state(self.model, self.tx, config)
+        )
         self.params = nn.meta.unbox(self.boxed.params)
         self.per_example, self.per_model = activation_bytes(
             self.model, config, self.params
         )
 
-    def _init(self) -> train.TrainState:
-        # As `train.init_state`: boxed params give the optimizer state the
-        # same logical axes.
-        params = train.init_params(self.model, self.config)
-        return train.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            ema_params=params,
-            opt_state=self.tx.init(params),
-        )
-
-    def state_on(self, mesh) -> tuple[train.TrainState, Any]:
+    def state_on(self, mesh) -> tuple[train_state.TrainState, Any]:
         """The state as ShapeDtypeStructs sharded on `mesh`, and its shardings."""
         shardings = sharding.logical_shardings(self.boxed, mesh, self.rules)
         # Shardings first: they hold a sharding where optax has an empty

@@ -380,7 +380,7 @@ class Bundle:
             out["cond_image"] = self._image("image", image)
         return out
 
-    def _settings(
+    def settings(
         self, steps: int | None, guidance: Mapping[str, float] | None
     ) -> dict[str, np.ndarray]:
         """Steps and guidance as the function's scalar inputs, defaults filled
@@ -441,7 +441,7 @@ class Bundle:
             )
         b = len(batch["text_tokens"])
         self._check_batch_size(b)
-        given = dict(batch, **self._settings(steps, guidance), rng=self.key(seed))
+        given = dict(batch, **self.settings(steps, guidance), rng=self.key(seed))
         inputs = {}
         for name, spec in self.manifest["inputs"].items():
             if name not in given:

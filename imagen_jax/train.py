@@ -1,4 +1,4 @@
-"""Training: TrainState, the pure sharded train_step, and the training loop."""
+"""Training: the pure sharded train_step and the training loop."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import functools
 import os
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,215 +18,26 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from imagen_jax import checkpointing, config_utils, preemption, sampling, sharding
+from imagen_jax import (
+    checkpointing,
+    config_utils,
+    optim,
+    preemption,
+    sampling,
+    sharding,
+    train_state,
+)
 from imagen_jax import conditioning as conditioning_lib
 from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
-from imagen_jax.instructions import MARKERS
 from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.text import pretrained
-from imagen_jax.text.tokenizers import Tokenizer, get_tokenizer
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
+from imagen_jax.text.tokenizers import make_tokenizer
+from imagen_jax.train_state import TrainState
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
-
-
-def make_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
-    """The config's tokenizer; every `[ref#k]` marker is one special token.
-
-    Text-to-image models get the markers too, so that their embedding table
-    has the shape an instruction-tuned model initialised from them needs.
-    """
-    kwargs = {"model_path": config.text.vocab_path} if config.text.vocab_path else {}
-    return get_tokenizer(config.text.tokenizer, extra_tokens=MARKERS, **kwargs)
-
-
-class LRState(NamedTuple):
-    """State of `scale_by_lr_schedule`.
-
-    `horizon` is the step at which the schedule ends; it is data, not a
-    constant of the compiled step, so a time budget can move it while training
-    (`set_horizon`) without recompiling. `planned` is the `num_steps` it was
-    created for, so a resumed run with another `num_steps` starts over from it.
-    """
-
-    count: jax.Array
-    horizon: jax.Array
-    planned: jax.Array
-
-
-def learning_rate(optim: ml_collections.ConfigDict, step, horizon) -> jax.Array:
-    """Linear warm-up to `optim.lr`, then constant or cosine to 5% at `horizon`."""
-    step = jnp.asarray(step, jnp.float32)
-    warmup = optim.warmup_steps
-    ramp = jnp.minimum(step / max(warmup, 1), 1.0)
-    if optim.decay == "constant":
-        return optim.lr * ramp
-    frac = (step - warmup) / jnp.maximum(jnp.asarray(horizon, jnp.float32) - warmup, 1)
-    cosine = 0.05 + 0.95 * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(frac, 0.0, 1.0)))
-    return optim.lr * jnp.where(step < warmup, ramp, cosine)
-
-
-def scale_by_lr_schedule(optim, num_steps: int) -> optax.GradientTransformation:
-    """Multiplies updates by -learning_rate(count, horizon) (gradient descent)."""
-
-    def init(params):
-        del params
-        n = jnp.asarray(num_steps, jnp.int32)
-        return LRState(jnp.zeros([], jnp.int32), n, n)
-
-    def update(updates, state, params=None):
-        del params
-        lr = learning_rate(optim, state.count, state.horizon)
-        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
-        count = optax.safe_int32_increment(state.count)
-        return updates, state._replace(count=count)
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> Any:
-    """Warm-up then constant or cosine LR; AdamW or Adafactor; clipping.
-
-    Returns the transformation and `lr_fn(step, horizon)`.
-    """
-    if optim.decay not in ("constant", "cosine"):
-        raise ValueError(
-            f"unknown optim.decay {optim.decay!r}; use ['constant', 'cosine']"
-        )
-    if optim.name == "adamw":
-        opt = optax.chain(
-            optax.scale_by_adam(optim.b1, optim.b2),
-            optax.add_decayed_weights(optim.weight_decay),
-        )
-    elif optim.name == "adafactor":
-        # The LR applies after Adafactor's momentum (as AdamW's after Adam's).
-        opt = optax.chain(
-            optax.adafactor(None, momentum=optim.b1, decay_rate=optim.b2),
-            optax.scale(-1.0),
-        )
-    else:
-        raise ValueError(
-            f"unknown optim.name {optim.name!r}; use 'adamw' or 'adafactor'"
-        )
-    tx = optax.chain(
-        optax.clip_by_global_norm(optim.grad_clip),
-        opt,
-        scale_by_lr_schedule(optim, num_steps),
-    )
-    return tx, functools.partial(learning_rate, optim)
-
-
-def get_horizon(opt_state) -> int:
-    """Where the LR schedule of this optimizer state ends."""
-    return int(optax.tree_utils.tree_get(opt_state, "horizon"))
-
-
-def set_horizon(opt_state, horizon: int, replan: bool = False):
-    """The optimizer state with its LR schedule ending at `horizon`.
-
-    With `replan`, `horizon` is also the new plan (`LRState.planned`).
-    """
-    sharding = optax.tree_utils.tree_get(opt_state, "horizon").sharding
-
-    def put():  # one buffer per leaf: the step donates the state's buffers
-        return jax.device_put(np.asarray(horizon, np.int32), sharding)
-
-    fields = {"horizon": put(), "planned": put()} if replan else {"horizon": put()}
-    return optax.tree_utils.tree_set(opt_state, **fields)
-
-
-def _text_encoder_mask(params, frozen_value: bool):
-    """Per-leaf flag: `frozen_value` under `text_encoder`, the opposite elsewhere."""
-
-    def flag(path, _):
-        in_text = bool(path) and getattr(path[0], "key", None) == "text_encoder"
-        return frozen_value if in_text else not frozen_value
-
-    return jax.tree_util.tree_map_with_path(flag, params)
-
-
-def frozen_leaves(config, params) -> Any:
-    """Per-leaf flag of `params`: True where the parameter is frozen."""
-    if not config.text.frozen:
-        return jax.tree.map(lambda _: False, params)
-    return _text_encoder_mask(params, frozen_value=True)
-
-
-def build_optimizer(config):
-    """The optimizer; a frozen text encoder gets zero updates (and no state)."""
-    opt, lr = make_optimizer(config.optim, config.train.num_steps)
-    if not config.text.frozen:
-        return opt, lr
-    trained = functools.partial(_text_encoder_mask, frozen_value=False)
-    frozen = functools.partial(_text_encoder_mask, frozen_value=True)
-    return optax.chain(
-        optax.masked(opt, trained), optax.masked(optax.set_to_zero(), frozen)
-    ), lr
-
-
-def dummy_batch(
-    config, conditioning: conditioning_lib.Conditioning, batch_size: int = 1
-) -> dict:
-    """A batch of the config's shapes for `conditioning` (for init / tracing):
-    zero arrays, every mask set."""
-    shapes = conditioning_lib.batch_shapes(config.data, conditioning, batch_size)
-    return {
-        name: (np.ones if dtype is np.bool_ else np.zeros)(shape, dtype)
-        for name, (shape, dtype) in shapes.items()
-    }
-
-
-def init_params(model: Imagen, config) -> Any:
-    """Boxed (logically annotated) initial params; call under jit or eval_shape.
-
-    Instruction models also create the context and input-image layers.
-    """
-    batch = dummy_batch(config, model.conditioning)
-    z = jnp.zeros(batch["image"].shape, jnp.float32)
-    return model.init(
-        jax.random.PRNGKey(config.seed),
-        z,
-        jnp.zeros((1,)),
-        batch,
-        method=Imagen.forward,
-    )["params"]
-
-
-def abstract_params(model: Imagen, config, mesh, rules) -> Any:
-    """ShapeDtypeStructs of the params with their mesh shardings (no allocation)."""
-    boxed = jax.eval_shape(lambda: init_params(model, config))
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.meta.unbox(boxed),
-        shardings,
-    )
-
-
-def init_state(model: Imagen, tx, config, mesh, rules) -> tuple[TrainState, Any]:
-    """TrainState born sharded; returns it and its shardings."""
-
-    def init():
-        params = init_params(model, config)
-        # Boxed params give the optimizer state the same logical axes.
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            ema_params=params,
-            opt_state=tx.init(params),
-        )
-
-    return sharding.sharded_init(init, mesh, rules)
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:
@@ -275,7 +85,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
     x = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3]
     masks = drop_conditions(drop_rng, batch, d.cond_drop, model.conditioning)
-    frozen = frozen_leaves(config, state.params)
+    frozen = optim.frozen_leaves(config, state.params)
 
     def loss_fn(params):
         # No backward pass through a frozen text encoder (its updates are zero).
@@ -334,14 +144,6 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     return new_state, metrics
 
 
-def mesh_rules(config) -> tuple:
-    """Logical axis rules from the config as tuples (JSON turns them to lists)."""
-    return tuple(
-        (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-        for name, axes in config.mesh.rules
-    )
-
-
 def compile_train_step(model, tx, config, mesh, state_shardings):
     data_axes = tuple(a for a in ("data", "fsdp") if a in config.mesh.axes)
     batch_sharding = sharding.batch_sharding(mesh, data_axes)
@@ -360,9 +162,10 @@ def restore_or_init(config, workdir, state, mngr, data_iter):
 
     Order: a checkpoint in the workdir (resume this run from its latest
     undamaged step), else `config.resume` (continue another run exactly), else
-    `config.init_from` (fine-tune: params and EMA only, missing parameters keep
-    their init), else scratch. A run that starts (not resumed) takes a
-    pretrained text encoder (`config.text.pretrained`) from its directory.
+    `config.init_from` (fine-tune: params and EMA only, missing parameters and
+    those matching a regex of `config.init_skip` keep their init), else
+    scratch. A run that starts (not resumed) takes a pretrained text encoder
+    (`config.text.pretrained`) from its directory.
     """
     starts = mngr.latest_step() is None and not config.resume
     if mngr.latest_step() is not None:
@@ -374,7 +177,10 @@ def restore_or_init(config, workdir, state, mngr, data_iter):
         source = f"resumed from {config.resume} at step {int(state.step)}"
     elif config.init_from:
         params, step = checkpointing.restore_params(
-            config.init_from, state.params, partial=True
+            config.init_from,
+            state.params,
+            partial=True,
+            skip=tuple(config.get("init_skip", ())),
         )
         # Separate buffers: the step donates both trees.
         state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
@@ -418,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         checkpointing.save_config(workdir, config)
     tokenizer = make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size)
-    rules = mesh_rules(config)
+    rules = train_state.mesh_rules(config)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
     data_iter = iter(
         pipeline.train_dataset(
@@ -428,8 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             process_count=jax.process_count(),
         )
     )
-    tx, lr_fn = build_optimizer(config)
-    state, state_shardings = init_state(model, tx, config, mesh, rules)
+    tx, lr_fn = optim.build_optimizer(config)
+    state, state_shardings = train_state.init_state(model, tx, config, mesh, rules)
     mngr = checkpointing.manager(
         os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints
     )
@@ -496,9 +302,9 @@ class _Loop:
         adapt = bool(t.time_budget_minutes) and self.config.optim.decay != "constant"
         planned = int(optax.tree_utils.tree_get(state.opt_state, "planned"))
         if planned != t.num_steps:  # resumed with another plan: start from it
-            opt_state = set_horizon(state.opt_state, t.num_steps, replan=True)
+            opt_state = optim.set_horizon(state.opt_state, t.num_steps, replan=True)
             state = state.replace(opt_state=opt_state)
-        self.num_steps = get_horizon(state.opt_state)
+        self.num_steps = optim.get_horizon(state.opt_state)
         pending, stop = [], None
         with preemption.Notice(self.mngr) as notice:
             while step < self.num_steps and stop is None:
@@ -558,7 +364,7 @@ class _Loop:
                 f"every {self.config.train.log_every} steps)"
             )
         self.num_steps = horizon
-        return state.replace(opt_state=set_horizon(state.opt_state, horizon))
+        return state.replace(opt_state=optim.set_horizon(state.opt_state, horizon))
 
     def _check_finite(self, metrics, step):
         loss = float(metrics["loss"])

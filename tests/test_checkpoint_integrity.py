@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from experiments import t2i_shapes
-from imagen_jax import checkpointing, train
+from imagen_jax import checkpointing, train, train_state
 from launch import common
 
 
-def _state(seed: int) -> train.TrainState:
+def _state(seed: int) -> train_state.TrainState:
     """A tiny TrainState of random float32, which barely compresses: a step's
     largest file is ~45 KB, room for 4 KB of damage in its middle."""
     rng = np.random.default_rng(seed)
@@ -23,7 +23,7 @@ def _state(seed: int) -> train.TrainState:
     def tree():
         return {"w": jnp.asarray(rng.standard_normal((64, 64), np.float32))}
 
-    return train.TrainState(
+    return train_state.TrainState(
         step=jnp.asarray(seed, jnp.int32),
         params=tree(),
         ema_params=tree(),

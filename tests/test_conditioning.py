@@ -16,8 +16,12 @@ from imagen_jax import (
     generate,
     inference,
     instructions,
+    optim,
     train,
+    train_state,
 )
+from imagen_jax.models.imagen import build_model
+from imagen_jax.text.tokenizers import make_tokenizer
 
 
 def _config(kind: str, data_name: str):
@@ -31,7 +35,7 @@ def _config(kind: str, data_name: str):
 
 
 def _model(cfg):
-    return train.build_model(cfg, train.make_tokenizer(cfg).vocab_size)
+    return build_model(cfg, make_tokenizer(cfg).vocab_size)
 
 
 def test_experiment_defaults():
@@ -47,14 +51,15 @@ def test_switch_decides_batch_fields_and_params(kind, data_name):
     cfg = _config(kind, data_name)
     model = _model(cfg)
     assert model.conditioning is conditioning.get(kind)
-    batch = train.dummy_batch(cfg, model.conditioning, batch_size=3)
+    batch = train_state.dummy_batch(cfg, model.conditioning, batch_size=3)
     instruction = kind == "instruction"
     assert set(batch) == {"image", *model.conditioning.batch_fields}
     assert ("ctx_images" in batch) == instruction
     if instruction:
         assert batch["ctx_images"].shape == (3, 2, 32, 32, 3)
         assert batch["ctx_mask"].all() and batch["cond_image_mask"].all()
-    unet = nn.meta.unbox(jax.eval_shape(lambda: train.init_params(model, cfg)))["unet"]
+    boxed = jax.eval_shape(lambda: train_state.init_params(model, cfg))
+    unet = nn.meta.unbox(boxed)["unet"]
     assert ("cond_image_in" in unet) == instruction
     assert ("mid_ctx_attn" in unet) == instruction
     assert any(k.startswith("ctx_attn") for k in unet["enc_2"]) == instruction
@@ -64,7 +69,7 @@ def test_switch_decides_batch_fields_and_params(kind, data_name):
 def test_switch_decides_the_dropout(kind):
     model = _model(_config(kind, "shapes_world_tasks"))
     cfg = _config("instruction", "shapes_world_tasks")
-    batch = train.dummy_batch(cfg, conditioning.INSTRUCTION, batch_size=64)
+    batch = train_state.dummy_batch(cfg, conditioning.INSTRUCTION, batch_size=64)
     drop = cfg.diffusion.cond_drop
     drop.all, drop.text, drop.context, drop.image = 0.25, 0.25, 0.25, 0.25
     masks = train.drop_conditions(
@@ -86,8 +91,8 @@ def _loaded(kind):
     cfg = _config(kind, "shapes_world")
     cfg.sample.steps = 2
     model = _model(cfg)
-    params = nn.meta.unbox(train.init_params(model, cfg))
-    return inference.Loaded(cfg, train.make_tokenizer(cfg), model, params, step=0)
+    params = nn.meta.unbox(train_state.init_params(model, cfg))
+    return inference.Loaded(cfg, make_tokenizer(cfg), model, params, step=0)
 
 
 def _request(tmp_path, **fields):
@@ -155,12 +160,12 @@ def test_train_step_takes_an_instruction_batch_with_dropout(kind):
     cfg.model.dropout = 0.1
     cfg.optim.warmup_steps = 0
     model = _model(cfg)
-    rules = train.mesh_rules(cfg)
+    rules = train_state.mesh_rules(cfg)
     mesh = sharding.make_mesh((-1, 1, 1), cfg.mesh.axes)
-    tx, _ = train.build_optimizer(cfg)
-    state, shardings = train.init_state(model, tx, cfg, mesh, rules)
+    tx, _ = optim.build_optimizer(cfg)
+    state, shardings = train_state.init_state(model, tx, cfg, mesh, rules)
     step_fn, bs = train.compile_train_step(model, tx, cfg, mesh, shardings)
-    local = train.dummy_batch(cfg, conditioning.INSTRUCTION, batch_size=8)
+    local = train_state.dummy_batch(cfg, conditioning.INSTRUCTION, batch_size=8)
     local["ctx_images"] = np.random.default_rng(0).integers(
         0, 256, local["ctx_images"].shape, np.uint8
     )

@@ -24,6 +24,7 @@ from imagen_jax import (
     sampling,
     serving_bundle,
     train,
+    train_state,
 )
 from imagen_jax.models.imagen import build_model
 from imagen_jax.text import tokenizers
@@ -88,15 +89,15 @@ def _instruction_workdir(path: str) -> None:
     """A stage-2 smoke workdir whose weights are the init plus noise, so the
     zero-initialised context and input-image layers take part."""
     cfg = stage2_shapes.get_config("smoke")
-    model = build_model(cfg, train.make_tokenizer(cfg).vocab_size)
-    params = jax.jit(lambda: nn.meta.unbox(train.init_params(model, cfg)))()
+    model = build_model(cfg, tokenizers.make_tokenizer(cfg).vocab_size)
+    params = jax.jit(lambda: nn.meta.unbox(train_state.init_params(model, cfg)))()
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
     noisy = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
     params = jax.tree.unflatten(treedef, noisy)
     checkpointing.save_config(path, cfg)
     mngr = checkpointing.manager(os.path.join(path, "checkpoints"))
-    state = train.TrainState(jnp.int32(1), params, params, {})
+    state = train_state.TrainState(jnp.int32(1), params, params, {})
     checkpointing.save(mngr, 1, state, {"next_index": 1})
     mngr.wait_until_finished()
 

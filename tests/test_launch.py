@@ -9,7 +9,17 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_POINTS = ["train", "eval", "sample", "build_data"]
+ENTRY_POINTS = [
+    "train",
+    "eval",
+    "sample",
+    "build_data",
+    "build_index",
+    "encode_text",
+    "export",
+    "serve",
+    "loadtest",
+]
 
 
 def _run(*args, timeout=300):

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.util import tensor_util
 
 from experiments import t2i_shapes
-from imagen_jax import checkpointing, train
+from imagen_jax import checkpointing, optim, train, train_state
 from tests.test_checkpoint_integrity import _damage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,9 +60,9 @@ def _run_loop(tmp_path, data_iter, num_steps=10, checkpoint_every=5):
     cfg = t2i_shapes.get_config("smoke")
     cfg.train.num_steps, cfg.train.checkpoint_every = num_steps, checkpoint_every
     cfg.train.log_every, cfg.train.sample_every = 1, 10**6
-    tx, lr_fn = train.build_optimizer(cfg)
+    tx, lr_fn = optim.build_optimizer(cfg)
     params = {"w": jnp.zeros((8,))}
-    state = train.TrainState(
+    state = train_state.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=params,

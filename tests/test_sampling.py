@@ -17,20 +17,21 @@ from imagen_jax import (
     instructions,
     sampling,
     sharding,
-    train,
+    train_state,
 )
 from imagen_jax.diffusion import guidance, losses
-from imagen_jax.models.imagen import Imagen
+from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.text.tokenizers import make_tokenizer
 
 
 @pytest.fixture(scope="module")
 def setup():
     cfg = t2i_shapes.get_config("smoke")
-    tok = train.make_tokenizer(cfg)
-    model = train.build_model(cfg, tok.vocab_size)
+    tok = make_tokenizer(cfg)
+    model = build_model(cfg, tok.vocab_size)
     mesh = sharding.make_mesh((-1, 1, 1), cfg.mesh.axes)
     params, _ = sharding.sharded_init(
-        lambda: train.init_params(model, cfg), mesh, train.mesh_rules(cfg)
+        lambda: train_state.init_params(model, cfg), mesh, train_state.mesh_rules(cfg)
     )
     tokens, mask = tok.encode_batch(["a red circle", "a blue square"], 32)
     return cfg, model, params, {"text_tokens": tokens, "text_mask": mask}
@@ -80,8 +81,8 @@ def instruction():
     cfg = t2i_shapes.get_config("smoke")
     cfg.model.conditioning = "instruction"
     cfg.data.max_context, cfg.data.ctx_text_len = K, 8
-    model = train.build_model(cfg, train.make_tokenizer(cfg).vocab_size)
-    params = _perturbed(nn.meta.unbox(train.init_params(model, cfg)))
+    model = build_model(cfg, make_tokenizer(cfg).vocab_size)
+    params = _perturbed(nn.meta.unbox(train_state.init_params(model, cfg)))
     rng = np.random.default_rng(0)
     shapes = conditioning.batch_shapes(cfg.data, model.conditioning, B)
     batch = {
@@ -302,7 +303,7 @@ def test_missing_batch_fields_are_named(instruction):
 
 
 def _loaded(cfg, model, params):
-    return inference.Loaded(cfg, train.make_tokenizer(cfg), model, params, step=0)
+    return inference.Loaded(cfg, make_tokenizer(cfg), model, params, step=0)
 
 
 def _request(text, **fields):

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from experiments import paper_scale
-from imagen_jax import scaling, train
+from imagen_jax import scaling, train_state
 from imagen_jax.models.imagen import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,8 +40,10 @@ def _expected_param_bytes(config, fsdp: int) -> tuple[int, int]:
     """(all parameter bytes, bytes per device with `fsdp` shards), from the
     logical axes: a parameter whose fsdp-mapped dimension divides is split."""
     model = build_model(config, scaling.vocab_size(config))
-    boxed = jax.eval_shape(lambda: train.init_params(model, config))
-    specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), train.mesh_rules(config))
+    boxed = jax.eval_shape(lambda: train_state.init_params(model, config))
+    specs = nn.logical_to_mesh(
+        nn.get_partition_spec(boxed), train_state.mesh_rules(config)
+    )
     leaves = jax.tree.leaves(nn.meta.unbox(boxed))
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
     total = per_device = 0

@@ -5,7 +5,10 @@ batch with `jax.make_array_from_process_local_data`. Batches hold no Python
 objects: `image [B,H,W,3] uint8`, `text_tokens [B,L] int32`,
 `text_mask [B,L] bool`; instruction datasets add `ctx_images [B,K,H,W,3]`,
 `ctx_tokens [B,K,Lc]`, `ctx_text_mask [B,K,Lc]`, `ctx_mask [B,K]`,
-`cond_image [B,H,W,3]` and `cond_image_mask [B]`.
+`cond_image [B,H,W,3]` and `cond_image_mask [B]`. With
+`config.text.precomputed` (captions encoded once by a frozen T5,
+`data.text_cache`) text-to-image batches add `text_embeddings [B,L,D]`
+(float16 or bfloat16, as stored), joined by record index.
 
 Your own image-text data (`own_data`: a folder or a tfds dataset, built by
 `launch.build_data`, `data.tfds.own_data`) gives records as ShapesWorld does.
@@ -20,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 
-from imagen_jax.data import shapes_world
+from imagen_jax.data import shapes_world, text_cache
 from imagen_jax.data.tasks import TaskExample
 from imagen_jax.retrieval import mining
 from imagen_jax.text.tokenizers import Tokenizer
@@ -242,8 +246,57 @@ def get_source(data_config: ml_collections.ConfigDict, split: str):
     return _lookup(data_config.name).make(data_config, split)
 
 
+def fixed_caption_sources() -> tuple[str, ...]:
+    """The datasets whose records carry a caption fixed per record, the whole
+    text the model reads, so a frozen encoder's output can be stored
+    (`text.precompute`, read by `cached_text`); instruction datasets make
+    their text on the fly."""
+    return tuple(sorted(n for n, s in _SOURCES.items() if not s.instructions))
+
+
+def check_cacheable(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError unless the config's text embeddings can be stored."""
+    if not config.text.get("pretrained"):
+        raise ValueError(
+            "config.text.pretrained is empty: a text encoder trained with the "
+            "UNet changes at every step, so its embeddings cannot be stored; "
+            "only a frozen pretrained T5 (--config.text.pretrained=DIR) can be"
+        )
+    fixed = fixed_caption_sources()
+    if config.data.name not in fixed:
+        raise ValueError(
+            f"config.data.name={config.data.name!r} makes its text on the fly "
+            "(instruction templates, renamed subjects), so no caption is fixed "
+            f"per record to encode once; stored text embeddings need one of {fixed}"
+        )
+
+
+def cached_text(
+    source: Any, config: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer
+) -> text_cache.CachedText:
+    """`source` (`split` of `config.data`) joined with the stored embeddings of
+    `config.text.precomputed`; raises as `check_cacheable` and
+    `text_cache.open_cache`."""
+    check_cacheable(config)
+    cache = text_cache.open_cache(config.text.precomputed, config, split, len(source))
+    length = config.data.max_text_len
+    return text_cache.CachedText(
+        source, cache, lambda r: tokenize_captions(tokenizer, [r], length)[0][0]
+    )
+
+
+def tokenize_captions(
+    tokenizer: Tokenizer, records: Sequence[dict], max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens int32 [N, max_len] and mask bool [N, max_len] of the records'
+    captions: how the pipeline tokenizes every caption it reads."""
+    captions = [mining.as_text(r["caption"]) for r in records]
+    return tokenizer.encode_batch(captions, max_len)
+
+
 class Tokenize(grain.transforms.Map):
-    """Keeps the image as uint8 and turns the caption into padded tokens."""
+    """Keeps the image as uint8 and turns the caption into padded tokens
+    (stored text embeddings, when the source joined them, pass through)."""
 
     def __init__(self, tokenizer: Tokenizer, max_len: int, resolution: int):
         self._tokenizer = tokenizer
@@ -257,10 +310,11 @@ class Tokenize(grain.transforms.Map):
                 f"dataset image has shape {image.shape}; the config expects "
                 f"({self._resolution}, {self._resolution}, 3)"
             )
-        ids, mask = self._tokenizer.encode_batch(
-            [mining.as_text(element["caption"])], self._max_len
-        )
-        return {"image": image, "text_tokens": ids[0], "text_mask": mask[0]}
+        ids, mask = tokenize_captions(self._tokenizer, [element], self._max_len)
+        out = {"image": image, "text_tokens": ids[0], "text_mask": mask[0]}
+        if "text_embeddings" in element:
+            out["text_embeddings"] = element["text_embeddings"]
+        return out
 
 
 class InstructionArrays(grain.transforms.Map):
@@ -313,7 +367,10 @@ def train_dataset(
             f"data.batch_size {d.batch_size} is not divisible by the "
             f"{process_count} processes"
         )
-    ds = grain.MapDataset.source(get_source(d, "train"))
+    source = get_source(d, "train")
+    if config.text.get("precomputed"):
+        source = cached_text(source, config, "train", tokenizer)
+    ds = grain.MapDataset.source(source)
     ds = ds.seed(config.seed).shuffle().repeat()
     ds = ds.map(element_transform(d, tokenizer))
     # Chunk c is rows [c*b, (c+1)*b) of the stream; global batch s is chunks

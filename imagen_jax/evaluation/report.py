@@ -10,12 +10,15 @@
   along its axis);
 - `report.html`: the headline table, the plots and each setting's sample
   grids (links relative to `out_dir`), then every row.
+When the rows hold the reference sampler setting (DDIM-50) and fewer steps,
+`results.md` also gets the fewer-steps verdict (`steps_study`).
 """
 
 from __future__ import annotations
 
 import glob
 import html
+import math
 import os
 from collections.abc import Sequence
 
@@ -46,6 +49,8 @@ HEADLINE_METRICS = (
     "kid",
 )
 DISTRIBUTION_METRICS = ("fid", "kid")
+# Metrics that are not a fraction of their n samples (no binomial error).
+NOT_PROPORTIONS = ("o", "score", "fid", "kid", "kid_std")
 # (x-axis setting, file name, axis label) of the plots.
 AXES = (
     ("guidance", "vs_guidance.png", "text guidance scale"),
@@ -133,9 +138,145 @@ def headline_markdown(rows: Sequence[dict]) -> str:
     return _markdown(*pivot(rows))
 
 
+def _proportions(rows: Sequence[dict]) -> dict[tuple, dict[tuple, dict]]:
+    """setting key -> {(task, metric): row} of the rows that are proportions."""
+    out: dict[tuple, dict] = {}
+    for r in _complete(rows):
+        if (
+            r["metric"] not in NOT_PROPORTIONS
+            and not r["task"].startswith("average/")
+            and r.get("n")
+            and r["value"] is not None
+            and 0.0 <= r["value"] <= 1.0
+        ):
+            out.setdefault(_setting_key(r), {})[(r["task"], r["metric"])] = r
+    return out
+
+
+def steps_study(
+    rows: Sequence[dict], reference: tuple[str, int] = ("ddim", 50), z: float = 2.0
+) -> dict | None:
+    """Which (sampler, steps) keep the reference's oracle scores within noise.
+
+    At the latest checkpoint and the reference's other settings, each
+    (sampler, steps) cell is compared with the reference cell on every
+    proportion score both have (colour, shape, fill, SC, PQ, ...: a fraction
+    of `n` samples). A difference is noise while it is at most `z` binomial
+    standard errors of the reference's score, sqrt(p (1 - p) / n) (at least
+    1/n, so a perfect score still allows one sample). `chosen` is the cell
+    with the fewest steps where every score is within noise (on a tie the
+    reference's sampler). None when the rows lack the reference or any other
+    steps.
+
+    Returns:
+      {"reference": {"sampler", "steps"}, "z": z, "cells": [{"sampler",
+      "steps", "within_noise", "worst": {"task", "metric", "value",
+      "reference", "standard_errors"}}, ...] by steps, "chosen": {"sampler",
+      "steps"} or None}.
+    """
+    table = _proportions(rows)
+    if not table:
+        return None
+    names = _setting_names()
+    col = {name: i for i, name in enumerate(names)}
+    latest = max(int(k[col["checkpoint_step"]]) for k in table)
+    at_latest = {
+        k: v for k, v in table.items() if int(k[col["checkpoint_step"]]) == latest
+    }
+    sampler, steps = reference
+    refs = [
+        k
+        for k in at_latest
+        if k[col["sampler"]] == sampler and k[col["steps"]] == _fmt_setting(steps)
+    ]
+    if not refs:
+        return None
+    ref_key = refs[0]
+    others = [i for i, n in enumerate(names) if n not in ("sampler", "steps")]
+    same = lambda k: all(k[i] == ref_key[i] for i in others)  # noqa: E731
+    cells = []
+    for key, scores in at_latest.items():
+        if key == ref_key or not same(key):
+            continue
+        worst = None
+        for pair, row in scores.items():
+            ref = at_latest[ref_key].get(pair)
+            if ref is None:
+                continue
+            p, n = ref["value"], ref["n"]
+            se = max(math.sqrt(p * (1 - p) / n), 1 / n)
+            errors = abs(row["value"] - p) / se
+            if worst is None or errors > worst["standard_errors"]:
+                worst = dict(
+                    task=pair[0],
+                    metric=pair[1],
+                    value=row["value"],
+                    reference=p,
+                    standard_errors=round(errors, 2),
+                )
+        if worst is not None:
+            cells.append(
+                dict(
+                    sampler=key[col["sampler"]],
+                    steps=int(key[col["steps"]]),
+                    within_noise=worst["standard_errors"] <= z,
+                    worst=worst,
+                )
+            )
+    if not cells:
+        return None
+    cells.sort(key=lambda c: (c["steps"], c["sampler"] != sampler, c["sampler"]))
+    chosen = next((c for c in cells if c["within_noise"]), None)
+    return {
+        "reference": {"sampler": sampler, "steps": steps},
+        "checkpoint_step": latest,
+        "z": z,
+        "cells": cells,
+        "chosen": None
+        if chosen is None
+        else {"sampler": chosen["sampler"], "steps": chosen["steps"]},
+    }
+
+
+def steps_study_markdown(study: dict) -> str:
+    """The `steps_study` verdict as a markdown section."""
+    ref = study["reference"]
+    text = (
+        f"## Fewer steps (against {ref['sampler']}-{ref['steps']}, checkpoint "
+        f"{study['checkpoint_step']})\n\nA score is within noise while it differs "
+        f"from the reference's by at most {study['z']:g} binomial standard errors "
+        "of the reference's score.\n\n"
+    )
+    header = ["sampler", "steps", "within noise", "largest difference", "errors"]
+    lines = []
+    for c in study["cells"]:
+        w = c["worst"]
+        lines.append(
+            [
+                c["sampler"],
+                str(c["steps"]),
+                "yes" if c["within_noise"] else "no",
+                f"{w['task']} {w['metric']} {_fmt(w['value'])} vs "
+                f"{_fmt(w['reference'])}",
+                f"{w['standard_errors']:g}",
+            ]
+        )
+    text += _markdown(header, lines)
+    chosen = study["chosen"]
+    text += "\nFewest steps within noise: " + (
+        f"**{chosen['sampler']}, {chosen['steps']} steps**.\n"
+        if chosen
+        else "none of the cells.\n"
+    )
+    return text
+
+
 def write_markdown(rows: Sequence[dict], out_dir: str) -> str:
     """`results.md`: the headline table, then every row; returns its path."""
     text = "## Headline scores\n\n" + headline_markdown(rows)
+    study = steps_study(rows)
+    if study is not None:
+        text += "\n" + steps_study_markdown(study)
     text += "\n## Every row\n\n" + markdown_rows(rows)
     path = os.path.join(out_dir, "results.md")
     with open(path + ".tmp", "w") as f:

@@ -68,12 +68,15 @@ class Imagen(nn.Module):
 
         `masks` (`conditioning.condition_masks`) holds the (possibly dropped)
         `text_mask` and, for instruction models, `ctx_mask` and `cond_keep`
-        (input image kept, [B] bool).
+        (input image kept, [B] bool). A batch with `text_embeddings`
+        [B, L, D] (stored by the frozen encoder, `text.precompute`) is not
+        encoded again; a dropped text is masked out of the UNet either way.
         """
-        cond = {
-            "text": self.encode_text(batch["text_tokens"], masks["text_mask"]),
-            "text_mask": masks["text_mask"],
-        }
+        if "text_embeddings" in batch:
+            text = batch["text_embeddings"].astype(jnp.float32)
+        else:
+            text = self.encode_text(batch["text_tokens"], masks["text_mask"])
+        cond = {"text": text, "text_mask": masks["text_mask"]}
         if self.conditioning.instruction:
             cond["memory"] = self.encode_memory(
                 batch["ctx_images"],

@@ -76,6 +76,16 @@ def load_params(directory: str, like: Any) -> Any:
         directory is not the model `config.text` describes).
     """
     _, host = t5_import.load_hf_t5_encoder(directory)
+    return place_params(host, like, directory)
+
+
+def place_params(host: Any, like: Any, directory: str) -> Any:
+    """The converted encoder `host` (numpy arrays read from `directory`) as
+    the arrays of `like`, each device given only the slices it holds.
+
+    Raises:
+      ValueError: As `load_params`.
+    """
     if jax.tree.structure(host) != jax.tree.structure(like):
         raise ValueError(
             f"the T5 encoder of {directory} has other parameters than the model's "

@@ -26,7 +26,10 @@ import abc
 import re
 from collections.abc import Callable, Sequence
 
+import ml_collections
 import numpy as np
+
+from imagen_jax.instructions import MARKERS
 
 PAD_ID = 0
 EOS_ID = 1
@@ -264,3 +267,13 @@ def get_tokenizer(name: str, **kwargs) -> Tokenizer:
     if name not in _TOKENIZERS:
         raise ValueError(f"Unknown tokenizer {name!r}; known: {sorted(_TOKENIZERS)}")
     return _TOKENIZERS[name](**kwargs)
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The config's tokenizer; every `[ref#k]` marker is one special token.
+
+    Text-to-image models get the markers too, so that their embedding table
+    has the shape an instruction-tuned model initialised from them needs.
+    """
+    kwargs = {"model_path": config.text.vocab_path} if config.text.vocab_path else {}
+    return get_tokenizer(config.text.tokenizer, extra_tokens=MARKERS, **kwargs)

@@ -143,22 +143,81 @@ def test_report_tables_plots_and_html(tmp_path):
         assert f'"{src}"' in page and os.path.exists(os.path.join(out, src))
 
 
+def _steps_rows(fill: dict, n: int = 100) -> list[dict]:
+    """Held-out rows of a fewer-steps sweep at checkpoint 5: colour 0.5
+    everywhere, fill per (sampler, steps) from `fill`."""
+    base = {
+        "checkpoint_step": 5,
+        "guidance": 3.0,
+        "image_guidance": 1.0,
+        "oscillate": False,
+        "eval": "held_out",
+        "tasks": None,
+        "n": n,
+    }
+    rows = []
+    for (sampler, steps), value in fill.items():
+        cell = {**base, "sampler": sampler, "steps": steps}
+        rows += [
+            {**cell, "task": "held_out", "metric": "colour", "value": 0.5},
+            {**cell, "task": "held_out", "metric": "fill", "value": value},
+            # Not proportions: never compared.
+            {**cell, "task": "held_out", "metric": "fid", "value": 100.0 * steps},
+            {**cell, "task": "average/in_domain", "metric": "sc", "value": 0.0},
+        ]
+    return rows
+
+
+def test_steps_study_picks_the_fewest_steps_within_noise(tmp_path):
+    # Reference fill 0.5 over 100 samples: one standard error is 0.05.
+    fill = {
+        ("ddim", 50): 0.5,
+        ("ddim", 5): 0.3,  # 4 errors: out
+        ("dpmpp_2m", 5): 0.39,  # 2.2 errors: out
+        ("ddim", 10): 0.41,  # 1.8 errors: in
+        ("dpmpp_2m", 10): 0.6,  # 2 errors: in (at the bound)
+    }
+    study = report.steps_study(_steps_rows(fill))
+    verdict = {(c["sampler"], c["steps"]): c["within_noise"] for c in study["cells"]}
+    assert verdict == {
+        ("ddim", 5): False,
+        ("dpmpp_2m", 5): False,
+        ("ddim", 10): True,
+        ("dpmpp_2m", 10): True,
+    }
+    assert study["chosen"] == {"sampler": "ddim", "steps": 10}  # the tie: ddim
+    worst = study["cells"][0]["worst"]
+    assert (worst["metric"], worst["standard_errors"]) == ("fill", 4.0)
+    # Another checkpoint's or guidance's cells are not compared.
+    other = [{**r, "guidance": 5.0} for r in _steps_rows({("ddim", 5): 0.5})]
+    assert report.steps_study(_steps_rows(fill) + other)["chosen"]["steps"] == 10
+    # No reference cell, or nothing but it: no verdict.
+    assert report.steps_study(_steps_rows({("ddim", 10): 0.5})) is None
+    assert report.steps_study(_steps_rows({("ddim", 50): 0.5})) is None
+    # results.md carries the verdict.
+    with open(report.write_markdown(_steps_rows(fill), str(tmp_path))) as f:
+        assert "Fewest steps within noise: **ddim, 10 steps**" in f.read()
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A smoke text-to-image run with checkpoints at steps 2 and 4, written as
     training writes them (its initial state: sampling needs no trained model)."""
     import jax
 
-    from imagen_jax import checkpointing, sharding, train
+    from imagen_jax import checkpointing, optim, sharding, train_state
     from imagen_jax.models.imagen import build_model
+    from imagen_jax.text.tokenizers import make_tokenizer
 
     workdir = str(tmp_path_factory.mktemp("sweep_run"))
     config = _config()
     checkpointing.save_config(workdir, config)
-    model = build_model(config, train.make_tokenizer(config).vocab_size)
+    model = build_model(config, make_tokenizer(config).vocab_size)
     mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-    tx, _ = train.build_optimizer(config)
-    state, _ = train.init_state(model, tx, config, mesh, train.mesh_rules(config))
+    tx, _ = optim.build_optimizer(config)
+    state, _ = train_state.init_state(
+        model, tx, config, mesh, train_state.mesh_rules(config)
+    )
     mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
     for step in (2, 4):
         checkpointing.save(mngr, step, state.replace(step=jax.numpy.int32(step)), None)

@@ -383,11 +383,12 @@ def test_context_norm_normalises_each_memory_token():
 
 
 def _param_shapes(config) -> dict[str, list[int]]:
-    from imagen_jax import train
+    from imagen_jax import train_state
     from imagen_jax.models.imagen import build_model
+    from imagen_jax.text.tokenizers import make_tokenizer
 
-    model = build_model(config, train.make_tokenizer(config).vocab_size)
-    boxed = jax.eval_shape(lambda: train.init_params(model, config))
+    model = build_model(config, make_tokenizer(config).vocab_size)
+    boxed = jax.eval_shape(lambda: train_state.init_params(model, config))
     flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed))[0]
     return {"/".join(k.key for k in path): list(x.shape) for path, x in flat}
 

@@ -13,55 +13,11 @@ import optax
 import pytest
 
 from experiments import t2i_shapes
-from imagen_jax import inference, train
+from imagen_jax import inference, optim, train, train_state
 from imagen_jax.models.imagen import build_model
 from imagen_jax.text import pretrained, t5_import
-
-# The tiny encoder's config.json fields; vocab_size covers the tokenizer's
-# pieces plus the [ref#k] markers appended to them.
-HF_FIELDS = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
-
-
-def _captions():
-    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white"]
-    shapes = ["circle", "square", "triangle", "star", "heart"]
-    places = ["top left", "top right", "bottom left", "bottom right", "centre"]
-    return [f"a {c} {s} at the {p}" for c in colours for s in shapes for p in places]
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A Flan-T5-like directory: a random seq2seq T5 saved by transformers in
-    several safetensors shards, and a sentencepiece model trained here."""
-    import sentencepiece
-
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    directory = tmp_path_factory.mktemp("flan_t5_tiny")
-    torch.manual_seed(0)
-    config = transformers.T5Config(
-        **HF_FIELDS,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-    )
-    transformers.T5ForConditionalGeneration(config).save_pretrained(
-        directory, max_shard_size="40KB"
-    )
-    assert len(list(directory.glob("model-*-of-*.safetensors"))) > 2
-    # The T5 convention the tokenizer checks: pad 0, eos 1, unk 2, no bos.
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_captions()),
-        model_prefix=str(directory / "spiece"),
-        vocab_size=60,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    return str(directory)
+from imagen_jax.text.tokenizers import make_tokenizer
+from tests.text.conftest import HF_FIELDS
 
 
 def test_library_never_imports_the_test_only_packages():
@@ -109,7 +65,7 @@ def test_missing_spiece_model_is_one_line(hf_dir, tmp_path):
 def test_tokenizer_beyond_the_embedding_table_is_named(hf_dir):
     cfg = pretrained.resolve(_config("unused", hf_dir))
     cfg.text.vocab_size = 40  # fewer rows than the pieces and markers
-    tokenizer = train.make_tokenizer(cfg)
+    tokenizer = make_tokenizer(cfg)
     with pytest.raises(ValueError, match=f"tokenizer has {tokenizer.vocab_size} ids"):
         build_model(cfg, tokenizer.vocab_size)
 
@@ -117,8 +73,8 @@ def test_tokenizer_beyond_the_embedding_table_is_named(hf_dir):
 def _init_params(cfg):
     """The params training starts from before the pretrained encoder is loaded."""
     cfg = pretrained.resolve(cfg)
-    model = build_model(cfg, train.make_tokenizer(cfg).vocab_size)
-    return jax.jit(lambda: nn.unbox(train.init_params(model, cfg)))()
+    model = build_model(cfg, make_tokenizer(cfg).vocab_size)
+    return jax.jit(lambda: nn.unbox(train_state.init_params(model, cfg)))()
 
 
 def test_training_keeps_the_pretrained_encoder_frozen(smoke_world, hf_dir, tmp_path):
@@ -167,5 +123,5 @@ def test_frozen_leaves_are_the_text_encoder_when_frozen(frozen):
     cfg = t2i_shapes.get_config("smoke")
     cfg.text.frozen = frozen
     params = {"text_encoder": {"a": np.zeros(2)}, "unet": {"b": np.zeros(3)}}
-    flags = train.frozen_leaves(cfg, params)
+    flags = optim.frozen_leaves(cfg, params)
     assert flags == {"text_encoder": {"a": frozen}, "unet": {"b": False}}
