@@ -54,12 +54,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # for the neighbours to matter (session 11: identity 0.17 with retrieved
     # context after 835 steps); a made-up word is what a retrieval-only name
     # is to the model.
-    c.data.rename = 0.5
+    # 80% since session 13 (more examples whose identity only the context
+    # gives).
+    c.data.rename = 0.8
+    # Every renamed subject is also redrawn with a random (shape, colour,
+    # fill) in the target and its neighbours (`shapes_world.redraw_subject`).
+    # Without it the renamed subjects keep the training identities, and a
+    # retrieval-only identity - a combination no training name has - came
+    # out with the fill of the nearest known one: identity 0.58 at best, the
+    # fill the part missing (docs/retrieval.md, session 15).
+    c.data.redraw = 1.0
     # 0 encodes all B * K context slots: nearly every example has 3 neighbours.
     c.model.context_slots = 0.0
-    # As in stage 2 (`UNetConfig.context_level`, `context_norm`), so that
-    # stage 2 starts from this model unchanged.
-    c.model.context_level = -1
+    # The context memory from the next-to-last encoder level (8x8 tokens per
+    # 32-px item): the last (4x4) lost the stripes (fill 0.46 against 0.65,
+    # session 14). Stage 2 starts from this model unchanged when it is given
+    # the same level (`--config.model.context_level=-2`).
+    c.model.context_level = -2
     c.model.context_norm = False
 
     # Instruct-Imagen stage 1: 10% drop text and context, 10% context only.

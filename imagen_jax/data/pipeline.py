@@ -21,6 +21,7 @@ happens while training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,6 +114,12 @@ class RetrievalSource:
     captions, by a made-up word (`new_name`), so the identity can come only
     from the context images - as with a retrieval-only name at inference.
     The choice and the word depend on (`seed`, index) alone.
+
+    Redrawing (`redraw` > 0): with that probability a renamed example's
+    subject also gets a fresh appearance in the target and every neighbour
+    (`redraw_subject`: (rng, scene JSONs) -> (scene JSONs, images)), so that
+    what the made-up name looks like - fill included - is read from the
+    references, not recalled from the training identities.
     """
 
     def __init__(
@@ -125,6 +132,11 @@ class RetrievalSource:
         rename: float = 0.0,
         new_name: Callable[[np.random.Generator], str] | None = None,
         seed: int = 0,
+        redraw: float = 0.0,
+        redraw_subject: Callable[
+            [np.random.Generator, Sequence[str]], tuple[list[str], list[np.ndarray]]
+        ]
+        | None = None,
     ):
         """Records are dicts with "image" (uint8 [R, R, 3]), "caption" and
         "scene" (str or bytes), and "name" (the subject's, may be empty) when
@@ -144,6 +156,11 @@ class RetrievalSource:
         if rename and new_name is None:
             raise ValueError("rename > 0 needs new_name, a made-up word maker")
         self._rename, self._new_name, self._seed = rename, new_name, seed
+        if not 0.0 <= redraw <= 1.0:
+            raise ValueError(f"redraw must be in [0, 1], got {redraw}")
+        if redraw and redraw_subject is None:
+            raise ValueError("redraw > 0 needs redraw_subject, a scene redrawer")
+        self._redraw, self._redraw_subject = redraw, redraw_subject
 
     def __len__(self) -> int:
         return len(self._examples)
@@ -156,6 +173,7 @@ class RetrievalSource:
         caption = mining.as_text(record["caption"])
         captions = [mining.as_text(r["caption"]) for r in found]
         meta = {"scene": mining.as_text(record["scene"]), "neighbours": ids}
+        image, images = record["image"], [r["image"] for r in found]
         name = mining.as_text(record.get("name", b"")) if self._rename else ""
         rng = np.random.default_rng((self._seed, int(index)))
         if name and rng.random() < self._rename:
@@ -164,11 +182,13 @@ class RetrievalSource:
             caption = word.sub(new, caption)
             captions = [word.sub(new, c) for c in captions]
             meta["renamed"] = (name, new)
-        neighbours = [(r["image"], c) for r, c in zip(found, captions)]
+            if self._redraw and rng.random() < self._redraw:
+                scenes = [meta["scene"]] + [mining.as_text(r["scene"]) for r in found]
+                scenes, rendered = self._redraw_subject(rng, scenes)
+                meta["scene"], image, images = scenes[0], rendered[0], rendered[1:]
+        neighbours = list(zip(images, captions))
         instruction = mining.neighbour_instruction(caption, neighbours)
-        return TaskExample(
-            "retrieval", instruction, np.asarray(record["image"], np.uint8), meta
-        )
+        return TaskExample("retrieval", instruction, np.asarray(image, np.uint8), meta)
 
 
 def _shapes_world_retrieval_source(
@@ -202,6 +222,10 @@ def _shapes_world_retrieval_source(
         rename=cfg.get("rename", 0.0) if split == "train" else 0.0,
         new_name=shapes_world.unused_name,
         seed=cfg.get("rename_seed", 0),
+        redraw=cfg.get("redraw", 0.0) if split == "train" else 0.0,
+        redraw_subject=functools.partial(
+            shapes_world.redraw_subject, resolution=cfg.resolution
+        ),
     )
 
 

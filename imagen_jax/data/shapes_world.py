@@ -865,6 +865,55 @@ def _retrieval_record(
     }
 
 
+def redraw_subject(
+    rng: np.random.Generator, scenes: Sequence[str | bytes], resolution: int = 32
+) -> tuple[list[str], list[np.ndarray]]:
+    """The one-object `scenes` (a target and its neighbours, JSON) with their
+    object given one identity, uniform over every (shape, colour, fill) not
+    held out at their positions; (scenes as JSON, renders).
+
+    Stage 1's renamed subjects (`pipeline.RetrievalSource`): a renamed subject
+    keeps its training identity otherwise, and then a retrieval-only identity
+    (a combination no training name has) is one whose fill the model never
+    had to read from the references: it copies shape and colour and takes the
+    fill of the nearest identity it knows (docs/retrieval.md, session 15).
+    Redrawn, every combination is seen under made-up names, never under a
+    retrieval-only one, which is Re-Imagen's setting (the name is rare, its
+    appearance need not be).
+
+    Raises:
+      ValueError: if a scene does not hold exactly one object.
+    """
+    parsed = [Scene.from_json(s) for s in scenes]
+    for scene in parsed:
+        if len(scene.objects) != 1:
+            raise ValueError(
+                f"redraw_subject takes one-object scenes, got {len(scene.objects)}"
+            )
+    held_out = held_out_triples()
+    positions = {scene.objects[0].position for scene in parsed}
+    allowed = [
+        (shape, colour, fill)
+        for shape in SHAPES
+        for colour in COLOURS
+        for fill in PATTERNS
+        if all((shape, colour, p) not in held_out for p in positions)
+    ]
+    shape, colour, fill = allowed[int(rng.integers(len(allowed)))]
+    redrawn = [
+        dataclasses.replace(
+            scene,
+            objects=(
+                dataclasses.replace(
+                    scene.objects[0], shape=shape, colour=colour, pattern=fill
+                ),
+            ),
+        )
+        for scene in parsed
+    ]
+    return [s.to_json() for s in redrawn], [render(s, resolution) for s in redrawn]
+
+
 def make_retrieval_example(
     split: str, index: int, seed: int, resolution: int = 32
 ) -> dict[str, Any]:

@@ -155,15 +155,80 @@ def _config(data_dir):
 
 def test_config_renaming_reaches_the_training_source(data_dir):
     cfg = _config(data_dir)
-    assert cfg.data.rename == 0.5  # stage 1's default
+    assert (cfg.data.rename, cfg.data.redraw) == (0.8, 1.0)  # stage 1's defaults
     cfg.data.rename = 1.0
     source = pipeline.get_source(cfg.data, "train")
+    redrawn = 0
     for i in range(len(source)):
         example = source[i]
+        record = source._examples[i]
         name = example.meta.get("renamed", ("",))[0]
-        assert name == (source._examples[i]["name"].decode())
+        assert name == (record["name"].decode())
         if name:
             assert name not in example.instruction.text
+        # Every renamed subject is redrawn: the target is its (new) scene's
+        # render; an unnamed one is the record as it was.
+        scene = sw.Scene.from_json(example.meta["scene"])
+        np.testing.assert_array_equal(example.target, sw.render(scene, 32))
+        if not name:
+            np.testing.assert_array_equal(example.target, record["image"])
+        old = sw.Scene.from_json(record["scene"].decode()).objects[0]
+        redrawn += scene.objects[0] != old
+    assert redrawn > 0
+    cfg.data.redraw = 0.0
+    plain = pipeline.get_source(cfg.data, "train")
+    for i in range(len(plain)):
+        np.testing.assert_array_equal(plain[i].target, plain._examples[i]["image"])
+
+
+def test_redraw_gives_target_and_neighbours_one_new_identity():
+    rng = np.random.default_rng(0)
+    background = sw.Background("dots", "mint")
+    scenes = [
+        sw.Scene((sw.Obj("cross", "green", size, pos, "dotted"),), background)
+        for size, pos in [("small", "top left"), ("large", "center"), ("small", "left")]
+    ]
+    jsons = [s.to_json() for s in scenes]
+    seen = set()
+    for _ in range(400):
+        new_jsons, images = sw.redraw_subject(rng, jsons, 32)
+        new = [sw.Scene.from_json(j) for j in new_jsons]
+        identities = {(s.objects[0].shape, s.objects[0].colour) for s in new}
+        fills = {s.objects[0].pattern for s in new}
+        assert len(identities) == 1 and len(fills) == 1  # one identity for all
+        seen.add((*identities.pop(), fills.pop()))
+        for old, scene, image in zip(scenes, new, images, strict=True):
+            # Where, how large and on what stay; the render is the new scene's.
+            assert scene.background == old.background
+            assert (scene.objects[0].size, scene.objects[0].position) == (
+                old.objects[0].size,
+                old.objects[0].position,
+            )
+            np.testing.assert_array_equal(image, sw.render(scene, 32))
+            assert scene.objects[0].triple not in sw.held_out_triples()
+    # Every fill of every shape and colour, the retrieval-only ones included,
+    # comes up (at most 72 identities, 400 draws).
+    assert {fill for *_, fill in seen} == set(sw.PATTERNS)
+    assert len(seen) > 50
+    assert set(sw.RETRIEVAL_ONLY_SUBJECTS.values()) & seen
+    two = sw.Scene(
+        (
+            sw.Obj("cross", "green", "small", "top left"),
+            sw.Obj("circle", "red", "small", "center"),
+        )
+    )
+    with pytest.raises(ValueError, match="one-object scenes"):
+        sw.redraw_subject(rng, [two.to_json()], 32)
+
+
+def test_redraw_needs_a_redrawer():
+    examples = [{**_record(1, "a snorf"), "name": b"snorf"}]
+    table = np.zeros((1, 1), np.int64)
+    words = {"rename": 1.0, "new_name": lambda rng: "zib"}
+    with pytest.raises(ValueError, match="needs redraw_subject"):
+        pipeline.RetrievalSource(examples, examples, table, 1, redraw=1.0, **words)
+    with pytest.raises(ValueError, match="redraw must be in"):
+        pipeline.RetrievalSource(examples, examples, table, 1, redraw=2.0, **words)
 
 
 def test_pipeline_batches_carry_the_mined_neighbours(data_dir):
