@@ -74,18 +74,11 @@ def _steps(config):
     import jax.numpy as jnp
     import numpy as np
 
-    from imagen_jax import bench, optim, sharding, train, train_state
-    from imagen_jax.models.imagen import build_model
-    from imagen_jax.text.tokenizers import make_tokenizer
+    from imagen_jax import bench, sharding, train
 
-    model = build_model(config, make_tokenizer(config).vocab_size)
-    rules = train_state.mesh_rules(config)
-    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-    tx, _ = optim.build_optimizer(config)
-    state, shardings = train_state.init_state(model, tx, config, mesh, rules)
-    jitted, batch_sharding = train.compile_train_step(
-        model, tx, config, mesh, shardings
-    )
+    built, state = train.setup(config)
+    jitted, batch_sharding = built.step_fn, built.batch_sharding
+    mesh, rules = built.mesh, built.rules
     d, b = config.data, config.data.batch_size
     rng = np.random.default_rng(0)
     tokens = {

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from imagen_jax import conditioning, optim, sampling, sharding, train, train_state
+from imagen_jax import conditioning, sampling, sharding, train, train_state
 from imagen_jax.diffusion import losses
 from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.models.unet import UNet
@@ -244,21 +244,17 @@ def _token_batch(
 
 def prepare_full_train(config: ml_collections.ConfigDict) -> Bench:
     """The project's own sharded `train.train_step` (T5 + UNet, EMA), compiled."""
-    tokenizer = make_tokenizer(config)
-    model = build_model(config, tokenizer.vocab_size)
-    rules = train_state.mesh_rules(config)
-    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
-    tx, _ = optim.build_optimizer(config)
-    state, state_shardings = train_state.init_state(model, tx, config, mesh, rules)
-    jitted, batch_sharding = train.compile_train_step(
-        model, tx, config, mesh, state_shardings
-    )
+    built, state = train.setup(config)
     local = _token_batch(
-        config, model.conditioning, config.data.batch_size, tokenizer.vocab_size
+        config,
+        built.model.conditioning,
+        config.data.batch_size,
+        built.tokenizer.vocab_size,
     )
-    batch = sharding.global_batch(local, batch_sharding)
-    with mesh, nn.logical_axis_rules(rules):
-        compiled = jitted.lower(state, batch).compile()
+    batch = sharding.global_batch(local, built.batch_sharding)
+    mesh = built.mesh
+    with mesh, nn.logical_axis_rules(built.rules):
+        compiled = built.step_fn.lower(state, batch).compile()
     holder = {"state": state}
 
     def run():

@@ -28,8 +28,20 @@ from imagen_jax.models.imagen import Imagen
 from imagen_jax.text.tokenizers import Tokenizer
 
 
-def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Callable:
-    """`run(denoise_fn, rng, batch, num_steps)`: the configured sampler from noise.
+def draw_noise(
+    rng: jax.Array, rows: int, resolution: int
+) -> tuple[jax.Array, jax.Array]:
+    """(x_T [rows, R, R, 3], the sampler's per-step key) drawn from `rng`, as
+    every generate call draws them; the first n rows are the x_T of n images
+    (a row's random bits do not depend on the row count)."""
+    noise_rng, sample_rng = jax.random.split(rng)
+    shape = (rows, resolution, resolution, 3)
+    return jax.random.normal(noise_rng, shape, jnp.float32), sample_rng
+
+
+def make_sampler_fn(config: ml_collections.ConfigDict, sampler: str | None) -> Callable:
+    """`sample(denoise_fn, rng, x_T, num_steps)`: the configured sampler and
+    schedule from the noise x_T (the server gives each request's own).
 
     Raises:
       ValueError: unknown sampler name (checked here, before any tracing).
@@ -38,21 +50,31 @@ def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Call
     names = samplers.get_sampler_names()
     if sampler not in names:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {names}")
-    res = config.data.resolution
-    schedule_fn = schedules.get_schedule(config.diffusion.schedule, res)
+    schedule_fn = schedules.get_schedule(
+        config.diffusion.schedule, config.data.resolution
+    )
 
-    def run(denoise_fn, rng, batch, num_steps):
-        noise_rng, sample_rng = jax.random.split(rng)
-        x_t = jax.random.normal(noise_rng, (batch, res, res, 3), jnp.float32)
+    def sample(denoise_fn, rng, x_t, num_steps):
         return samplers.sample(
             denoise_fn,
-            sample_rng,
+            rng,
             x_t,
             num_steps,
             sampler=sampler,
             schedule_fn=schedule_fn,
             clip_x0=config.sample.clip_x0,
         )
+
+    return sample
+
+
+def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Callable:
+    """`run(denoise_fn, rng, batch, num_steps)`: the configured sampler from noise."""
+    sample = make_sampler_fn(config, sampler)
+
+    def run(denoise_fn, rng, batch, num_steps):
+        x_t, sample_rng = draw_noise(rng, batch, config.data.resolution)
+        return sample(denoise_fn, sample_rng, x_t, num_steps)
 
     return run
 

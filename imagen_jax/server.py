@@ -230,12 +230,9 @@ def _serving_fn(loaded, sampler: str) -> Callable:
     oscillation per row ([B]); `rng` is the per-step noise key.
     """
     from imagen_jax import sampling
-    from imagen_jax.diffusion import samplers, schedules
 
     config, model = loaded.config, loaded.model
-    schedule_fn = schedules.get_schedule(
-        config.diffusion.schedule, config.data.resolution
-    )
+    sample = sampling.make_sampler_fn(config, sampler)
 
     def serve(params, batch, x_T, rng, num_steps, s_text, s_image, oscillate):
         denoise_fn = sampling.guided_denoiser(
@@ -246,30 +243,19 @@ def _serving_fn(loaded, sampler: str) -> Callable:
             {"text": s_text, "image": s_image},
             oscillate,
         )
-        return samplers.sample(
-            denoise_fn,
-            rng,
-            x_T,
-            num_steps,
-            sampler=sampler,
-            schedule_fn=schedule_fn,
-            clip_x0=config.sample.clip_x0,
-        )
+        return sample(denoise_fn, rng, x_T, num_steps)
 
     return jax.jit(serve)
 
 
 def _noise_fn(rows: int, resolution: int) -> Callable:
-    """Jitted `noise(rng)` -> (x_T [rows, R, R, 3], per-step key), drawn as
-    `sampling.make_generate_fn` draws them; its first n rows are the x_T of n
-    images (the random bits of a row do not depend on the row count)."""
+    """Jitted `noise(rng)` -> (x_T [rows, R, R, 3], per-step key)
+    (`sampling.draw_noise`, as `sampling.make_generate_fn` draws them)."""
+    from imagen_jax import sampling
 
-    def noise(rng):
-        noise_rng, sample_rng = jax.random.split(rng)
-        shape = (rows, resolution, resolution, 3)
-        return jax.random.normal(noise_rng, shape, jnp.float32), sample_rng
-
-    return jax.jit(noise)
+    return jax.jit(
+        functools.partial(sampling.draw_noise, rows=rows, resolution=resolution)
+    )
 
 
 class WorkdirModel:

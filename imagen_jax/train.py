@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -157,6 +158,46 @@ def compile_train_step(model, tx, config, mesh, state_shardings):
     return jitted, batch_sharding
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A config's model, mesh, optimizer and compiled step (`setup`).
+
+    Attributes:
+      tokenizer, model: the config's (`make_tokenizer`, `build_model`).
+      rules, mesh: the logical-axis rules and the device mesh; run the step
+        under `with setup.mesh, nn.logical_axis_rules(setup.rules)`.
+      tx, lr_fn: the optimizer and its learning-rate schedule.
+      step_fn: jitted (state, batch) -> (state, metrics); donates the state.
+      batch_sharding: where a global batch goes (`sharding.global_batch`).
+    """
+
+    tokenizer: Any
+    model: Imagen
+    rules: Any
+    mesh: jax.sharding.Mesh
+    tx: optax.GradientTransformation
+    lr_fn: Any
+    step_fn: Any
+    batch_sharding: jax.sharding.NamedSharding
+
+
+def setup(config: ml_collections.ConfigDict) -> tuple[Setup, TrainState]:
+    """What a train step needs from `config`, and the initial state sharded on
+    the mesh (training, benchmarks, tests). The state is apart so that nothing
+    holds it once a step has donated it or a checkpoint replaced it."""
+    tokenizer = make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size)
+    rules = train_state.mesh_rules(config)
+    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    tx, lr_fn = optim.build_optimizer(config)
+    state, state_shardings = train_state.init_state(model, tx, config, mesh, rules)
+    step_fn, batch_sharding = compile_train_step(
+        model, tx, config, mesh, state_shardings
+    )
+    built = Setup(tokenizer, model, rules, mesh, tx, lr_fn, step_fn, batch_sharding)
+    return built, state
+
+
 def restore_or_init(config, workdir, state, mngr, data_iter):
     """The one place that decides where training starts.
 
@@ -222,30 +263,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     config_utils.validate(config)
     if jax.process_index() == 0:  # one writer of the shared file
         checkpointing.save_config(workdir, config)
-    tokenizer = make_tokenizer(config)
-    model = build_model(config, tokenizer.vocab_size)
-    rules = train_state.mesh_rules(config)
-    mesh = sharding.make_mesh(config.mesh.shape, config.mesh.axes)
+    built, state = setup(config)
     data_iter = iter(
         pipeline.train_dataset(
             config,
-            tokenizer,
+            built.tokenizer,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
     )
-    tx, lr_fn = optim.build_optimizer(config)
-    state, state_shardings = train_state.init_state(model, tx, config, mesh, rules)
     mngr = checkpointing.manager(
         os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints
     )
     state = restore_or_init(config, workdir, state, mngr, data_iter)
-    step_fn, batch_sharding = compile_train_step(
-        model, tx, config, mesh, state_shardings
-    )
-    loop = _Loop(config, workdir, model, tokenizer, mngr, lr_fn)
-    with mesh, nn.logical_axis_rules(rules):
-        state = loop.run(state, data_iter, step_fn, batch_sharding)
+    loop = _Loop(config, workdir, built.model, built.tokenizer, mngr, built.lr_fn)
+    with built.mesh, nn.logical_axis_rules(built.rules):
+        state = loop.run(state, data_iter, built.step_fn, built.batch_sharding)
     return state
 
 

@@ -15,11 +15,9 @@ from imagen_jax import (
     sampling,
     sharding,
     train,
-    train_state,
 )
 from imagen_jax.data import shapes_world
 from imagen_jax.models.imagen import build_model
-from imagen_jax.text.tokenizers import make_tokenizer
 
 
 def _setup(mesh_shape=(2, 2, 2), **overrides):
@@ -28,14 +26,16 @@ def _setup(mesh_shape=(2, 2, 2), **overrides):
     for k, v in overrides.items():
         node, *rest = k.split(".")
         cfg[node][rest[0]] = v
-    tok = make_tokenizer(cfg)
-    model = build_model(cfg, tok.vocab_size)
-    rules = train_state.mesh_rules(cfg)
-    mesh = sharding.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
-    tx, _ = optim.build_optimizer(cfg)
-    state, shardings = train_state.init_state(model, tx, cfg, mesh, rules)
-    step_fn, bs = train.compile_train_step(model, tx, cfg, mesh, shardings)
-    return cfg, tok, mesh, rules, state, step_fn, bs
+    built, state = train.setup(cfg)
+    return (
+        cfg,
+        built.tokenizer,
+        built.mesh,
+        built.rules,
+        state,
+        built.step_fn,
+        built.batch_sharding,
+    )
 
 
 def _batch(cfg, tok, n=8, seed=0):
