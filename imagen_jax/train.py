@@ -160,13 +160,13 @@ def compile_train_step(model, tx, config, mesh, state_shardings):
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """A config's model, mesh, optimizer and compiled step (`setup`).
+    """A config's model, mesh, LR schedule and compiled step (`setup`).
 
     Attributes:
       tokenizer, model: the config's (`make_tokenizer`, `build_model`).
       rules, mesh: the logical-axis rules and the device mesh; run the step
         under `with setup.mesh, nn.logical_axis_rules(setup.rules)`.
-      tx, lr_fn: the optimizer and its learning-rate schedule.
+      lr_fn: the optimizer's learning-rate schedule.
       step_fn: jitted (state, batch) -> (state, metrics); donates the state.
       batch_sharding: where a global batch goes (`sharding.global_batch`).
     """
@@ -175,7 +175,6 @@ class Setup:
     model: Imagen
     rules: Any
     mesh: jax.sharding.Mesh
-    tx: optax.GradientTransformation
     lr_fn: Any
     step_fn: Any
     batch_sharding: jax.sharding.NamedSharding
@@ -194,7 +193,7 @@ def setup(config: ml_collections.ConfigDict) -> tuple[Setup, TrainState]:
     step_fn, batch_sharding = compile_train_step(
         model, tx, config, mesh, state_shardings
     )
-    built = Setup(tokenizer, model, rules, mesh, tx, lr_fn, step_fn, batch_sharding)
+    built = Setup(tokenizer, model, rules, mesh, lr_fn, step_fn, batch_sharding)
     return built, state
 
 
