@@ -87,6 +87,9 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     x = batch["image"].astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3]
     masks = drop_conditions(drop_rng, batch, d.cond_drop, model.conditioning)
     frozen = optim.frozen_leaves(config, state.params)
+    pixel_weight = None
+    if "object_mask" in batch:  # data.object_weight > 0: objects weigh 1 + w
+        pixel_weight = 1.0 + config.data.object_weight * batch["object_mask"]
 
     def loss_fn(params):
         # No backward pass through a frozen text encoder (its updates are zero).
@@ -119,7 +122,9 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
                 **cond,
             )
 
-        return losses.diffusion_loss(apply_fn, x, loss_rng, **loss_options(config))
+        return losses.diffusion_loss(
+            apply_fn, x, loss_rng, pixel_weight=pixel_weight, **loss_options(config)
+        )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -76,6 +76,24 @@ def test_step_keeps_shardings_and_moves_ema():
     assert sum(jax.tree.leaves(moved)) > len(jax.tree.leaves(moved)) // 2
 
 
+def test_object_mask_weighs_the_loss():
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup(**{"data.object_weight": 15.0})
+    base = _batch(cfg, tok)
+    centre = np.zeros(base["image"].shape[:3], np.uint8)
+    centre[:, 8:24, 8:24] = 1
+    masks = {"none": None, "zeros": np.zeros_like(centre), "centre": centre}
+    losses = {}
+    with mesh, nn.logical_axis_rules(rules):
+        for name, mask in masks.items():
+            batch = dict(base) if mask is None else {**base, "object_mask": mask}
+            fresh = jax.tree.map(jnp.copy, state)  # the step donates its state
+            _, metrics = step_fn(fresh, sharding.global_batch(batch, bs))
+            losses[name] = float(metrics["loss"])
+    # Same step, same noise: a zero mask weighs every pixel 1, as no mask does.
+    assert losses["zeros"] == pytest.approx(losses["none"], rel=1e-5)
+    assert abs(losses["centre"] - losses["none"]) > 1e-3 * losses["none"], losses
+
+
 def test_ema_decay_warms_up():
     d = [float(train.ema_decay(jnp.asarray(s), 0.999)) for s in (0, 10, 100, 10**6)]
     assert d[0] == pytest.approx(0.1) and d[1] == pytest.approx(11 / 20)

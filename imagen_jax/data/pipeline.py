@@ -359,13 +359,38 @@ class InstructionArrays(grain.transforms.Map):
             ctx_text_len=d.ctx_text_len,
             resolution=d.resolution,
         )
-        return {"image": np.asarray(example.target, np.uint8), **arrays}
+        out = {"image": np.asarray(example.target, np.uint8), **arrays}
+        if d.get("object_weight", 0.0):
+            out["object_mask"] = target_object_mask(example, d.resolution)
+        return out
+
+
+def target_object_mask(example, resolution: int) -> np.ndarray:
+    """uint8 [R, R]: 1 on the pixels of the objects of the example's scene.
+
+    The scene is `meta["scene"]` (a `shapes_world.Scene` or its JSON), the
+    target's for generation tasks and stage 1, the input's for vision tasks.
+    """
+    scene = example.meta.get("scene")
+    if scene is None:
+        raise ValueError(
+            f"data.object_weight > 0 needs the scene of each target, and a "
+            f"{example.task!r} example has none (meta['scene'])"
+        )
+    if not isinstance(scene, shapes_world.Scene):
+        scene = shapes_world.Scene.from_json(scene)
+    return shapes_world.object_mask(scene, resolution).astype(np.uint8)
 
 
 def element_transform(d: ml_collections.ConfigDict, tokenizer: Tokenizer):
     """The per-element transform for the dataset named by `d.name`."""
     if _lookup(d.name).instructions:
         return InstructionArrays(tokenizer, d)
+    if d.get("object_weight", 0.0):
+        raise ValueError(
+            f"data.object_weight needs the scenes of an instruction dataset; "
+            f"{d.name!r} gives images and captions only"
+        )
     return Tokenize(tokenizer, d.max_text_len, d.resolution)
 
 

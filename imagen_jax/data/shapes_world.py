@@ -441,6 +441,16 @@ def render(scene: Scene, resolution: int = 32) -> np.ndarray:
     return image
 
 
+def object_mask(scene: Scene, resolution: int = 32) -> np.ndarray:
+    """Boolean [R, R] mask of the pixels `render` gives to the scene's objects."""
+    _check_resolution(resolution)
+    mask = np.zeros((resolution, resolution), dtype=bool)
+    for obj in scene.objects:
+        top, left, side = object_box(resolution, obj)
+        mask[top : top + side, left : left + side] |= shape_mask(obj.shape, side, side)
+    return mask
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 

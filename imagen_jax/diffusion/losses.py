@@ -156,6 +156,7 @@ def diffusion_loss(
     param: str = "v",
     min_snr_gamma: float | None = 5.0,
     min_snr_plus_one: bool = False,
+    pixel_weight: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Denoising loss: L2 between the network output and the `param` target.
 
@@ -167,6 +168,9 @@ def diffusion_loss(
       param: how the network output is read: "v", "eps" or "x0".
       min_snr_gamma: min-SNR-gamma weighting; None for uniform weights.
       min_snr_plus_one: clip 1 + snr instead of snr (see `min_snr_weight`).
+      pixel_weight: optional [B, H, W] weight of each pixel's squared error
+        (the loss is its weighted mean over the pixels and channels); None
+        weighs every pixel alike.
 
     Returns:
       (loss, aux): the float32 scalar batch mean of the weighted loss, and [B]
@@ -182,10 +186,16 @@ def diffusion_loss(
     alpha, sigma = _per_example(logsnr, x)
     z = alpha * x + sigma * eps  # [B, H, W, C]
     out = apply_fn(z, logsnr).astype(jnp.float32)
-    mse = _mean_over_example(jnp.square(out - target(x, eps, logsnr, param)))
+    error = jnp.square(out - target(x, eps, logsnr, param))  # [B, H, W, C]
+    mse = _mean_over_example(error)
+    if pixel_weight is not None:
+        w = jnp.asarray(pixel_weight, jnp.float32)[..., None]
+        error = _mean_over_example(error * w) / _mean_over_example(w)
+    else:
+        error = mse
     weight = min_snr_weight(logsnr, min_snr_gamma, param, min_snr_plus_one)
     x0_mse = _mean_over_example(jnp.square(predict_x0(out, z, logsnr, param) - x))
-    per_example = weight * mse
+    per_example = weight * error
     aux = {
         "loss": per_example,
         "mse": mse,

@@ -4,7 +4,7 @@ example with its mined neighbours (`pipeline.RetrievalSource`)."""
 import numpy as np
 import pytest
 
-from experiments import stage1_shapes
+from experiments import stage1_shapes, t2i_shapes
 from imagen_jax import instructions
 from imagen_jax.data import pipeline
 from imagen_jax.data import shapes_world as sw
@@ -266,6 +266,33 @@ def test_pipeline_batches_carry_the_mined_neighbours(data_dir):
                 assert caption == "[ref#1] " + database[int(j)]["caption"].decode()
             assert not batch["ctx_images"][b, len(ids) :].any()
     assert {1, 2} & seen  # a short or an empty row was checked
+
+
+def test_object_weight_gives_each_target_its_objects_mask(data_dir):
+    cfg = _config(data_dir)
+    cfg.data.rename, cfg.data.object_weight = 1.0, 15.0
+    tok = ByteTokenizer(extra_tokens=instructions.MARKERS)
+    source = pipeline.get_source(cfg.data, "train")
+    transform = pipeline.element_transform(cfg.data, tok)
+    for i in range(len(source)):
+        example = source[i]
+        out = transform.map(example)
+        # The mask of the target as drawn (redrawn when renamed): where the
+        # target leaves its background.
+        scene = sw.Scene.from_json(example.meta["scene"])
+        background = sw.render_background(scene.background, 32)
+        assert out["object_mask"].dtype == np.uint8
+        np.testing.assert_array_equal(
+            out["object_mask"], (out["image"] != background).any(axis=-1)
+        )
+    batch = next(iter(pipeline.train_dataset(cfg, tok)))
+    assert batch["object_mask"].shape == (8, 32, 32)
+    cfg.data.object_weight = 0.0
+    assert "object_mask" not in next(iter(pipeline.train_dataset(cfg, tok)))
+    t2i = t2i_shapes.get_config("smoke")
+    t2i.data.object_weight = 15.0
+    with pytest.raises(ValueError, match="object_weight needs the scenes"):
+        pipeline.element_transform(t2i.data, tok)
 
 
 def test_missing_or_stale_table_is_a_clear_error(data_dir, tmp_path):

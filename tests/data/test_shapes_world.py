@@ -81,6 +81,17 @@ def test_render_draws_solid_square_in_its_box():
     assert (outside == sw.BG_PALETTES["grey"][0]).all()
 
 
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_object_mask_is_where_the_render_leaves_the_background(resolution):
+    for scene in _scenes(20, seed=3):
+        drawn = sw.render(scene, resolution)
+        background = sw.render_background(scene.background, resolution)
+        mask = sw.object_mask(scene, resolution)
+        assert mask.shape == (resolution, resolution) and mask.dtype == bool
+        np.testing.assert_array_equal(mask, (drawn != background).any(axis=-1))
+        assert 0 < mask.mean() < 0.5
+
+
 def test_patterns_use_the_darker_shade():
     obj = sw.Obj("square", "blue", "large", "center", pattern="striped")
     image = sw.render(sw.Scene((obj,)), 64)

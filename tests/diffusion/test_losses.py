@@ -169,3 +169,27 @@ def test_zero_output_loss_is_the_weighted_target_energy(param):
         x32 = np.asarray(x, np.float64)
         np.testing.assert_allclose(aux["mse"], np.mean(x32**2, axis=(1, 2, 3)), 1e-6)
     assert float(loss) > 1e-3
+
+
+def test_pixel_weight_is_a_weighted_mean_of_the_squared_error():
+    # x0 output 0: the error is x**2 per pixel and channel, known exactly.
+    x = jnp.asarray(_problem()[0], jnp.float32)
+    weight = np.ones(x.shape[:3], np.float32)
+    weight[:, :2] = 10.0  # the top half of each [4, 4] image weighs 10
+    options = dict(schedule_fn=SCHEDULE, param="x0", min_snr_gamma=None)
+    zero = lambda z, logsnr: jnp.zeros_like(z)  # noqa: E731
+    loss, aux = losses.diffusion_loss(
+        zero, x, jax.random.key(2), pixel_weight=weight, **options
+    )
+    sq = np.asarray(x, np.float64) ** 2
+    w = weight[..., None].astype(np.float64)
+    expected = (sq * w).sum(axis=(1, 2, 3)) / (3 * w.sum(axis=(1, 2, 3)))
+    np.testing.assert_allclose(aux["loss"], expected, rtol=1e-5)
+    # "mse" stays the unweighted error; uniform weights give the plain loss.
+    np.testing.assert_allclose(aux["mse"], sq.mean(axis=(1, 2, 3)), rtol=1e-5)
+    plain, _ = losses.diffusion_loss(zero, x, jax.random.key(2), **options)
+    uniform, _ = losses.diffusion_loss(
+        zero, x, jax.random.key(2), pixel_weight=np.full(x.shape[:3], 7.0), **options
+    )
+    np.testing.assert_allclose(uniform, plain, rtol=1e-6)
+    assert abs(float(loss) - float(plain)) > 1e-3
