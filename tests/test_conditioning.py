@@ -16,7 +16,6 @@ from imagen_jax import (
     generate,
     inference,
     instructions,
-    optim,
     train,
     train_state,
 )
@@ -159,21 +158,18 @@ def test_train_step_takes_an_instruction_batch_with_dropout(kind):
     cfg = _config(kind, "shapes_world_tasks")
     cfg.model.dropout = 0.1
     cfg.optim.warmup_steps = 0
-    model = _model(cfg)
-    rules = train_state.mesh_rules(cfg)
-    mesh = sharding.make_mesh((-1, 1, 1), cfg.mesh.axes)
-    tx, _ = optim.build_optimizer(cfg)
-    state, shardings = train_state.init_state(model, tx, cfg, mesh, rules)
-    step_fn, bs = train.compile_train_step(model, tx, cfg, mesh, shardings)
+    cfg.mesh.shape = (-1, 1, 1)
+    built, state = train.setup(cfg)
     local = train_state.dummy_batch(cfg, conditioning.INSTRUCTION, batch_size=8)
     local["ctx_images"] = np.random.default_rng(0).integers(
         0, 256, local["ctx_images"].shape, np.uint8
     )
     unet0 = jax.tree.map(np.array, state.params["unet"])
-    with mesh, nn.logical_axis_rules(rules):
+    with built.mesh, nn.logical_axis_rules(built.rules):
         # The zero-initialised output conv passes gradients on from step 2 on.
         for _ in range(2):
-            state, metrics = step_fn(state, sharding.global_batch(local, bs))
+            batch = sharding.global_batch(local, built.batch_sharding)
+            state, metrics = built.step_fn(state, batch)
     assert np.isfinite(float(metrics["loss"]))
     assert ("mid_ctx_attn" in unet0) == (kind == "instruction")
     if kind == "instruction":  # the context path is trained
