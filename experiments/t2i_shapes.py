@@ -40,10 +40,10 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.variant = "simple"
     c.data.batch_size = 32
     c.data.max_text_len = 64
-    # > 0: the pixels of the target's objects weigh 1 + this in the denoising
-    # loss, the background 1 (instruction datasets, from their scenes). A
-    # ShapesWorld object is a few percent of the image and its fill (a dot
-    # every 3 pixels) a ninth of the object.
+    # > 0: in the denoising loss the pixels in the box at each object's
+    # position (`shapes_world.position_mask`) weigh 1 + this, the rest 1
+    # (instruction datasets, from their scenes). A ShapesWorld object is a few
+    # percent of the image and its fill (a dot every 3 pixels) a ninth of it.
     c.data.object_weight = 0.0
     # grain threads decoding/tokenising ahead of the step.
     c.data.num_threads = 2

@@ -366,10 +366,14 @@ class InstructionArrays(grain.transforms.Map):
 
 
 def target_object_mask(example, resolution: int) -> np.ndarray:
-    """uint8 [R, R]: 1 on the pixels of the objects of the example's scene.
+    """uint8 [R, R]: 1 in the boxes at the positions of the example's objects.
 
     The scene is `meta["scene"]` (a `shapes_world.Scene` or its JSON), the
     target's for generation tasks and stage 1, the input's for vision tasks.
+    The boxes are a large object's at each position (`position_mask`), so the
+    weight follows where the text puts the objects, not what is drawn there:
+    a weight read from the target's own pixels would reward drawing objects
+    everywhere (an extra or swollen object costs background weight only).
     """
     scene = example.meta.get("scene")
     if scene is None:
@@ -379,7 +383,7 @@ def target_object_mask(example, resolution: int) -> np.ndarray:
         )
     if not isinstance(scene, shapes_world.Scene):
         scene = shapes_world.Scene.from_json(scene)
-    return shapes_world.object_mask(scene, resolution).astype(np.uint8)
+    return shapes_world.position_mask(scene, resolution).astype(np.uint8)
 
 
 def element_transform(d: ml_collections.ConfigDict, tokenizer: Tokenizer):

@@ -441,13 +441,15 @@ def render(scene: Scene, resolution: int = 32) -> np.ndarray:
     return image
 
 
-def object_mask(scene: Scene, resolution: int = 32) -> np.ndarray:
-    """Boolean [R, R] mask of the pixels `render` gives to the scene's objects."""
+def position_mask(scene: Scene, resolution: int = 32) -> np.ndarray:
+    """Boolean [R, R] mask of the boxes a large object at each of the scene's
+    object positions would be drawn in: where its objects are, whatever their
+    size, shape or fill."""
     _check_resolution(resolution)
     mask = np.zeros((resolution, resolution), dtype=bool)
     for obj in scene.objects:
-        top, left, side = object_box(resolution, obj)
-        mask[top : top + side, left : left + side] |= shape_mask(obj.shape, side, side)
+        top, left, side = object_box(resolution, dataclasses.replace(obj, size="large"))
+        mask[top : top + side, left : left + side] = True
     return mask
 
 

@@ -1,5 +1,6 @@
 """Tests for the ShapesWorld scene sampler, renderer and captions."""
 
+import dataclasses
 import itertools
 import json
 
@@ -82,14 +83,24 @@ def test_render_draws_solid_square_in_its_box():
 
 
 @pytest.mark.parametrize("resolution", [32, 64])
-def test_object_mask_is_where_the_render_leaves_the_background(resolution):
+def test_position_mask_covers_the_objects_whatever_they_look_like(resolution):
+    side = sw.object_side(resolution, "large")
     for scene in _scenes(20, seed=3):
         drawn = sw.render(scene, resolution)
         background = sw.render_background(scene.background, resolution)
-        mask = sw.object_mask(scene, resolution)
+        mask = sw.position_mask(scene, resolution)
         assert mask.shape == (resolution, resolution) and mask.dtype == bool
-        np.testing.assert_array_equal(mask, (drawn != background).any(axis=-1))
-        assert 0 < mask.mean() < 0.5
+        assert mask[(drawn != background).any(axis=-1)].all()
+        assert mask.sum() == len(scene.objects) * side**2  # boxes do not overlap
+        # Only the positions count: another size, shape and fill, same mask.
+        other = dataclasses.replace(
+            scene,
+            objects=tuple(
+                dataclasses.replace(o, size="small", shape="cross", pattern="dotted")
+                for o in scene.objects
+            ),
+        )
+        np.testing.assert_array_equal(sw.position_mask(other, resolution), mask)
 
 
 def test_patterns_use_the_darker_shade():
