@@ -88,8 +88,8 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
     masks = drop_conditions(drop_rng, batch, d.cond_drop, model.conditioning)
     frozen = optim.frozen_leaves(config, state.params)
     pixel_weight = None
-    if "object_mask" in batch:  # data.object_weight > 0: objects weigh 1 + w
-        pixel_weight = 1.0 + config.data.object_weight * batch["object_mask"]
+    if "position_mask" in batch:  # data.object_weight > 0: objects weigh 1 + w
+        pixel_weight = 1.0 + config.data.object_weight * batch["position_mask"]
 
     def loss_fn(params):
         # No backward pass through a frozen text encoder (its updates are zero).

@@ -76,7 +76,7 @@ def test_step_keeps_shardings_and_moves_ema():
     assert sum(jax.tree.leaves(moved)) > len(jax.tree.leaves(moved)) // 2
 
 
-def test_object_mask_weighs_the_loss():
+def test_position_mask_weighs_the_loss():
     cfg, tok, mesh, rules, state, step_fn, bs = _setup(**{"data.object_weight": 15.0})
     base = _batch(cfg, tok)
     centre = np.zeros(base["image"].shape[:3], np.uint8)
@@ -85,7 +85,7 @@ def test_object_mask_weighs_the_loss():
     losses = {}
     with mesh, nn.logical_axis_rules(rules):
         for name, mask in masks.items():
-            batch = dict(base) if mask is None else {**base, "object_mask": mask}
+            batch = dict(base) if mask is None else {**base, "position_mask": mask}
             fresh = jax.tree.map(jnp.copy, state)  # the step donates its state
             _, metrics = step_fn(fresh, sharding.global_batch(batch, bs))
             losses[name] = float(metrics["loss"])

@@ -361,11 +361,11 @@ class InstructionArrays(grain.transforms.Map):
         )
         out = {"image": np.asarray(example.target, np.uint8), **arrays}
         if d.get("object_weight", 0.0):
-            out["object_mask"] = target_object_mask(example, d.resolution)
+            out["position_mask"] = target_position_mask(example, d.resolution)
         return out
 
 
-def target_object_mask(example, resolution: int) -> np.ndarray:
+def target_position_mask(example, resolution: int) -> np.ndarray:
     """uint8 [R, R]: 1 in the boxes at the positions of the example's objects.
 
     The scene is `meta["scene"]` (a `shapes_world.Scene` or its JSON), the

@@ -188,14 +188,13 @@ def diffusion_loss(
     out = apply_fn(z, logsnr).astype(jnp.float32)
     error = jnp.square(out - target(x, eps, logsnr, param))  # [B, H, W, C]
     mse = _mean_over_example(error)
+    weighted = mse
     if pixel_weight is not None:
         w = jnp.asarray(pixel_weight, jnp.float32)[..., None]
-        error = _mean_over_example(error * w) / _mean_over_example(w)
-    else:
-        error = mse
+        weighted = _mean_over_example(error * w) / _mean_over_example(w)
     weight = min_snr_weight(logsnr, min_snr_gamma, param, min_snr_plus_one)
     x0_mse = _mean_over_example(jnp.square(predict_x0(out, z, logsnr, param) - x))
-    per_example = weight * error
+    per_example = weight * weighted
     aux = {
         "loss": per_example,
         "mse": mse,

@@ -280,15 +280,15 @@ def test_object_weight_gives_each_target_its_objects_mask(data_dir):
         # The boxes at the positions of the target's objects (as redrawn when
         # renamed): every pixel the target gives its subject is inside.
         scene = sw.Scene.from_json(example.meta["scene"])
-        mask = out["object_mask"]
+        mask = out["position_mask"]
         assert mask.dtype == np.uint8
         np.testing.assert_array_equal(mask, sw.position_mask(scene, 32))
         background = sw.render_background(scene.background, 32)
         assert mask[(out["image"] != background).any(axis=-1)].all()
     batch = next(iter(pipeline.train_dataset(cfg, tok)))
-    assert batch["object_mask"].shape == (8, 32, 32)
+    assert batch["position_mask"].shape == (8, 32, 32)
     cfg.data.object_weight = 0.0
-    assert "object_mask" not in next(iter(pipeline.train_dataset(cfg, tok)))
+    assert "position_mask" not in next(iter(pipeline.train_dataset(cfg, tok)))
     t2i = t2i_shapes.get_config("smoke")
     t2i.data.object_weight = 15.0
     with pytest.raises(ValueError, match="object_weight needs the scenes"):
