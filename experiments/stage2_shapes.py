@@ -122,7 +122,11 @@ def table() -> list[dict]:
     time budget in minutes. (a) the instruction-tuned model; (b) single-task
     specialists, same architecture and start; (c) one multi-task model on the
     same mixture without instruction text. All start from the world's
-    text-to-image model, row "t2i".
+    text-to-image model, row "t2i". (a) after stage 1 (issue 14): the same
+    start, then stage 1 (`experiments/stage1_shapes.py`; it needs the world's
+    retrieval form and neighbour table first, see that file), then the
+    mixture; its context memory is the encoder's next-to-last level, and
+    both stages weigh the loss toward the objects' positions.
     """
     start = {"init_from": "cpu_t2i"}
     rows = [
@@ -134,6 +138,26 @@ def table() -> list[dict]:
             "arg": "simple,plain",
             "minutes": 65,
             **start,
+        },
+    ]
+    weighted = {"data.object_weight": 9.0}
+    rows += [
+        {
+            "row": "stage1",
+            "name": "cpu_stage1",
+            "experiment": "experiments/stage1_shapes.py",
+            "arg": "",
+            "minutes": 25,
+            "config": weighted,
+            **start,
+        },
+        {
+            "row": "a_stage1",
+            "name": "cpu_instruct_stage1",
+            "arg": "simple",
+            "minutes": 30,
+            "init_from": "cpu_stage1",
+            "config": {**weighted, "model.context_level": -2},
         },
     ]
     for task in ("subject", "style_generation", "mask_to_image", "segmentation"):

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from types import ModuleType
 from typing import Any
 
 import ml_collections
+
+
+def load_experiment(path: str) -> ModuleType:
+    """The experiment file at `path` (`experiments/NAME.py`) as a module.
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"experiment file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location("experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -101,6 +118,22 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
             raise ValueError(f"config has no field {dotted!r}")
         node = node[part]
     return node
+
+
+def override(config: ml_collections.ConfigDict, fields: dict[str, Any]) -> None:
+    """Sets dotted fields (`{"model.context_level": -2}`) in place, as
+    `--config.FIELD=VALUE` would: each field must exist, and the value takes
+    the field's type.
+
+    Raises:
+      ValueError: a field the config does not have, or a value of another type.
+    """
+    for dotted, value in fields.items():
+        _get(config, dotted)
+        try:
+            config.update_from_flattened_dict({dotted: value})
+        except TypeError as e:
+            raise ValueError(f"config field {dotted!r}: {e}") from e
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

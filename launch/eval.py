@@ -6,11 +6,10 @@ grids; prints the table. With `--sweep NAME` it runs the experiment file's
 the cells results.json already holds, so a killed sweep resumes.
 """
 
-import importlib.util
-
 from absl import flags
 from ml_collections import config_flags
 
+from imagen_jax import config_utils
 from launch import common
 
 config_flags.DEFINE_config_file(
@@ -34,9 +33,7 @@ def _sweep_cells(name: str) -> list[dict]:
     """The cells of sweep `name` in the experiment file of --config."""
     # The file of `--config FILE:ARGS`.
     path = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
-    spec = importlib.util.spec_from_file_location("experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_utils.load_experiment(path)
     found = module.sweeps() if hasattr(module, "sweeps") else {}
     if name not in found:
         raise ValueError(f"--sweep {name!r}: {path} defines the sweeps {sorted(found)}")

@@ -5,10 +5,9 @@ Evaluates every model of the experiment's `table()` (training the missing
 ones with --train) and writes RUNS/table/results.json and results.md.
 """
 
-import importlib.util
-
 from absl import flags
 
+from imagen_jax import config_utils
 from launch import common
 
 flags.DEFINE_string("experiment", None, "Experiment file with get_config and table.")
@@ -21,11 +20,7 @@ FLAGS = flags.FLAGS
 def _table():
     from imagen_jax.evaluation import table
 
-    spec = importlib.util.spec_from_file_location("experiment", FLAGS.experiment)
-    if spec is None:
-        raise FileNotFoundError(f"--experiment {FLAGS.experiment!r} does not exist")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_utils.load_experiment(FLAGS.experiment)
     if not hasattr(module, "table"):
         raise ValueError(f"{FLAGS.experiment} defines no table()")
     results = table.run(

@@ -1,8 +1,8 @@
 """Typed :arg options, config validation and every experiment config."""
 
 import glob
-import importlib.util
 
+import ml_collections
 import pytest
 
 from imagen_jax import config_utils
@@ -32,9 +32,7 @@ def test_parse_arg_errors(arg, match):
 
 def _experiment_configs():
     for path in sorted(glob.glob("experiments/*.py")):
-        spec = importlib.util.spec_from_file_location("exp", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = config_utils.load_experiment(path)
         if hasattr(module, "get_config"):
             yield path, module
 
@@ -77,3 +75,22 @@ def test_allowed_values_come_from_the_registries():
     c.diffusion.schedule = "sigmoid"
     with pytest.raises(ValueError, match="'cosine', 'linear', 'shifted_cosine'"):
         config_utils.validate(c)
+
+
+def test_override_sets_existing_fields_and_names_a_bad_one():
+    config = ml_collections.ConfigDict({"model": {"level": -1, "name": "unet"}})
+    config_utils.override(config, {"model.level": -2})
+    assert config.model.level == -2
+    with pytest.raises(ValueError, match="no field 'model.levels'"):
+        config_utils.override(config, {"model.levels": -2})
+    with pytest.raises(ValueError, match="'model.name'"):
+        config_utils.override(config, {"model.name": 3})
+    assert "levels" not in config.model
+
+
+def test_load_experiment_names_a_missing_file():
+    assert hasattr(
+        config_utils.load_experiment("experiments/stage1_shapes.py"), "get_config"
+    )
+    with pytest.raises(FileNotFoundError, match="experiments/nope.py"):
+        config_utils.load_experiment("experiments/nope.py")

@@ -3,7 +3,10 @@
 An experiment file's `table()` lists the models, one dict per model: `row`
 (its column label), `name` (its run directory under RUNS), `arg` (the
 experiment's `:arg` options), `minutes` (training budget) and optionally
-`init_from` (the name of the run it starts from). `run` trains the missing
+`init_from` (the name of the run it starts from), `experiment` (another
+experiment file whose `get_config` builds this model, e.g. stage 1's) and
+`config` (dotted config fields to set, e.g. `{"model.context_level": -2}`).
+`run` trains the missing
 models, evaluates the unevaluated ones and writes every model's rows, tagged
 with it, to RUNS/table/results.json and the table to RUNS/table/results.md.
 """
@@ -16,18 +19,22 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from imagen_jax import checkpointing
+from imagen_jax import checkpointing, config_utils
 
 # Columns of the table: the paper's rows (a), (b), (c).
 COLUMNS = {
     "a": "(a) instruction-tuned",
     "b": "(b) single-task",
     "c": "(c) multi-task, no instructions",
+    "a_stage1": "(a) after stage 1",
 }
 
 
 def _config(get_config: Callable, row: dict, runs: str) -> ml_collections.ConfigDict:
+    if row.get("experiment"):
+        get_config = config_utils.load_experiment(row["experiment"]).get_config
     config = get_config(row["arg"])
+    config_utils.override(config, row.get("config", {}))
     config.train.time_budget_minutes = float(row["minutes"])
     if row.get("init_from"):
         config.init_from = os.path.join(runs, row["init_from"])

@@ -1,5 +1,7 @@
 """The comparison table: headline scores per column and the averages."""
 
+import pytest
+
 from imagen_jax.evaluation import table
 
 
@@ -53,3 +55,39 @@ def test_a_models_rows_are_its_own_setting_at_its_latest_step():
     ]
     kept = table._own_rows(rows, config)
     assert [r["value"] for r in kept] == [0.8, 0.6]
+
+
+def test_a_row_from_another_experiment_with_fields_set():
+    from experiments import stage2_shapes
+
+    row = {
+        "row": "s1",
+        "name": "stage1",
+        "arg": "smoke",
+        "minutes": 7,
+        "init_from": "t2i",
+        "experiment": "experiments/stage1_shapes.py",
+        "config": {"model.context_level": -1, "data.object_weight": 9.0},
+    }
+    config = table._config(stage2_shapes.get_config, row, "runs")
+    assert config.data.name == "shapes_world_retrieval"  # stage 1's, not stage 2's
+    assert config.model.context_level == -1 and config.data.object_weight == 9.0
+    assert config.init_from == "runs/t2i" and config.train.time_budget_minutes == 7.0
+    with pytest.raises(ValueError, match="data.object_weights"):
+        table._config(
+            stage2_shapes.get_config,
+            {**row, "config": {"data.object_weights": 9.0}},
+            "runs",
+        )
+
+
+def test_every_row_of_the_cpu_table_builds_a_valid_config():
+    from experiments import stage2_shapes
+    from imagen_jax import config_utils
+
+    trained_before = set()
+    for row in stage2_shapes.table():
+        if row.get("init_from"):  # a start the table trains first
+            assert row["init_from"] in trained_before, row["name"]
+        trained_before.add(row["name"])
+        config_utils.validate(table._config(stage2_shapes.get_config, row, "runs"))
