@@ -6,9 +6,9 @@ experiment's `:arg` options), `minutes` (training budget) and optionally
 `init_from` (the name of the run it starts from), `experiment` (another
 experiment file whose `get_config` builds this model, e.g. stage 1's) and
 `config` (dotted config fields to set, e.g. `{"model.context_level": -2}`).
-`run` trains the missing
-models, evaluates the unevaluated ones and writes every model's rows, tagged
-with it, to RUNS/table/results.json and the table to RUNS/table/results.md.
+`run` trains the missing models, evaluates the unevaluated ones and writes
+every model's rows, tagged with it, to RUNS/table/results.json and the table
+to RUNS/table/results.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import ml_collections
 
 from imagen_jax import checkpointing, config_utils
 
-# Columns of the table: the paper's rows (a), (b), (c).
+# Columns of the table: the paper's rows (a), (b), (c), and (a) with a stage 1
+# before the mixture (issue 14).
 COLUMNS = {
     "a": "(a) instruction-tuned",
     "b": "(b) single-task",
