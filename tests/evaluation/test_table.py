@@ -91,3 +91,52 @@ def test_every_row_of_the_cpu_table_builds_a_valid_config():
             assert row["init_from"] in trained_before, row["name"]
         trained_before.add(row["name"])
         config_utils.validate(table._config(stage2_shapes.get_config, row, "runs"))
+
+
+def test_cpu_table_compares_its_models_at_equal_minutes_and_options():
+    """(a), (c) and (a) after stage 1 get the same minutes after the text start
+    (issue 14 item 5: with and without stage 1 at the same compute) and every
+    model after the start the same stage-2 options, evaluated with them."""
+    from experiments import stage2_shapes
+    from imagen_jax import config_utils
+
+    rows = {row["name"]: row for row in stage2_shapes.table()}
+
+    def minutes_after_start(name):
+        row = rows[name]
+        if row["init_from"] == "cpu_t2i":
+            return row["minutes"]
+        return row["minutes"] + minutes_after_start(row["init_from"])
+
+    a = [r["name"] for r in rows.values() if r["row"] in ("a", "c", "a_stage1")]
+    assert len(a) == 3
+    assert len({minutes_after_start(name) for name in a}) == 1
+    for row in rows.values():
+        if row["row"] in ("a", "b", "c", "a_stage1"):
+            config = table._config(stage2_shapes.get_config, row, "runs")
+            for field, value in stage2_shapes.RECIPE.items():
+                assert config_utils._get(config, field) == value, (row["name"], field)
+
+
+def test_the_readme_command_trains_row_a():
+    """`launch/instruct.sh` (the README's one command) is the table's (a):
+    same minutes for the start and for stage 2, same options in training and
+    evaluation."""
+    import os
+    import re
+
+    from experiments import stage2_shapes
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "instruct.sh")
+    with open(path) as f:
+        script = f.read()
+    rows = {row["row"]: row for row in stage2_shapes.table()}
+    for var, row in (("T2I_MINUTES", "t2i"), ("STAGE2_MINUTES", "a")):
+        default = re.search(rf'{var}="\$\{{{var}:-(\d+)\}}"', script)
+        assert default and int(default.group(1)) == rows[row]["minutes"], var
+    given = dict(re.findall(r"--config\.([\w.]+)=(\S+?)[)\s]", script))
+    for field, value in stage2_shapes.RECIPE.items():
+        assert field in given and float(given[field]) == value, field
+    evaluated = script[script.index("launch.eval") :]
+    level = stage2_shapes.RECIPE["model.context_level"]
+    assert f"--config.model.context_level={level}" in evaluated
