@@ -154,9 +154,7 @@ def table() -> list[dict]:
             "experiment": "experiments/stage1_shapes.py",
             "arg": "",
             "minutes": 25,
-            "init_from": "cpu_t2i",
-            # Stage 1's context level is already RECIPE's.
-            "config": {"data.object_weight": RECIPE["data.object_weight"]},
+            **start,
         },
         {
             "row": "a_stage1",
