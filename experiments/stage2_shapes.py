@@ -14,9 +14,11 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
 - t2i: the text-to-image starting model of this world (its text_to_image
   task, text conditioning only);
 - plain: the multi-task baseline without instructions (the paper's Table 4):
-  the same mixture, texts stripped to their captions and markers.
-The mixture defaults to `imagen_jax.data.tasks.MIXTURE` (subject-heavy, after
-the paper); `--config.data.mixture` overrides it. Zero-shot combinations are
+  the same mixture, texts stripped to their captions and markers;
+- mix=NAME: the task mixture, one of `MIXTURES` ("paper", the default:
+  `imagen_jax.data.tasks.MIXTURE`, subject-heavy after the paper; "even":
+  the generation tasks' examples spread more evenly, see `MIXTURES`).
+`--config.data.mixture` overrides it. Zero-shot combinations are
 never trained on and are scored by `launch.eval`.
 """
 
@@ -26,11 +28,45 @@ from experiments import t2i_shapes
 from imagen_jax.config_utils import parse_arg
 from imagen_jax.data import tasks
 
+# Task mixtures of stage 2 (option `mix`). "paper" is Instruct-Imagen's ratios
+# (`tasks.MIXTURE`): at 55 CPU minutes its 35% subject share gives the subject
+# task as many examples as the subject specialist and the other generation
+# tasks a third (style generation) to a seventh (mask to image) of theirs
+# (docs/results.md, session 19 §2). "even" moves examples from subject and
+# text-to-image (which the start already draws) to the style, edit and
+# control tasks and to classification.
+MIXTURES = {
+    "paper": tasks.MIXTURE,
+    "even": {
+        "text_to_image": 0.05,
+        "subject": 0.18,
+        "style_generation": 0.15,
+        "style_transfer": 0.12,
+        "edit": 0.12,
+        "depth_to_image": 0.05,
+        "mask_to_image": 0.05,
+        "edge_to_image": 0.05,
+        "sketch_to_image": 0.04,
+        "segmentation": 0.05,
+        "detection": 0.02,
+        "depth_estimation": 0.04,
+        "classification": 0.07,
+    },
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     opts = parse_arg(
-        arg, **t2i_shapes.OPTIONS, simple=False, task="", t2i=False, plain=False
+        arg,
+        **t2i_shapes.OPTIONS,
+        simple=False,
+        task="",
+        t2i=False,
+        plain=False,
+        mix="paper",
     )
+    if opts.mix not in MIXTURES:
+        raise ValueError(f"unknown mixture mix={opts.mix!r}; known: {sorted(MIXTURES)}")
     c = t2i_shapes.build(opts)
     smoke = c.train.num_steps < 100
 
@@ -40,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.variant = "simple" if opts.simple else "full"
     # Task -> weight; empty means tasks.MIXTURE.
     c.data.mixture = ml_collections.ConfigDict()
+    if opts.mix != "paper":
+        c.data.mixture = dict(MIXTURES[opts.mix])
     if opts.t2i:
         c.data.mixture = {"text_to_image": 1.0}
     elif opts.task:
