@@ -171,3 +171,18 @@ def test_task_option_selects_one_task_or_a_few():
     ratio = few.data.mixture["subject"] / few.data.mixture["style_generation"]
     assert ratio == pytest.approx(0.35 / 0.15)  # their tasks.MIXTURE ratio
     assert list(few.evals.tasks.names) == ["subject", "style_generation"]
+
+
+def test_mix_option_selects_a_named_mixture_and_its_context_slots():
+    from imagen_jax.data import tasks
+
+    paper = stage2_shapes.get_config("simple")
+    even = stage2_shapes.get_config("simple,mix=even")
+    assert not paper.data.mixture  # empty: the pipeline takes tasks.MIXTURE
+    assert dict(even.data.mixture) == stage2_shapes.MIXTURES["even"]
+    # Fewer subject examples (two references each) -> fewer slots to encode.
+    assert even.model.context_slots < paper.model.context_slots
+    for weights in stage2_shapes.MIXTURES.values():
+        assert set(weights) == set(tasks.TRAIN_TASKS)  # every task, no zero-shot
+    with pytest.raises(ValueError, match="mix='uneven'"):
+        stage2_shapes.get_config("simple,mix=uneven")
