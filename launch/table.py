@@ -1,8 +1,9 @@
 """The paper's Table 4 in miniature: `python -m launch.table --experiment
-experiments/stage2_shapes.py --runs runs [--train]`.
+experiments/stage2_shapes.py --runs runs [--train | --skip_missing]`.
 
 Evaluates every model of the experiment's `table()` (training the missing
-ones with --train) and writes RUNS/table/results.json and results.md.
+ones with --train, leaving them out with --skip_missing) and writes
+RUNS/table/results.json and results.md.
 """
 
 from absl import flags
@@ -13,6 +14,9 @@ from launch import common
 flags.DEFINE_string("experiment", None, "Experiment file with get_config and table.")
 flags.DEFINE_string("runs", "runs", "Directory holding one run per model.")
 flags.DEFINE_bool("train", False, "Train the models that have no checkpoint.")
+flags.DEFINE_bool(
+    "skip_missing", False, "Leave the models that have no checkpoint out of the table."
+)
 flags.mark_flags_as_required(["experiment"])
 FLAGS = flags.FLAGS
 
@@ -24,7 +28,11 @@ def _table():
     if not hasattr(module, "table"):
         raise ValueError(f"{FLAGS.experiment} defines no table()")
     results = table.run(
-        module.get_config, module.table(), FLAGS.runs, train_missing=FLAGS.train
+        module.get_config,
+        module.table(),
+        FLAGS.runs,
+        train_missing=FLAGS.train,
+        skip_missing=FLAGS.skip_missing,
     )
     print(table.markdown(results))
     print(f"results: {FLAGS.runs}/table/results.json")

@@ -6,9 +6,9 @@ experiment's `:arg` options), `minutes` (training budget) and optionally
 `init_from` (the name of the run it starts from), `experiment` (another
 experiment file whose `get_config` builds this model, e.g. stage 1's) and
 `config` (dotted config fields to set, e.g. `{"model.context_level": -2}`).
-`run` trains the missing models, evaluates the unevaluated ones and writes
-every model's rows, tagged with it, to RUNS/table/results.json and the table
-to RUNS/table/results.md.
+`run` trains the missing models (or skips them), evaluates the unevaluated
+ones and writes every model's rows, tagged with it and its training compute,
+to RUNS/table/results.json and the table to RUNS/table/results.md.
 """
 
 from __future__ import annotations
@@ -42,6 +42,17 @@ def _config(get_config: Callable, row: dict, runs: str) -> ml_collections.Config
     return config
 
 
+def _minutes_after_start(rows: Sequence[dict], row: dict) -> float:
+    """Training minutes of `row` and of the runs it starts from, the shared
+    text-to-image start (row "t2i") excluded."""
+    by_name = {r["name"]: r for r in rows}
+    minutes = 0.0
+    while row is not None and row["row"] != "t2i":
+        minutes += float(row["minutes"])
+        row = by_name.get(row.get("init_from") or "")
+    return minutes
+
+
 def _trained(workdir: str) -> bool:
     return os.path.isdir(os.path.join(workdir, "checkpoints")) and bool(
         checkpointing.manager(os.path.join(workdir, "checkpoints")).all_steps()
@@ -65,11 +76,16 @@ def run(
     runs: str,
     *,
     train_missing: bool = False,
+    skip_missing: bool = False,
 ) -> list[dict]:
     """Trains (if asked) and evaluates each model, then writes the table.
 
+    With `skip_missing` a model without a checkpoint is left out of the table
+    (named on the console) instead of stopping it.
+
     Raises:
-      FileNotFoundError: a model is not trained and `train_missing` is off.
+      FileNotFoundError: a model is not trained and neither `train_missing`
+        nor `skip_missing` is on.
     """
     from imagen_jax import train
     from imagen_jax.evaluation import sweep
@@ -79,6 +95,9 @@ def run(
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
         if not _trained(workdir):
+            if skip_missing and not train_missing:
+                print(f"== skipping {row['name']}: no checkpoint in {workdir}")
+                continue
             if not train_missing:
                 raise FileNotFoundError(
                     f"{workdir} holds no checkpoint: train row {row['row']} "
@@ -96,8 +115,9 @@ def run(
             scored = _own_rows(json.load(f), config)
         step = max((r["checkpoint_step"] for r in scored), default=0)
         images = step * config.data.batch_size
+        compute = {"minutes_after_start": _minutes_after_start(rows, row)}
         for r in scored:
-            results.append({**r, "model": row["name"], "row": row["row"]})
+            results.append({**r, "model": row["name"], "row": row["row"], **compute})
         print(f"  {row['name']}: step {step}, {images} training images", flush=True)
     write(results, os.path.join(runs, "table"))
     return results
@@ -107,7 +127,8 @@ def markdown(results: Sequence[dict]) -> str:
     """Per task the headline score of each column: O for generation tasks, the
     task's own score for the vision tasks; (b) shows each task's specialist.
     Then the averages, computed here over the tasks each column has: in-domain
-    generation O, zero-shot O, and all columns on the specialists' tasks."""
+    generation O, zero-shot O, and all columns on the specialists' tasks; and
+    each column's training compute after the shared start (minutes, steps)."""
     from imagen_jax.data import tasks as catalogue
 
     headline = {}
@@ -143,7 +164,28 @@ def markdown(results: Sequence[dict]) -> str:
         cells = [headline.get((task, c)) for c in columns]
         text = ["" if v is None else f"{v:.2f}" for v in cells]
         lines.append(f"| {task} | " + " | ".join(text) + " |")
+    compute = [_compute(results, c) for c in columns]
+    if any(compute):
+        lines.append(
+            "| training after the start: min (steps) | " + " | ".join(compute) + " |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _compute(results: Sequence[dict], column: str) -> str:
+    """ "55 (3144)" for one model, "20 each (909-1117)" for several."""
+    models = {}
+    for r in results:
+        if r["row"] == column and "minutes_after_start" in r:
+            step = max(models.get(r["model"], (0, 0))[1], r["checkpoint_step"])
+            models[r["model"]] = (r["minutes_after_start"], step)
+    if not models:
+        return ""
+    minutes = sorted({m for m, _ in models.values()})
+    steps = sorted(s for _, s in models.values())
+    text = "/".join(f"{m:g}" for m in minutes) + (" each" if len(models) > 1 else "")
+    span = f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
+    return f"{text} ({span})"
 
 
 def write(results: Sequence[dict], out_dir: str) -> None:

@@ -140,3 +140,46 @@ def test_the_readme_command_trains_row_a():
     evaluated = script[script.index("launch.eval") :]
     level = stage2_shapes.RECIPE["model.context_level"]
     assert f"--config.model.context_level={level}" in evaluated
+
+
+def test_each_column_states_its_training_compute():
+    def trained(model_row, model, minutes, step):
+        return {
+            **_row(model_row, "subject", "o", 0.5),
+            "model": model,
+            "minutes_after_start": minutes,
+            "checkpoint_step": step,
+        }
+
+    results = [
+        trained("a", "cpu_instruct", 55.0, 3144),
+        trained("b", "cpu_single_subject", 20.0, 909),
+        {**trained("b", "cpu_single_edit", 20.0, 1117), "task": "edit"},
+        trained("c", "cpu_plain", 55.0, 3300),
+    ]
+    last = table.markdown(results).splitlines()[-1]
+    assert last == (
+        "| training after the start: min (steps) | 55 (3144) | 20 each (909-1117)"
+        " | 55 (3300) |"
+    )
+    # Stage 1's minutes count toward the model trained after it; the start's do not.
+    from experiments import stage2_shapes
+
+    rows = stage2_shapes.table()
+    by_row = {r["row"]: r for r in rows}
+    assert table._minutes_after_start(rows, by_row["a_stage1"]) == 55.0
+    assert table._minutes_after_start(rows, by_row["t2i"]) == 0.0
+
+
+def test_untrained_models_stop_the_table_or_are_left_out(tmp_path, capsys):
+    from experiments import stage2_shapes
+
+    rows = [r for r in stage2_shapes.table() if r["row"] in ("a", "c")]
+    with pytest.raises(FileNotFoundError, match="cpu_instruct holds no checkpoint"):
+        table.run(stage2_shapes.get_config, rows, str(tmp_path))
+    assert (
+        table.run(stage2_shapes.get_config, rows, str(tmp_path), skip_missing=True)
+        == []
+    )
+    assert "skipping cpu_plain" in capsys.readouterr().out
+    assert (tmp_path / "table" / "results.md").exists()
