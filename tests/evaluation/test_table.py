@@ -137,6 +137,9 @@ def test_the_readme_command_trains_row_a():
     given = dict(re.findall(r"--config\.([\w.]+)=(\S+?)[)\s]", script))
     for field, value in stage2_shapes.RECIPE.items():
         assert field in given and float(given[field]) == value, field
+    assert f'ARG="{rows["a"]["arg"]}"' in script
+    assert 'stage2_shapes.py:$ARG,minutes=$STAGE2_MINUTES"' in script
+    assert 'stage2_shapes.py:$ARG" --workdir' in script
     evaluated = script[script.index("launch.eval") :]
     level = stage2_shapes.RECIPE["model.context_level"]
     assert f"--config.model.context_level={level}" in evaluated
