@@ -96,7 +96,9 @@ def run(
         config = _config(get_config, row, runs)
         if not _trained(workdir):
             if skip_missing and not train_missing:
-                print(f"== skipping {row['name']}: no checkpoint in {workdir}")
+                print(
+                    f"== skipping {row['name']}: no checkpoint in {workdir}", flush=True
+                )
                 continue
             if not train_missing:
                 raise FileNotFoundError(
@@ -173,7 +175,8 @@ def markdown(results: Sequence[dict]) -> str:
 
 
 def _compute(results: Sequence[dict], column: str) -> str:
-    """ "55 (3144)" for one model, "20 each (909-1117)" for several."""
+    """The column's compute as text: minutes (steps), e.g. "55 (3144)" for one
+    model, "20 each (909-1117)" for several."""
     models = {}
     for r in results:
         if r["row"] == column and "minutes_after_start" in r:
