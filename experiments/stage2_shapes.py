@@ -76,13 +76,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.variant = "simple" if opts.simple else "full"
     # Task -> weight; empty means tasks.MIXTURE.
     c.data.mixture = ml_collections.ConfigDict()
-    if opts.mix != "paper":
-        c.data.mixture = dict(MIXTURES[opts.mix])
     if opts.t2i:
         c.data.mixture = {"text_to_image": 1.0}
     elif opts.task:
         names = opts.task.split("/")
         c.data.mixture = {n: tasks.MIXTURE.get(n, 1.0) for n in names}
+    elif opts.mix != "paper":
+        c.data.mixture = dict(MIXTURES[opts.mix])
     # Texts stripped of instruction words (`tasks.plain_templates`).
     c.data.plain_text = opts.plain
     # Examples are procedural: the index space is effectively endless.
