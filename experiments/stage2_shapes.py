@@ -17,16 +17,22 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
   the same mixture, texts stripped to their captions and markers;
 - mix=NAME: the task mixture, one of `MIXTURES` ("paper", the default:
   `imagen_jax.data.tasks.MIXTURE`, subject-heavy after the paper; "even":
-  the generation tasks' examples spread more evenly, see `MIXTURES`).
+  the generation tasks' examples spread more evenly, see `MIXTURES`);
+- words: the text as word pieces of the world's texts
+  (`imagen_jax.data.vocabulary`, built by `python -m launch.build_data
+  --dataset vocabulary --variant simple --data_dir data/vocab`), not bytes.
 `--config.data.mixture` overrides it. Zero-shot combinations are
 never trained on and are scored by `launch.eval`.
 """
 
+import os
+
 import ml_collections
 
 from experiments import t2i_shapes
+from imagen_jax import config_utils
 from imagen_jax.config_utils import parse_arg
-from imagen_jax.data import tasks
+from imagen_jax.data import tasks, vocabulary
 
 # Task mixtures of stage 2 (option `mix`). "paper" is Instruct-Imagen's ratios
 # (`tasks.MIXTURE`): at 55 CPU minutes its 35% subject share gives the subject
@@ -55,6 +61,20 @@ MIXTURES = {
 }
 
 
+def words(data_dir: str = "data", world: str = "simple") -> dict:
+    """The config fields of option `words`: the text as word pieces of the
+    task world's training texts (`imagen_jax.data.vocabulary`, built by
+    `launch.build_data --dataset vocabulary`) instead of bytes. The CPU
+    world's longest instruction is then 49 pieces, where as bytes it is 156
+    and `data.max_text_len` 96 cut 72-81% of the control tasks' (session 20).
+    """
+    return {
+        "text.tokenizer": "sentencepiece",
+        "text.vocab_path": vocabulary.path_for(os.path.join(data_dir, "vocab"), world),
+        "data.max_text_len": 64,
+    }
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     opts = parse_arg(
         arg,
@@ -64,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         t2i=False,
         plain=False,
         mix="paper",
+        words=False,
     )
     if opts.mix not in MIXTURES:
         raise ValueError(f"unknown mixture mix={opts.mix!r}; known: {sorted(MIXTURES)}")
@@ -106,6 +127,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.context_norm = False
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
+    if opts.words:
+        config_utils.override(c, words(c.data.data_dir, c.data.variant))
 
     # Instruct-Imagen: 10% drop text and context, 10% drop context only;
     # InstructCV: 5% text, 5% image (the 5% "both" is inside `all`).
@@ -164,7 +187,9 @@ RECIPE = {"model.context_level": -2, "data.object_weight": 9.0}
 # stage 1; `launch/instruct.sh`): the CPU world and the "even" mixture, which
 # with RECIPE gave in-domain O 0.52 and zero-shot 0.27 in 55 minutes against
 # the paper mixture's 0.50 and 0.18 (session 20, docs/results.md).
-MIXTURE_ARG = "simple,mix=even"
+MIXTURE_ARG = "simple,mix=even,words"
+# The text start of every model ((a), (b), (c); `launch/instruct.sh`).
+T2I_ARG = "simple,t2i,words"
 
 
 def table() -> list[dict]:
@@ -182,7 +207,7 @@ def table() -> list[dict]:
     """
     start = {"init_from": "cpu_t2i", "config": RECIPE}
     rows = [
-        {"row": "t2i", "name": "cpu_t2i", "arg": "simple,t2i", "minutes": 55},
+        {"row": "t2i", "name": "cpu_t2i", "arg": T2I_ARG, "minutes": 55},
         {
             "row": "a",
             "name": "cpu_instruct",
@@ -203,7 +228,9 @@ def table() -> list[dict]:
             "experiment": "experiments/stage1_shapes.py",
             "arg": "",
             "minutes": 25,
+            # stage 1's experiment has no `words` option: the start's tokenizer
             **start,
+            "config": {**RECIPE, **words()},
         },
         {
             "row": "a_stage1",
@@ -219,7 +246,7 @@ def table() -> list[dict]:
             {
                 "row": "b",
                 "name": f"cpu_single_{task}",
-                "arg": f"simple,task={task}",
+                "arg": f"simple,task={task},words",
                 "minutes": 20,
                 **start,
             }

@@ -268,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if jax.process_index() == 0:  # one writer of the shared file
         checkpointing.save_config(workdir, config)
     built, state = setup(config)
+    _warn_cut_texts(config, built.tokenizer)
     data_iter = iter(
         pipeline.train_dataset(
             config,
@@ -284,6 +285,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with built.mesh, nn.logical_axis_rules(built.rules):
         state = loop.run(state, data_iter, built.step_fn, built.batch_sharding)
     return state
+
+
+def _warn_cut_texts(config: ml_collections.ConfigDict, tokenizer) -> None:
+    """Says on the console when `data.max_text_len` cuts training texts
+    (`pipeline.cut_texts`): the tokenizer itself cuts them silently."""
+    cut, read, longest = pipeline.cut_texts(config, tokenizer)
+    if cut:
+        _say(
+            f"warning: data.max_text_len={config.data.max_text_len} cuts {cut} of "
+            f"the first {read} training texts (the longest is {longest} tokens "
+            "with EOS); raise it to keep them whole"
+        )
 
 
 def budget_horizon(step: int, steps_per_s: float, seconds_left: float, num_steps: int):

@@ -2,6 +2,7 @@
 
 python -m launch.build_data --dataset shapes_world --data_dir DIR
 python -m launch.build_data --variant retrieval --num_train 10000 --data_dir DIR
+python -m launch.build_data --dataset vocabulary --variant simple --data_dir data/vocab
 
 Your own data (`imagen_jax.data.tfds.own_data`), trained on with
 `experiments/t2i_own_data.py --config.data.dataset=NAME`:
@@ -24,7 +25,9 @@ flags.DEFINE_string(
     "dataset",
     "shapes_world",
     "Dataset to build: shapes_world; folder (images with captions, "
-    "--source_dir); tfds (a prepared tfds dataset, --tfds_name).",
+    "--source_dir); tfds (a prepared tfds dataset, --tfds_name); vocabulary "
+    "(the word pieces of the --variant task world's texts, for the "
+    "experiments' `words` option).",
 )
 flags.DEFINE_string("data_dir", None, "Where the tfds dataset is written.")
 flags.DEFINE_integer(
@@ -82,7 +85,7 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(["data_dir"])
 FLAGS = flags.FLAGS
 
-DATASETS = ("shapes_world", "folder", "tfds")
+DATASETS = ("shapes_world", "folder", "tfds", "vocabulary")
 
 
 def _build_shapes_world():
@@ -133,11 +136,27 @@ def _build_own_data():
     )
 
 
+def _build_vocabulary():
+    from imagen_jax.data import tasks, vocabulary
+
+    if FLAGS.variant not in tasks.WORLDS:
+        raise ValueError(
+            f"a vocabulary is built from a task world: --variant must be one of "
+            f"{sorted(tasks.WORLDS)}, got {FLAGS.variant!r}"
+        )
+    start = time.time()
+    path = vocabulary.build(FLAGS.data_dir, FLAGS.variant)
+    seconds = time.time() - start
+    print(f"{path}: word pieces of the {FLAGS.variant} task world ({seconds:.0f} s)")
+
+
 def _build():
     if FLAGS.dataset not in DATASETS:
         raise ValueError(f"unknown --dataset {FLAGS.dataset!r}; known: {DATASETS}")
     if FLAGS.dataset == "shapes_world":
         _build_shapes_world()
+    elif FLAGS.dataset == "vocabulary":
+        _build_vocabulary()
     else:
         _build_own_data()
 

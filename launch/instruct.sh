@@ -15,12 +15,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
 RUNS="${RUNS:-runs}"
 T2I_MINUTES="${T2I_MINUTES:-55}"
 STAGE2_MINUTES="${STAGE2_MINUTES:-55}"
-ARG="simple,mix=even"
+T2I_ARG="simple,t2i,words"
+ARG="simple,mix=even,words"
 RECIPE=(--config.model.context_level=-2 --config.data.object_weight=9)
 START=$(date +%s)
 
+echo "== the CPU world's word pieces into data/vocab"
+python -m launch.build_data --dataset vocabulary --variant simple --data_dir data/vocab
 echo "== text-to-image on the CPU world ($T2I_MINUTES min) into $RUNS/cpu_t2i"
-python -m launch.train --config "experiments/stage2_shapes.py:simple,t2i,minutes=$T2I_MINUTES" \
+python -m launch.train --config "experiments/stage2_shapes.py:$T2I_ARG,minutes=$T2I_MINUTES" \
   --workdir "$RUNS/cpu_t2i"
 echo "== instruction tuning ($STAGE2_MINUTES min) into $RUNS/cpu_instruct"
 python -m launch.train --config "experiments/stage2_shapes.py:$ARG,minutes=$STAGE2_MINUTES" \

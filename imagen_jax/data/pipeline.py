@@ -295,6 +295,29 @@ def check_cacheable(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _text_of(element) -> str:
+    """The text the model reads of a source element (an instruction's or a
+    record's caption)."""
+    if isinstance(element, TaskExample):
+        return element.instruction.text
+    return mining.as_text(element["caption"])
+
+
+def cut_texts(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, sample: int = 256
+) -> tuple[int, int, int]:
+    """How many of the first `sample` training texts `data.max_text_len` cuts:
+    (cut, read, longest), lengths in tokens with the EOS. The tokenizer keeps
+    the first `max_text_len - 1` tokens of a text without a word of warning,
+    so a length set for one tokenizer or world can silently cut through an
+    instruction's `[ref#k]` marker under another."""
+    source = get_source(config.data, "train")
+    read = min(sample, len(source))
+    lengths = [len(tokenizer.encode(_text_of(source[i]))) + 1 for i in range(read)]
+    limit = config.data.max_text_len
+    return sum(n > limit for n in lengths), read, max(lengths, default=0)
+
+
 def cached_text(
     source: Any, config: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer
 ) -> text_cache.CachedText:

@@ -23,6 +23,7 @@ when a `SentencePieceTokenizer` is built.
 from __future__ import annotations
 
 import abc
+import os
 import re
 from collections.abc import Callable, Sequence
 
@@ -198,6 +199,12 @@ class SentencePieceTokenizer(Tokenizer):
 
         self.model_path = str(model_path)
         self.extra_tokens = _validate_extra_tokens(extra_tokens)
+        if not os.path.exists(self.model_path):
+            raise FileNotFoundError(
+                f"sentencepiece model {self.model_path} not found (a task "
+                "world's is built by `python -m launch.build_data --dataset "
+                "vocabulary`)"
+            )
         with open(self.model_path, "rb") as f:
             proto = _add_user_pieces(f.read(), self.extra_tokens, self.model_path)
         self._sp = sentencepiece.SentencePieceProcessor(model_proto=proto)

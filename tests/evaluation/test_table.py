@@ -111,11 +111,18 @@ def test_cpu_table_compares_its_models_at_equal_minutes_and_options():
     a = [r["name"] for r in rows.values() if r["row"] in ("a", "c", "a_stage1")]
     assert len(a) == 3
     assert len({minutes_after_start(name) for name in a}) == 1
+    text = set()
     for row in rows.values():
+        config = table._config(stage2_shapes.get_config, row, "runs")
+        # every model reads its text as the start does (init_from needs the
+        # start's embedding table)
+        text.add(
+            (config.text.tokenizer, config.text.vocab_path, config.data.max_text_len)
+        )
         if row["row"] in ("a", "b", "c", "a_stage1"):
-            config = table._config(stage2_shapes.get_config, row, "runs")
             for field, value in stage2_shapes.RECIPE.items():
                 assert config_utils._get(config, field) == value, (row["name"], field)
+    assert len(text) == 1
 
 
 def test_the_readme_command_trains_row_a():
@@ -138,6 +145,11 @@ def test_the_readme_command_trains_row_a():
     for field, value in stage2_shapes.RECIPE.items():
         assert field in given and float(given[field]) == value, field
     assert f'ARG="{rows["a"]["arg"]}"' in script
+    assert f'T2I_ARG="{rows["t2i"]["arg"]}"' in script
+    assert 'stage2_shapes.py:$T2I_ARG,minutes=$T2I_MINUTES"' in script
+    # the vocabulary the `words` option reads is built before the first run
+    built = script.index("launch.build_data --dataset vocabulary --variant simple")
+    assert built < script.index("launch.train")
     assert 'stage2_shapes.py:$ARG,minutes=$STAGE2_MINUTES"' in script
     assert 'stage2_shapes.py:$ARG" --workdir' in script
     evaluated = script[script.index("launch.eval") :]
