@@ -184,9 +184,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 # docs/results.md); evaluate with the same level.
 RECIPE = {"model.context_level": -2, "data.object_weight": 9.0}
 # The options of the mixture models after the text start ((a), (c), (a) after
-# stage 1; `launch/instruct.sh`): the CPU world and the "even" mixture, which
+# stage 1; `launch/instruct.sh`): the CPU world, the "even" mixture, which
 # with RECIPE gave in-domain O 0.52 and zero-shot 0.27 in 55 minutes against
-# the paper mixture's 0.50 and 0.18 (session 20, docs/results.md).
+# the paper mixture's 0.50 and 0.18 (session 20), and the text as word
+# pieces, 0.87 and 0.47 against bytes' 0.52 and 0.27 (session 21,
+# docs/results.md).
 MIXTURE_ARG = "simple,mix=even,words"
 # The text start of every model ((a), (b), (c); `launch/instruct.sh`).
 T2I_ARG = "simple,t2i,words"
@@ -228,7 +230,8 @@ def table() -> list[dict]:
             "experiment": "experiments/stage1_shapes.py",
             "arg": "",
             "minutes": 25,
-            # stage 1's experiment has no `words` option: the start's tokenizer
+            # stage 1's experiment has no `words` option: its fields, so
+            # that it reads the text as the start does
             **start,
             "config": {**RECIPE, **words()},
         },
