@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from imagen_jax import xla_flags
+from imagen_jax import machine, xla_flags
 
 # The project's XLA:CPU defaults, as the entry points apply them (before JAX).
 xla_flags.apply_defaults()
@@ -51,20 +49,6 @@ T5_SMALL = dict(
     num_heads=6,
     feed_forward_proj="gated-gelu",
 )
-
-
-def cpu_name() -> str:
-    """The processor's model name from lscpu (platform's guess without it)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor()
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in out.splitlines()
-        if line.startswith("Model name:")
-    ]
-    return names[0] if names else platform.processor()
 
 
 def _steps(config):
@@ -134,7 +118,7 @@ def _main(argv):
         "what": "train steps/s, frozen T5 run every step (online) vs stored "
         "float16 text embeddings (stored); project train_step, in turns",
         "command": "python -m benchmarks.text_cache " + " ".join(sys.argv[1:]),
-        "cpu": cpu_name(),
+        "cpu": machine.cpu_model(),
         "t5": {**T5_SMALL, "num_params": sizes["t5_params"], "frozen": True},
         "unet_params": sizes["unet_params"],
         "batch_size": d.batch_size,

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from imagen_jax import machine
+
 # ShapesWorld-style prompts, so that a demo model draws something sensible.
 PROMPTS = tuple(
     f"a {size} {colour} {shape} at the {place}"
@@ -265,21 +267,9 @@ def _wait_ready(url: str, process, log: str, timeout: float) -> None:
     raise RuntimeError(f"launch.serve did not answer within {timeout} s; see {log}")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (lscpu), or "unknown"."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def _machine() -> dict[str, Any]:
     return {
-        "cpu": cpu_model(),
+        "cpu": machine.cpu_model(),
         "cores": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }

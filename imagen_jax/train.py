@@ -355,6 +355,12 @@ class _Loop:
             opt_state = optim.set_horizon(state.opt_state, t.num_steps, replan=True)
             state = state.replace(opt_state=opt_state)
         self.num_steps = optim.get_horizon(state.opt_state)
+        if self.num_steps != t.num_steps and not adapt:
+            _say(
+                f"the LR schedule ends at step {self.num_steps}, where an earlier "
+                f"time budget moved it, not at train.num_steps={t.num_steps}: "
+                f"pass another train.num_steps to plan the run anew"
+            )
         pending, stop = [], None
         with preemption.Notice(self.mngr) as notice:
             while step < self.num_steps and stop is None:

@@ -1,9 +1,11 @@
 """The paper's Table 4 in miniature: `python -m launch.table --experiment
-experiments/stage2_shapes.py --runs runs [--train | --skip_missing]`.
+experiments/stage2_shapes.py --runs runs [--train | --skip_missing]
+[--carry docs/results/table] [--only b]`.
 
 Evaluates every model of the experiment's `table()` (training the missing
-ones with --train, leaving them out with --skip_missing) and writes
-RUNS/table/results.json and results.md.
+ones with --train, leaving them out with --skip_missing, taking them from
+earlier sessions' records with --carry) and writes RUNS/table/results.json,
+results.md and one record per evaluated model in RUNS/table/models/.
 """
 
 from absl import flags
@@ -16,6 +18,19 @@ flags.DEFINE_string("runs", "runs", "Directory holding one run per model.")
 flags.DEFINE_bool("train", False, "Train the models that have no checkpoint.")
 flags.DEFINE_bool(
     "skip_missing", False, "Leave the models that have no checkpoint out of the table."
+)
+flags.DEFINE_string(
+    "carry",
+    None,
+    "Directory of model records (RUNS/table/models/NAME.json of earlier runs) "
+    "that stand in for models with no checkpoint under --runs.",
+)
+flags.DEFINE_list(
+    "only",
+    [],
+    "Train (with --train) only these models (run names, or columns such as b) "
+    "and the runs they start from; the others are left out unless trained or "
+    "carried.",
 )
 flags.mark_flags_as_required(["experiment"])
 FLAGS = flags.FLAGS
@@ -33,6 +48,8 @@ def _table():
         FLAGS.runs,
         train_missing=FLAGS.train,
         skip_missing=FLAGS.skip_missing,
+        carry=FLAGS.carry,
+        only=FLAGS.only,
     )
     print(table.markdown(results))
     print(f"results: {FLAGS.runs}/table/results.json")

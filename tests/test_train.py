@@ -232,7 +232,9 @@ def test_budget_horizon():
     assert train.budget_horizon(60, 2.0, -5.0, 1000) == 61  # over budget already
 
 
-def test_time_budget_moves_the_horizon_without_recompiling(tmp_path, monkeypatch):
+def test_time_budget_moves_the_horizon_without_recompiling(
+    tmp_path, monkeypatch, capsys
+):
     cfg, tok, mesh, rules, state, step_fn, bs = _setup(**{"train.num_steps": 1000})
     cfg.train.log_every = 5
     cfg.train.checkpoint_every, cfg.train.sample_every = 10_000, 10_000
@@ -259,9 +261,12 @@ def test_time_budget_moves_the_horizon_without_recompiling(tmp_path, monkeypatch
     assert float(lr_fn(horizon, horizon)) == pytest.approx(0.05 * cfg.optim.lr)
     # Resuming with the same plan keeps the horizon; another num_steps resets it.
     cfg.train.time_budget_minutes = 0.0
+    capsys.readouterr()
     with mesh, nn.logical_axis_rules(rules):
         state = loop.run(state, _Batches(_batch(cfg, tok)), step_fn, bs)
         assert loop.num_steps == int(state.step) == horizon
+        # and says so, with how to train on to num_steps instead
+        assert f"ends at step {horizon}, where an earlier" in capsys.readouterr().out
         cfg.train.num_steps = int(state.step) + 2
         state = loop.run(state, _Batches(_batch(cfg, tok)), step_fn, bs)
     assert loop.num_steps == cfg.train.num_steps == int(state.step)

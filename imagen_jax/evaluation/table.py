@@ -9,17 +9,24 @@ experiment file whose `get_config` builds this model, e.g. stage 1's) and
 `run` trains the missing models (or skips them), evaluates the unevaluated
 ones and writes every model's rows, tagged with it and its training compute,
 to RUNS/table/results.json and the table to RUNS/table/results.md.
+
+A model's record (its table() entry, its rows, the machine, the date) also
+goes to RUNS/table/models/NAME.json. A machine whose runs do not outlive a
+session cannot hold every model at once: `carry` names a directory of such
+records (e.g. committed ones from earlier sessions) that stand in for models
+that have no checkpoint here, provided their table() entry is still the same.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from imagen_jax import checkpointing, config_utils
+from imagen_jax import checkpointing, config_utils, machine
 
 # Columns of the table: the paper's rows (a), (b), (c), and (a) with a stage 1
 # before the mixture (issue 14).
@@ -53,6 +60,27 @@ def _minutes_after_start(rows: Sequence[dict], row: dict) -> float:
     return minutes
 
 
+def select(rows: Sequence[dict], only: Sequence[str]) -> list[dict]:
+    """The rows named in `only` (by run name or column, e.g. "b") and the runs
+    they start from, in table order; all rows when `only` is empty."""
+    if not only:
+        return list(rows)
+    by_name = {r["name"]: r for r in rows}
+    unknown = set(only) - set(by_name) - {r["row"] for r in rows}
+    if unknown:
+        raise ValueError(
+            f"no table row or run named {sorted(unknown)}; the table has "
+            f"{sorted(by_name)} in columns {sorted({r['row'] for r in rows})}"
+        )
+    wanted = set()
+    for row in rows:
+        if row["name"] in only or row["row"] in only:
+            while row is not None and row["name"] not in wanted:
+                wanted.add(row["name"])
+                row = by_name.get(row.get("init_from") or "")
+    return [r for r in rows if r["name"] in wanted]
+
+
 def _trained(workdir: str) -> bool:
     return os.path.isdir(os.path.join(workdir, "checkpoints")) and bool(
         checkpointing.manager(os.path.join(workdir, "checkpoints")).all_steps()
@@ -77,25 +105,37 @@ def run(
     *,
     train_missing: bool = False,
     skip_missing: bool = False,
+    carry: str | None = None,
+    only: Sequence[str] = (),
 ) -> list[dict]:
     """Trains (if asked) and evaluates each model, then writes the table.
 
     With `skip_missing` a model without a checkpoint is left out of the table
-    (named on the console) instead of stopping it.
+    (named on the console) instead of stopping it. A model without a
+    checkpoint whose record is in the `carry` directory is taken from it.
+    With `only` (`select`), the other models are left out when they have
+    neither a checkpoint nor a carried record, whatever `train_missing` says.
 
     Raises:
       FileNotFoundError: a model is not trained and neither `train_missing`
-        nor `skip_missing` is on.
+        nor `skip_missing` is on, nor is it carried.
+      ValueError: a carried record was made for another table() entry.
     """
     from imagen_jax import train
     from imagen_jax.evaluation import sweep
 
+    chosen = {r["name"] for r in select(rows, only)}
     results = []
     for row in rows:
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
+        carried = None if _trained(workdir) else _carried(carry, row)
+        if carried is not None:
+            if row["row"] in COLUMNS:
+                results.extend(carried["rows"])
+            continue
         if not _trained(workdir):
-            if skip_missing and not train_missing:
+            if (skip_missing and not train_missing) or row["name"] not in chosen:
                 print(
                     f"== skipping {row['name']}: no checkpoint in {workdir}", flush=True
                 )
@@ -118,11 +158,46 @@ def run(
         step = max((r["checkpoint_step"] for r in scored), default=0)
         images = step * config.data.batch_size
         compute = {"minutes_after_start": _minutes_after_start(rows, row)}
-        for r in scored:
-            results.append({**r, "model": row["name"], "row": row["row"], **compute})
+        tags = {"model": row["name"], "row": row["row"], **compute}
+        own = [{**r, **tags} for r in scored]
+        results.extend(own)
+        _write_record(row, own, os.path.join(runs, "table", "models"))
         print(f"  {row['name']}: step {step}, {images} training images", flush=True)
     write(results, os.path.join(runs, "table"))
     return results
+
+
+def _write_record(row: dict, rows: list[dict], out_dir: str) -> None:
+    """The model's record for `carry`: its table() entry, rows, machine, date."""
+    os.makedirs(out_dir, exist_ok=True)
+    record = {
+        "entry": row,
+        "machine": machine.cpu_model(),
+        "date": datetime.date.today().isoformat(),
+        "rows": rows,
+    }
+    with open(os.path.join(out_dir, f"{row['name']}.json"), "w") as f:
+        json.dump(record, f, indent=2)
+
+
+def _carried(carry: str | None, row: dict) -> dict | None:
+    """The record of `row`'s model in the `carry` directory, if there is one."""
+    path = os.path.join(carry, f"{row['name']}.json") if carry else ""
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("entry") != row:
+        raise ValueError(
+            f"{path} was made for the table entry {record.get('entry')}, but the "
+            f"table now has {row}: train {row['name']} again, or remove the record"
+        )
+    print(
+        f"== {row['name']}: carried from {path} ({record.get('date')}, "
+        f"{record.get('machine')})",
+        flush=True,
+    )
+    return record
 
 
 def markdown(results: Sequence[dict]) -> str:

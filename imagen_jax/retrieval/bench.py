@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from imagen_jax import machine
 from imagen_jax.retrieval import index as index_lib
 
 
@@ -65,7 +66,7 @@ def run_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "exact_qps": best_exact,
         "speedup": scann["scann_qps"] / best_exact,
         "scann": cfg.index.to_dict(),
-        "cpu": cpu_model(),
+        "cpu": machine.cpu_model(),
         "cpu_count": os.cpu_count(),
         # Other jobs on the machine slow both sides alike, but are worth knowing.
         "loadavg_1min": [load_start[0], os.getloadavg()[0]],
@@ -218,15 +219,3 @@ def _directory_bytes(directory: str) -> int:
         for root, _, names in os.walk(directory)
         for name in names
     )
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"

@@ -1,5 +1,7 @@
 """The comparison table: headline scores per column and the averages."""
 
+import os
+
 import pytest
 
 from imagen_jax.evaluation import table
@@ -198,3 +200,90 @@ def test_untrained_models_stop_the_table_or_are_left_out(tmp_path, capsys):
     )
     assert "skipping cpu_plain" in capsys.readouterr().out
     assert (tmp_path / "table" / "results.md").exists()
+
+
+def test_models_of_earlier_sessions_are_carried_by_their_records(tmp_path, capsys):
+    import json
+
+    from experiments import stage2_shapes
+
+    rows = [r for r in stage2_shapes.table() if r["row"] in ("t2i", "a", "c")]
+    entry = {r["row"]: r for r in rows}["a"]
+    scored = {**_row("a", "subject", "o", 0.8), "model": "cpu_instruct"}
+    carry = tmp_path / "carry"
+    table._write_record(entry, [scored], str(carry / "."))
+    record = json.loads((carry / "cpu_instruct.json").read_text())
+    assert record["entry"] == entry and record["rows"] == [scored]
+    assert record["machine"] and record["date"]
+
+    runs = str(tmp_path / "runs")
+    results = table.run(
+        stage2_shapes.get_config, rows, runs, skip_missing=True, carry=str(carry)
+    )
+    assert results == [scored]  # (a) carried; the start and (c) have nothing
+    out = capsys.readouterr().out
+    assert "cpu_instruct: carried from" in out and "skipping cpu_plain" in out
+    with pytest.raises(FileNotFoundError, match="cpu_plain holds no checkpoint"):
+        table.run(stage2_shapes.get_config, rows[1:], runs, carry=str(carry))
+
+    # A record made for another entry (here other minutes) is refused.
+    record["entry"]["minutes"] = 30
+    (carry / "cpu_instruct.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="cpu_instruct.json was made for the table"):
+        table.run(stage2_shapes.get_config, rows[1:], runs, carry=str(carry))
+
+
+def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeypatch):
+    from experiments import stage2_shapes
+    from imagen_jax import train
+    from imagen_jax.evaluation import sweep
+
+    rows = stage2_shapes.table()
+    names = [r["name"] for r in table.select(rows, ["b", "cpu_instruct_stage1"])]
+    specialists = [r["name"] for r in rows if r["row"] == "b"]
+    # Stage 1 comes along as the start of (a) after stage 1, and the text start.
+    assert names == ["cpu_t2i", "cpu_stage1", "cpu_instruct_stage1", *specialists]
+    assert table.select(rows, []) == rows
+    with pytest.raises(ValueError, match=r"no table row or run named \['d'\]"):
+        table.select(rows, ["d"])
+
+    trained, evaluated = [], []
+    monkeypatch.setattr(
+        train, "train_and_evaluate", lambda config, workdir: trained.append(workdir)
+    )
+
+    def evaluate(config, workdir):  # no rows: the stub trained nothing
+        evaluated.append(workdir)
+        os.makedirs(os.path.join(workdir, "eval"))
+        with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
+            f.write("[]")
+
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    runs = tmp_path / "runs"
+    table.run(stage2_shapes.get_config, rows, str(runs), train_missing=True, only=["c"])
+    # Only (c)'s start and then (c) were trained, and (c) evaluated; (a) and
+    # the rest were left out.
+    assert trained == [str(runs / "cpu_t2i"), str(runs / "cpu_plain")]
+    assert evaluated == [str(runs / "cpu_plain")]
+    assert "skipping cpu_instruct:" in capsys.readouterr().out
+    assert (runs / "table" / "models" / "cpu_plain.json").exists()
+
+
+def test_the_committed_records_match_the_table_they_stand_in_for():
+    import glob
+    import json
+
+    from experiments import stage2_shapes
+
+    entries = {r["name"]: r for r in stage2_shapes.table()}
+    paths = sorted(glob.glob("docs/results/table/*.json"))
+    assert paths, "docs/results/table holds the records that --carry reads"
+    for path in paths:
+        with open(path) as f:
+            record = json.load(f)
+        name = os.path.basename(path)[: -len(".json")]
+        # A record whose entry is no longer the table's would be refused by
+        # --carry: retrain the model or remove the record.
+        assert record["entry"] == entries[name], path
+        assert {r["model"] for r in record["rows"]} == {name}, path
+        assert {r["row"] for r in record["rows"]} == {entries[name]["row"]}, path
