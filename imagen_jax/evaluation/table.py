@@ -129,12 +129,13 @@ def run(
     for row in rows:
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
-        carried = None if _trained(workdir) else _carried(carry, row)
+        trained = _trained(workdir)
+        carried = None if trained else _carried(carry, row)
         if carried is not None:
             if row["row"] in COLUMNS:
                 results.extend(carried["rows"])
             continue
-        if not _trained(workdir):
+        if not trained:
             if (skip_missing and not train_missing) or row["name"] not in chosen:
                 print(
                     f"== skipping {row['name']}: no checkpoint in {workdir}", flush=True
