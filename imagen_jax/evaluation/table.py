@@ -203,28 +203,29 @@ def _carried(carry: str | None, row: dict) -> dict | None:
 
 def markdown(results: Sequence[dict]) -> str:
     """Per task the headline score of each column: O for generation tasks, the
-    task's own score for the vision tasks; (b) shows each task's specialist.
-    Then the averages, computed here over the tasks each column has: in-domain
-    generation O, zero-shot O, and all columns on the specialists' tasks; and
-    each column's training compute after the shared start (minutes, steps)."""
+    task's own score for the vision tasks, each followed by the same on the
+    task's unseen phrasings; (b) shows each task's specialist. Then the
+    averages, computed here over the tasks each column has: in-domain
+    generation O, the same on unseen phrasings, zero-shot O, and all columns
+    on the specialists' tasks; and each column's training compute after the
+    shared start (minutes, steps)."""
     from imagen_jax.data import tasks as catalogue
 
     headline = {}
     for r in results:
-        task = r["task"]
-        if r["metric"] in ("o", "score") and task.count("/") <= int(
-            task.startswith("zero_shot/")
-        ):
-            headline[(task, r["row"])] = r["value"]
+        if r["metric"] in ("o", "score") and _table_row(r["task"]):
+            headline[(r["task"], r["row"])] = r["value"]
     columns = [c for c in COLUMNS if any(row == c for _, row in headline)]
     names = sorted(
         dict.fromkeys(t for t, _ in headline),
         key=lambda t: (t.startswith("zero_shot/"), t),
     )
-    special = [t for t in names if (t, "b") in headline]
+    special = [t for t in names if (t, "b") in headline and "/" not in t]
+    generation = [t for t in names if t.split("/")[0] not in catalogue.VISION_TASKS]
     groups = {
-        "average/in_domain": [
-            t for t in names if "/" not in t and t not in catalogue.VISION_TASKS
+        "average/in_domain": [t for t in generation if "/" not in t],
+        "average/unseen_paraphrase": [
+            t for t in generation if t.endswith("/unseen_paraphrase")
         ],
         "average/zero_shot": [t for t in names if t.startswith("zero_shot/")],
         "average/specialist_tasks": special,
@@ -248,6 +249,16 @@ def markdown(results: Sequence[dict]) -> str:
             "| training after the start: min (steps) | " + " | ".join(compute) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _table_row(task: str) -> bool:
+    """A task's own row, its unseen phrasings' or a zero-shot combination's;
+    not a condition's grade, the text-only baseline or an average (the
+    averages are computed here, over the tasks each column has)."""
+    parts = task.split("/")
+    if parts[0] == "average" or len(parts) > 2:
+        return False
+    return len(parts) == 1 or parts[0] == "zero_shot" or parts[1] == "unseen_paraphrase"
 
 
 def _compute(results: Sequence[dict], column: str) -> str:

@@ -17,17 +17,28 @@ def test_markdown_columns_and_averages():
         _row("a", "edit", "o", 0.6),
         _row("a", "segmentation", "score", 0.9),
         _row("a", "zero_shot/multi_subject", "o", 0.5),
-        _row("a", "subject/unseen_paraphrase", "o", 0.1),  # not a table row
+        _row("a", "subject/unseen_paraphrase", "o", 0.1),
+        _row("a", "segmentation/unseen_paraphrase", "score", 0.3),
+        _row("a", "subject/unseen_paraphrase/sc", "o", 0.2),  # not a table row
+        _row("a", "subject/text_only", "o", 0.2),  # not a table row
         _row("a", "average/in_domain", "o", 0.7),  # recomputed, not copied
         _row("b", "subject", "o", 0.4),
         _row("b", "segmentation", "score", 0.7),
+        _row("b", "average/unseen_paraphrase", "o", 0.9),  # not (b)'s column
         _row("c", "subject", "o", 0.2),
         _row("c", "edit", "o", 0.2),
     ]
     lines = table.markdown(results).splitlines()
     assert lines[0].startswith("| task | (a) instruction-tuned | (b) single-task |")
     cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
-    assert "subject/unseen_paraphrase" not in cells
+    assert "subject/text_only" not in cells
+    assert "subject/unseen_paraphrase/sc" not in cells
+    # Each task's unseen phrasings follow its row; their average is the
+    # generation tasks' (subject), as the in-domain one.
+    names = list(cells)
+    assert names.index("subject/unseen_paraphrase") == names.index("subject") + 1
+    assert cells["segmentation/unseen_paraphrase"] == ["0.30", "", " |"]
+    assert cells["average/unseen_paraphrase"] == ["0.10", "", " |"]
     assert cells["subject"] == ["0.80", "0.40", "0.20 |"]
     assert cells["average/in_domain"] == ["0.70", "", "0.20 |"]
     # On the specialists' tasks (subject, segmentation): (0.8+0.9)/2, (0.4+0.7)/2.
