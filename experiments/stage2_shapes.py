@@ -18,6 +18,9 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
 - mix=NAME: the task mixture, one of `MIXTURES` ("paper", the default:
   `imagen_jax.data.tasks.MIXTURE`, subject-heavy after the paper; "even":
   the generation tasks' examples spread more evenly, see `MIXTURES`);
+- noise=P: make up each instruction word of training texts at rate P
+  (`tasks.noisy_templates`; the unseen paraphrases all have words no
+  training text has);
 - words: the text as word pieces of the world's texts
   (`imagen_jax.data.vocabulary`, built by `python -m launch.build_data
   --dataset vocabulary --variant simple --data_dir data/vocab`), not bytes.
@@ -85,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         plain=False,
         mix="paper",
         words=False,
+        noise=0.0,
     )
     if opts.mix not in MIXTURES:
         raise ValueError(f"unknown mixture mix={opts.mix!r}; known: {sorted(MIXTURES)}")
@@ -106,6 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.mixture = dict(MIXTURES[opts.mix])
     # Texts stripped of instruction words (`tasks.plain_templates`).
     c.data.plain_text = opts.plain
+    # Rate at which training instructions' words are made up, fields and
+    # markers kept (`tasks.noisy_templates`): robustness to unread words.
+    c.data.word_noise = opts.noise
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).

@@ -186,3 +186,18 @@ def test_mix_option_selects_a_named_mixture_and_its_context_slots():
         assert set(weights) == set(tasks.TRAIN_TASKS)  # every task, no zero-shot
     with pytest.raises(ValueError, match="mix='uneven'"):
         stage2_shapes.get_config("simple,mix=uneven")
+
+
+def test_noise_option_makes_up_training_words_at_its_rate():
+    assert stage2_shapes.get_config("simple").data.word_noise == 0.0
+    noisy = stage2_shapes.get_config("simple,mix=even,words,noise=0.15")
+    assert noisy.data.word_noise == 0.15
+    # The training stream reads it: some instruction differs from the quiet one.
+    from imagen_jax.data import pipeline
+
+    quiet = stage2_shapes.get_config("simple,mix=even,words")
+    texts = [
+        [pipeline.TaskSource(c.data, "train")[i].instruction.text for i in range(8)]
+        for c in (noisy, quiet)
+    ]
+    assert texts[0] != texts[1]

@@ -80,6 +80,13 @@ class TaskSource:
         tasks.get_world(cfg.variant, cfg.resolution)  # fail early on a bad name
         self._world = cfg.variant
         self._plain = bool(cfg.get("plain_text", False))
+        self._word_noise = (
+            float(cfg.get("word_noise", 0.0)) if split == "train" else 0.0
+        )
+        if not 0.0 <= self._word_noise < 1.0:
+            raise ValueError(
+                f"config.data.word_noise must be in [0, 1), got {self._word_noise}"
+            )
         self._size = cfg.num_examples
 
     def __len__(self) -> int:
@@ -95,6 +102,7 @@ class TaskSource:
             self._resolution,
             world=self._world,
             plain=self._plain,
+            word_noise=self._word_noise,
         )
 
 

@@ -1258,18 +1258,48 @@ class Task:
         *,
         unseen: bool = False,
         plain: bool = False,
+        noise: tuple[np.random.Generator, float] | None = None,
     ) -> TaskExample:
         """One example; `unseen` phrases it with an unseen template, `plain`
-        gives the bare conditions without instruction words (`plain_templates`)."""
+        gives the bare conditions without instruction words (`plain_templates`),
+        `noise` (rng, p) makes up its instruction words at rate p
+        (`noisy_templates`)."""
         if plain:
             templates = plain_templates(self.templates)
         else:
             templates = self.unseen_templates if unseen else self.templates
+        if noise is not None:
+            templates = noisy_templates(templates, *noise)
         instruction, target, meta = self.build(rng, world, templates)
         if plain:
             text = " ".join(instruction.text.split())
             instruction = dataclasses.replace(instruction, text=text)
         return TaskExample(self.name, instruction, target, meta, self.zero_shot)
+
+
+# A template's instruction words, found between its fields and markers.
+_TEMPLATE_PART = re.compile(r"\{[^{}]*\}|\[ref#\d+\]|[A-Za-z]+")
+
+
+def noisy_templates(
+    templates: Sequence[str], rng: np.random.Generator, p: float
+) -> tuple[str, ...]:
+    """The templates with each instruction word, with probability `p`, made up
+    anew (3-8 random letters); fields and markers are kept, so the example's
+    conditions do not change. A stand-in in training for the words a person
+    writes that no training text has (every unseen paraphrase has some, and a
+    text encoder trained from nothing cannot read them): the model learns to
+    take the task from the words it knows (`data.word_noise`)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"word noise must be in [0, 1), got {p}")
+
+    def swap(match: re.Match) -> str:
+        part = match.group(0)
+        if part[0] in "{[" or rng.random() >= p:
+            return part
+        return "".join(rng.choice(list(string.ascii_lowercase), rng.integers(3, 9)))
+
+    return tuple(_TEMPLATE_PART.sub(swap, t) for t in templates)
 
 
 def plain_templates(templates: Sequence[str]) -> tuple[str, ...]:
@@ -1441,6 +1471,7 @@ def make_example(
     unseen: bool = False,
     world: str = "full",
     plain: bool = False,
+    word_noise: float = 0.0,
 ) -> TaskExample:
     """Example number `index` of a task; a pure function of its arguments.
 
@@ -1452,6 +1483,8 @@ def make_example(
       unseen: phrase the instruction with an unseen template.
       world: "full" or "simple" (`WORLDS`).
       plain: the text without instruction words (`plain_templates`).
+      word_noise: the rate at which its instruction words are made up
+        (`noisy_templates`); 0 draws nothing more, so the example is as before.
     """
     task = get_task(task_name)
     if index < 0 or seed < 0:
@@ -1459,7 +1492,9 @@ def make_example(
     spec = get_world(world, resolution)
     if unseen:
         spec = dataclasses.replace(spec, grammar="unseen")
-    rng = np.random.default_rng(
-        [seed, zlib.crc32(task_name.encode()), index, int(unseen)]
-    )
-    return task.make(rng, spec, unseen=unseen, plain=plain)
+    key = [seed, zlib.crc32(task_name.encode()), index, int(unseen)]
+    noise = None
+    if word_noise:  # its own generator: the example's scene stays the same
+        noise = (np.random.default_rng([*key, 1]), word_noise)
+    rng = np.random.default_rng(key)
+    return task.make(rng, spec, unseen=unseen, plain=plain, noise=noise)

@@ -378,3 +378,65 @@ def test_plain_examples_keep_the_conditions_without_instruction_words():
         instructions.validate(
             plain.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
         )
+
+
+def _markers(text: str) -> list[str]:
+    return sorted(set(tasks._MARKER.findall(text)))
+
+
+def test_word_noise_makes_up_instruction_words_and_keeps_the_conditions():
+    changed = 0
+    for name in ALL:
+        for i in range(4):
+            full = tasks.make_example(name, i, 0, R, world="simple")
+            noisy = tasks.make_example(name, i, 0, R, world="simple", word_noise=0.5)
+            again = tasks.make_example(name, i, 0, R, world="simple", word_noise=0.5)
+            assert noisy.instruction.text == again.instruction.text
+            # The scene, context and target are the example's own; only
+            # instruction words change, never a field or a marker.
+            np.testing.assert_array_equal(noisy.target, full.target)
+            assert len(noisy.instruction.context) == len(full.instruction.context)
+            clean, made_up = full.meta["template"], noisy.meta["template"]
+            assert tasks.template_fields(made_up) == tasks.template_fields(clean)
+            assert _markers(made_up) == _markers(clean)
+            assert len(made_up.split()) == len(clean.split()), (clean, made_up)
+            changed += made_up != clean
+    assert changed > 0.8 * 4 * len(ALL)
+    # Without noise nothing more is drawn: the example is the one of old.
+    off = tasks.make_example("segmentation", 3, 0, R, world="simple", word_noise=0.0)
+    on = tasks.make_example("segmentation", 3, 0, R, world="simple")
+    assert off.instruction.text == on.instruction.text
+
+
+def test_word_noise_rate_is_checked_and_applies_to_training_only():
+    import ml_collections
+
+    from imagen_jax.data import pipeline
+
+    with pytest.raises(ValueError, match=r"word noise must be in \[0, 1\)"):
+        tasks.noisy_templates(("Segment the {object}.",), np.random.default_rng(0), 1)
+    cfg = ml_collections.ConfigDict(
+        dict(
+            mixture={"segmentation": 1.0},
+            seed=0,
+            resolution=R,
+            variant="simple",
+            num_examples=100,
+            plain_text=False,
+            word_noise=0.5,
+        )
+    )
+    quiet = ml_collections.ConfigDict({**cfg.to_dict(), "word_noise": 0.0})
+    texts = {
+        (split, noise): [
+            pipeline.TaskSource(c, split)[i].instruction.text for i in range(8)
+        ]
+        for split in ("train", "eval")
+        for noise, c in ((True, cfg), (False, quiet))
+    }
+    assert texts["train", True] != texts["train", False]
+    assert texts["eval", True] == texts["eval", False]
+    with pytest.raises(ValueError, match="config.data.word_noise"):
+        pipeline.TaskSource(
+            ml_collections.ConfigDict({**cfg.to_dict(), "word_noise": -0.1}), "train"
+        )
