@@ -79,3 +79,33 @@ def build(
         minloglevel=2,
     )
     return path
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+_FIELD_OR_MARKER = re.compile(r"\{[^{}]*\}|\[ref#\d+\]")
+
+
+def unread_words(
+    world: str, per_task: int = EXAMPLES_PER_TASK
+) -> dict[tuple[str, str], list[str]]:
+    """(task, unseen template) -> the template's words that no training text of
+    `world` has (`world_texts`), lower-cased; fields and markers left out.
+
+    A text encoder trained from nothing has never seen these words (docs/
+    results.md, session 23: all but two of the pairs have some).
+    """
+    known = {w.lower() for t in world_texts(world, per_task) for w in _WORD.findall(t)}
+    out = {}
+    for name in tasks.TASKS:
+        for template in tasks.get_task(name).unseen_templates:
+            words = _WORD.findall(_FIELD_OR_MARKER.sub(" ", template))
+            out[name, template] = sorted({w.lower() for w in words} - known)
+    return out
+
+
+if __name__ == "__main__":  # python -m imagen_jax.data.vocabulary
+    pairs = unread_words("simple")
+    for (name, template), words in pairs.items():
+        print(f"{name:18s} {', '.join(words) or '-':36s} {template}")
+    unread = sum(map(bool, pairs.values()))
+    print(f"{unread} of {len(pairs)} (task, unseen template) pairs have a new word")

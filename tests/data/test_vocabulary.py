@@ -68,3 +68,14 @@ def test_training_says_when_texts_are_cut(capsys):
 def test_a_missing_vocabulary_names_the_command_that_builds_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="launch.build_data --dataset"):
         tokenizers.SentencePieceTokenizer(str(tmp_path / "none.model"))
+
+
+def test_unread_words_are_those_of_unseen_templates_no_training_text_has():
+    from imagen_jax.data import tasks
+
+    unread = vocabulary.unread_words("simple", per_task=20)
+    assert {name for name, _ in unread} == set(tasks.TASKS)
+    isolate = "Isolate the {object}: white where it is, black elsewhere."
+    # "white" and "black" are in training texts; the field is left out.
+    assert unread["segmentation", isolate] == ["elsewhere", "isolate"]
+    assert not any("object" in words for words in unread.values())
