@@ -211,27 +211,37 @@ def depth_rmse(pred: np.ndarray, target: np.ndarray, units: str = "grey") -> flo
     return float(np.sqrt(np.mean((p - t) ** 2)))
 
 
-def depth_ordering_accuracy(pred: np.ndarray, scene: shapes_world.Scene) -> float:
-    """Share of region pairs whose nearer region is brighter in `pred`.
+def depth_pair_orderings(
+    pred: np.ndarray, scene: shapes_world.Scene
+) -> list[tuple[bool, bool]]:
+    """(is an object pair, nearer region is brighter in `pred`) per region pair.
 
     Regions are the visible objects of `scene` and the background (the far
     plane); each region's brightness is its mean grey level in `pred`. Pairs
-    at equal depth are skipped. NaN when there is no pair.
+    at equal depth are skipped. An object pair's order shows in the input only
+    through the ground-plane cue (lower, larger, lefter is nearer) or
+    occlusion; an object is always nearer than the background.
     """
     grey = _grey(pred)
     labels = controls.label_map(scene, grey.shape[0])
     depths = np.append(controls.object_depths(scene), controls.DEPTH_FAR)
     regions = [i for i in range(len(scene.objects)) if (labels == i).any()] + [-1]
     brightness = {i: grey[labels == i].mean() for i in regions}
-    correct = total = 0
+    pairs = []
     for a_pos, a in enumerate(regions):
         for b in regions[a_pos + 1 :]:
             if depths[a] == depths[b]:
                 continue
             near, far = (a, b) if depths[a] < depths[b] else (b, a)
-            correct += brightness[near] > brightness[far]
-            total += 1
-    return correct / total if total else math.nan
+            pairs.append((far != -1, bool(brightness[near] > brightness[far])))
+    return pairs
+
+
+def depth_ordering_accuracy(pred: np.ndarray, scene: shapes_world.Scene) -> float:
+    """Share of region pairs whose nearer region is brighter in `pred`
+    (`depth_pair_orderings`). NaN when there is no pair."""
+    pairs = depth_pair_orderings(pred, scene)
+    return float(np.mean([ok for _, ok in pairs])) if pairs else math.nan
 
 
 # --------------------------------------------------------------------------
@@ -584,18 +594,29 @@ def _score_detection(image, example: TaskExample) -> dict[str, float]:
 
 
 def _score_depth(image, example: TaskExample) -> dict[str, float]:
-    ordering = depth_ordering_accuracy(image, example.meta["scene"])
-    return {
+    pairs = depth_pair_orderings(image, example.meta["scene"])
+    ordering = float(np.mean([ok for _, ok in pairs])) if pairs else math.nan
+    scores = {
         "score": ordering,
         "ordering": ordering,
         "rmse": depth_rmse(image, example.target),
         "rmse_metres": depth_rmse(image, example.target, units="metres"),
     }
+    # Which pairs fail: object against object, or object against background.
+    for kind, objects in (("objects", True), ("background", False)):
+        oks = [ok for is_objects, ok in pairs if is_objects == objects]
+        if oks:
+            scores[f"ordering/{kind}"] = float(np.mean(oks))
+    return scores
 
 
 def _score_classification(image, example: TaskExample) -> dict[str, float]:
-    accuracy = float(classification_answer(image) == example.meta["present"])
-    return {"score": accuracy, "accuracy": accuracy}
+    present = example.meta["present"]
+    accuracy = float(classification_answer(image) == present)
+    # Split by the true answer: a model that always answers one colour scores
+    # 1 on one side and 0 on the other.
+    side = "present" if present else "absent"
+    return {"score": accuracy, "accuracy": accuracy, f"accuracy/{side}": accuracy}
 
 
 _VISION_SCORERS = {
@@ -614,7 +635,9 @@ def score_example(image: np.ndarray, example: TaskExample) -> dict[str, Any]:
       zero-shot combinations): {"sc", "pq", "o", "per_condition"}. For vision
       tasks: {"score": the headline metric, plus the task's own metrics}
       (segmentation: iou; detection: ap50; depth_estimation: ordering, rmse,
-      rmse_metres; classification: accuracy).
+      rmse_metres, and ordering/objects and ordering/background over those
+      pairs where the scene has them; classification: accuracy, and
+      accuracy/present or accuracy/absent by the true answer).
     """
     image = np.asarray(image)
     if image.shape != example.target.shape:

@@ -121,6 +121,10 @@ def test_depth_metrics():
         target[labels == 0][0],
     )
     assert tm.depth_ordering_accuracy(swapped, SCENE) == pytest.approx(5 / 6)
+    # The wrong pair is an object pair; every object is still above the ground.
+    pairs = tm.depth_pair_orderings(swapped, SCENE)
+    assert sorted(ok for objects, ok in pairs if objects) == [False, True, True]
+    assert [ok for objects, ok in pairs if not objects] == [True] * 3
     with pytest.raises(ValueError, match="units must be"):
         tm.depth_rmse(target, target, units="feet")
 
@@ -163,10 +167,33 @@ def test_vision_tasks_score_wrong_answers_low():
     assert tm.score_example(det.instruction.input_image, det)["ap50"] == 0.0
     cls = tasks.make_example("classification", 0, 0, R)
     other = controls.classification_target(not cls.meta["present"], R)
-    assert tm.score_example(other, cls)["accuracy"] == 0.0
+    side = "accuracy/present" if cls.meta["present"] else "accuracy/absent"
+    scores = tm.score_example(other, cls)
+    assert scores["accuracy"] == scores[side] == 0.0
+    assert {"accuracy/present", "accuracy/absent"} - {side} - set(scores)
     depth = tasks.make_example("depth_estimation", 0, 0, R)
     scores = tm.score_example(255 - depth.target, depth)
     assert scores["ordering"] == 0.0 and scores["rmse"] > 50
+    assert scores["ordering/background"] == 0.0
+    assert tm.score_example(depth.target, depth)["ordering/background"] == 1.0
+
+
+def test_depth_scores_split_object_pairs_from_background_pairs():
+    """A map with every object at one grey gets the background pairs right and
+    every object pair wrong (equal brightness is not nearer)."""
+    with_pairs = 0
+    for index in range(8):
+        ex = tasks.make_example("depth_estimation", index, 0, R)
+        labels = controls.label_map(ex.meta["scene"], R)
+        flat = np.where(labels[..., None] >= 0, 200, 0).astype(np.uint8)
+        flat = np.repeat(flat, 3, axis=-1)
+        scores = tm.score_example(flat, ex)
+        assert scores["ordering/background"] == 1.0
+        if "ordering/objects" in scores:
+            with_pairs += 1
+            assert scores["ordering/objects"] == 0.0
+            assert scores["ordering"] < 1.0
+    assert with_pairs
 
 
 # --------------------------------------------------------------------------
