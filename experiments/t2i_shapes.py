@@ -122,6 +122,11 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.diffusion.min_snr_gamma = 5.0
     # Clip 1 + snr instead of snr: keeps the plain v-loss weight at high noise.
     c.diffusion.min_snr_plus_one = True
+    # A share of each batch trained at log-SNR moved by the shift (toward
+    # noise when negative), not below the schedule's noisiest level
+    # (`losses.shift_share`); 0 moves none.
+    c.diffusion.low_snr_share = 0.0
+    c.diffusion.low_snr_shift = -7.0
     # Conditioning dropout for classifier-free guidance: per example one of
     # drop everything / only the text / only the context / only the input
     # image (mutually exclusive; probabilities sum to at most 1).

@@ -156,6 +156,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.{field}={_get(config, field)!r} must be in [0, 1]"
             )
+    share = config.diffusion.get("low_snr_share", 0.0)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"config.diffusion.low_snr_share={share!r} must be in [0, 1]")
     if conditioning.get(config.model.conditioning).instruction:
         for field in INSTRUCTION_POSITIVE:
             if not _get(config, field) > 0:

@@ -76,6 +76,8 @@ def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
         param=d.param,
         min_snr_gamma=d.min_snr_gamma or None,
         min_snr_plus_one=d.get("min_snr_plus_one", False),
+        low_snr_share=d.get("low_snr_share", 0.0),
+        low_snr_shift=d.get("low_snr_shift", 0.0),
     )
 
 

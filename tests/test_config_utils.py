@@ -55,6 +55,10 @@ def test_validate_names_the_bad_value():
     with pytest.raises(ValueError, match="cond_drop.all"):
         config_utils.validate(c)
     c = t2i_shapes.get_config("smoke")
+    c.diffusion.low_snr_share = -0.1
+    with pytest.raises(ValueError, match="low_snr_share=-0.1"):
+        config_utils.validate(c)
+    c = t2i_shapes.get_config("smoke")
     c.model.text_pool = "max"
     with pytest.raises(ValueError, match=r"config.model.text_pool='max'"):
         config_utils.validate(c)

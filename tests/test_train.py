@@ -300,3 +300,11 @@ def test_an_older_iterator_state_restores_at_the_step_batch():
     batch `step`, and a current one passes unchanged."""
     assert train._batch_position({"next_index": 12}, 12) == {"next_index": 12}
     assert train._batch_position({"next_index": 12 * 32}, 12) == {"next_index": 12}
+
+
+def test_loss_options_carry_the_low_snr_share():
+    config = t2i_shapes.get_config("smoke")
+    assert train.loss_options(config)["low_snr_share"] == 0.0
+    config.diffusion.low_snr_share, config.diffusion.low_snr_shift = 0.3, -7.0
+    options = train.loss_options(config)
+    assert (options["low_snr_share"], options["low_snr_shift"]) == (0.3, -7.0)

@@ -143,6 +143,30 @@ def stratified_uniform(rng: jax.Array, batch_size: int) -> jax.Array:
     return jnp.mod(u + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
 
 
+def shift_share(
+    logsnr: jax.Array, share: float, shift: float, floor: jax.Array | float
+) -> jax.Array:
+    """`logsnr` [B] with a `share` of the examples moved by `shift`, not below
+    `floor` (the schedule's noisiest level).
+
+    The moved examples are spread evenly over the batch (example i when
+    floor((i + 1) share) > floor(i share)), so with stratified times they
+    cover the schedule as the others do. A negative `shift` trains more at
+    high noise, where an image's lowest frequencies are decided: the mean
+    colour of a 32 px image stays readable in z_t down to log-SNR about -7
+    (its 1024 pixels average the noise away), so a whole-image answer (the
+    classification task's red or blue) is decided below that, where the
+    plain schedule puts under 1% of the training times.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the shifted share must be in [0, 1], got {share}")
+    if not share:
+        return logsnr
+    i = jnp.arange(logsnr.shape[0], dtype=jnp.float32)
+    moved = jnp.floor((i + 1) * share) > jnp.floor(i * share)
+    return jnp.where(moved, jnp.maximum(logsnr + shift, floor), logsnr)
+
+
 def _mean_over_example(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
@@ -157,6 +181,8 @@ def diffusion_loss(
     min_snr_gamma: float | None = 5.0,
     min_snr_plus_one: bool = False,
     pixel_weight: jax.Array | None = None,
+    low_snr_share: float = 0.0,
+    low_snr_shift: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Denoising loss: L2 between the network output and the `param` target.
 
@@ -171,6 +197,9 @@ def diffusion_loss(
       pixel_weight: optional [B, H, W] weight of each pixel's squared error
         (the loss is its weighted mean over the pixels and channels); None
         weighs every pixel alike.
+      low_snr_share, low_snr_shift: that share of each batch has its log-SNR
+        moved by the shift, not below the schedule's noisiest level
+        (`shift_share`); 0 moves none.
 
     Returns:
       (loss, aux): the float32 scalar batch mean of the weighted loss, and [B]
@@ -182,6 +211,9 @@ def diffusion_loss(
     t_rng, eps_rng = jax.random.split(rng)
     t = stratified_uniform(t_rng, x.shape[0])  # [B]
     logsnr = jnp.asarray(schedule_fn(t), jnp.float32)  # [B]
+    if low_snr_share:
+        floor = jnp.asarray(schedule_fn(jnp.ones(())), jnp.float32)
+        logsnr = shift_share(logsnr, low_snr_share, low_snr_shift, floor)
     eps = jax.random.normal(eps_rng, x.shape, jnp.float32)
     alpha, sigma = _per_example(logsnr, x)
     z = alpha * x + sigma * eps  # [B, H, W, C]

@@ -235,6 +235,7 @@ def make_x0_error_fn(loaded) -> Callable:
     from imagen_jax.models.imagen import Imagen
 
     model, options = loaded.model, train.loss_options(loaded.config)
+    options["low_snr_share"] = 0.0  # the plain schedule's levels, whatever trained
 
     @jax.jit
     def fn(params, batch, x, rng, keep):

@@ -193,3 +193,32 @@ def test_pixel_weight_is_a_weighted_mean_of_the_squared_error():
     )
     np.testing.assert_allclose(uniform, plain, rtol=1e-6)
     assert abs(float(loss) - float(plain)) > 1e-3
+
+
+def test_shift_share_moves_an_even_share_toward_noise():
+    logsnr = jnp.linspace(-4.0, 4.0, 8)
+    out = np.asarray(losses.shift_share(logsnr, 0.25, -7.0, -20.0))
+    moved = np.flatnonzero(out != np.asarray(logsnr))
+    np.testing.assert_array_equal(moved, [3, 7])  # spread, not the batch's end
+    np.testing.assert_allclose(out[moved], np.asarray(logsnr)[moved] - 7.0)
+    floored = np.asarray(losses.shift_share(logsnr, 1.0, -30.0, -20.0))
+    np.testing.assert_allclose(floored, -20.0)  # not below the floor
+    np.testing.assert_array_equal(losses.shift_share(logsnr, 0.0, -7.0, -20.0), logsnr)
+    with pytest.raises(ValueError, match="share must be in"):
+        losses.shift_share(logsnr, 1.5, -7.0, -20.0)
+
+
+def test_low_snr_share_reaches_the_loss_levels():
+    schedule = schedules.get_schedule("cosine")
+    x = jnp.zeros((16, 4, 4, 3))
+    net = lambda z, logsnr: jnp.zeros_like(z)  # noqa: E731
+    rng = jax.random.key(0)
+    _, plain = losses.diffusion_loss(net, x, rng, schedule_fn=schedule)
+    _, moved = losses.diffusion_loss(
+        net, x, rng, schedule_fn=schedule, low_snr_share=0.5, low_snr_shift=-7.0
+    )
+    diff = np.asarray(plain["logsnr"]) - np.asarray(moved["logsnr"])
+    assert np.sum(diff > 0) >= 6  # 8 moved, fewer only where the floor clips
+    assert np.all((diff == 0)[0::2])  # the others keep their levels
+    floor = float(schedule(jnp.ones(())))
+    assert np.all(np.asarray(moved["logsnr"]) >= floor - 1e-4)
