@@ -1,0 +1,75 @@
+"""Where does a classification model decide its answer? (session 24 probe)
+
+`python docs/results/2026-12-01_s24_decision_probe.py WORKDIR` prints, at
+several log-SNRs, the share of right answers in x0-hat when z_t is built from
+the true answer image and from the opposite one (48 classification examples
+of the CPU world, evaluation seed 1, all conditions given). A model that
+reads the answer from z_t scores 1 and 0; one that answers from the
+conditions scores the same on both.
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imagen_jax import conditioning, inference
+from imagen_jax.data import controls, tasks
+from imagen_jax.diffusion import losses
+from imagen_jax.evaluation import evaluate, task_metrics
+from imagen_jax.models.imagen import Imagen
+
+LEVELS = (-18.0, -12.0, -9.0, -7.0, -5.0, -3.0, 0.0)
+
+
+def main(workdir: str, n: int = 48) -> None:
+    loaded = inference.load(workdir)
+    model, cfg = loaded.model, loaded.config
+    res = cfg.data.resolution
+    examples = [
+        tasks.make_example("classification", i, 1, res, False, world="simple")
+        for i in range(n)
+    ]
+    batch = evaluate._instruction_arrays(loaded, [e.instruction for e in examples])
+    present = np.array([e.meta["present"] for e in examples])
+
+    def image(answers):
+        stack = [controls.classification_target(a, res) for a in answers]
+        return np.stack(stack).astype(np.float32) / 127.5 - 1.0
+
+    @jax.jit
+    def x0_hat(params, batch, z, logsnr):
+        yes = jnp.ones(z.shape[:1], bool)
+        masks = conditioning.condition_masks(
+            batch, model.conditioning, text=yes, context=yes, image=yes
+        )
+        variables = {"params": params}
+        cond = model.apply(variables, batch, masks, method=Imagen.condition)
+        text, text_mask = cond.pop("text"), cond.pop("text_mask")
+        out = model.apply(
+            variables, z, logsnr, text, text_mask, method=Imagen.denoise, **cond
+        )
+        return losses.predict_x0(out, z, logsnr, cfg.diffusion.param)
+
+    rng = np.random.default_rng(0)
+    for level in LEVELS:
+        alpha = np.sqrt(1 / (1 + np.exp(-level)))
+        sigma = np.sqrt(1 / (1 + np.exp(level)))
+        eps = rng.standard_normal((n, res, res, 3)).astype(np.float32)
+        right = []
+        for answers in (present, ~present):
+            z = jnp.asarray(alpha * image(answers) + sigma * eps)
+            x0 = np.asarray(x0_hat(loaded.params, batch, z, jnp.full((n,), level)))
+            pixels = ((np.clip(x0, -1, 1) + 1) * 127.5).astype(np.uint8)
+            said = [task_metrics.classification_answer(p) for p in pixels]
+            right.append(float(np.mean(np.array(said) == present)))
+        print(
+            f"logsnr {level:6.1f}: right with z from the true answer {right[0]:.2f}, "
+            f"from the wrong answer {right[1]:.2f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
