@@ -240,8 +240,12 @@ def depth_pair_orderings(
 def depth_ordering_accuracy(pred: np.ndarray, scene: shapes_world.Scene) -> float:
     """Share of region pairs whose nearer region is brighter in `pred`
     (`depth_pair_orderings`). NaN when there is no pair."""
-    pairs = depth_pair_orderings(pred, scene)
-    return float(np.mean([ok for _, ok in pairs])) if pairs else math.nan
+    return _share([ok for _, ok in depth_pair_orderings(pred, scene)])
+
+
+def _share(oks: list[bool]) -> float:
+    """Share of True in `oks`; NaN when empty."""
+    return float(np.mean(oks)) if oks else math.nan
 
 
 # --------------------------------------------------------------------------
@@ -595,7 +599,7 @@ def _score_detection(image, example: TaskExample) -> dict[str, float]:
 
 def _score_depth(image, example: TaskExample) -> dict[str, float]:
     pairs = depth_pair_orderings(image, example.meta["scene"])
-    ordering = float(np.mean([ok for _, ok in pairs])) if pairs else math.nan
+    ordering = _share([ok for _, ok in pairs])
     scores = {
         "score": ordering,
         "ordering": ordering,
@@ -606,7 +610,7 @@ def _score_depth(image, example: TaskExample) -> dict[str, float]:
     for kind, objects in (("objects", True), ("background", False)):
         oks = [ok for is_objects, ok in pairs if is_objects == objects]
         if oks:
-            scores[f"ordering/{kind}"] = float(np.mean(oks))
+            scores[f"ordering/{kind}"] = _share(oks)
     return scores
 
 
