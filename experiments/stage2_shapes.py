@@ -199,6 +199,11 @@ RECIPE = {"model.context_level": -2, "data.object_weight": 9.0}
 MIXTURE_ARG = "simple,mix=even,words"
 # The text start of every model ((a), (b), (c); `launch/instruct.sh`).
 T2I_ARG = "simple,t2i,words"
+# Steps (a) (`cpu_instruct`) took in its 55 minutes (session 23). Column
+# "b_steps" trains each specialist for its task's share of them: as many
+# examples of the task as (a) saw, so (a) against it measures what the other
+# tasks' examples add.
+INSTRUCT_STEPS = 2909
 
 
 def table() -> list[dict]:
@@ -207,7 +212,8 @@ def table() -> list[dict]:
     Each row is one model: its `:arg` options, the run it starts from, its
     time budget in minutes and the config fields it sets. (a) the
     instruction-tuned model (`launch/instruct.sh`); (b) single-task
-    specialists, same architecture and start; (c) one multi-task model on the
+    specialists, same architecture and start, for 20 minutes each and (column
+    "b_steps") for the steps their task gets in (a); (c) one multi-task model on the
     same mixture without instruction text, (a)'s minutes. All start from the
     world's text-to-image model, row "t2i", and share RECIPE. (a) after stage
     1 (issue 14): the same start, then stage 1 (`experiments/stage1_shapes.py`;
@@ -251,13 +257,26 @@ def table() -> list[dict]:
             "config": RECIPE,
         },
     ]
+    mixture = MIXTURES["even"]
     for task in ("subject", "style_generation", "mask_to_image", "segmentation"):
+        arg = f"simple,task={task},words"
         rows.append(
             {
                 "row": "b",
                 "name": f"cpu_single_{task}",
-                "arg": f"simple,task={task},words",
+                "arg": arg,
                 "minutes": 20,
+                **start,
+            }
+        )
+        share = mixture[task] / sum(mixture.values())
+        rows.append(
+            {
+                "row": "b_steps",
+                "name": f"cpu_matched_{task}",
+                "arg": arg,
+                "minutes": 0,
+                "steps": round(INSTRUCT_STEPS * share),
                 **start,
             }
         )

@@ -2,7 +2,8 @@
 
 An experiment file's `table()` lists the models, one dict per model: `row`
 (its column label), `name` (its run directory under RUNS), `arg` (the
-experiment's `:arg` options), `minutes` (training budget) and optionally
+experiment's `:arg` options), `minutes` (training budget; with `steps`, a
+model trained for that many steps instead, `minutes` 0) and optionally
 `init_from` (the name of the run it starts from), `experiment` (another
 experiment file whose `get_config` builds this model, e.g. stage 1's) and
 `config` (dotted config fields to set, e.g. `{"model.context_level": -2}`).
@@ -33,9 +34,13 @@ from imagen_jax import checkpointing, config_utils, machine
 COLUMNS = {
     "a": "(a) instruction-tuned",
     "b": "(b) single-task",
+    "b_steps": "(b) single-task, (a)'s steps per task",
     "c": "(c) multi-task, no instructions",
     "a_stage1": "(a) after stage 1",
 }
+# The single-task columns: scored on their own tasks only, so the averages
+# over all tasks leave them out.
+SINGLE = ("b", "b_steps")
 
 
 def _config(get_config: Callable, row: dict, runs: str) -> ml_collections.ConfigDict:
@@ -44,6 +49,8 @@ def _config(get_config: Callable, row: dict, runs: str) -> ml_collections.Config
     config = get_config(row["arg"])
     config_utils.override(config, row.get("config", {}))
     config.train.time_budget_minutes = float(row["minutes"])
+    if row.get("steps"):
+        config.train.num_steps = int(row["steps"])
     if row.get("init_from"):
         config.init_from = os.path.join(runs, row["init_from"])
     return config
@@ -146,7 +153,10 @@ def run(
                     f"{workdir} holds no checkpoint: train row {row['row']} "
                     f"({row['arg']}) first, or pass --train"
                 )
-            print(f"== training {row['name']} ({row['minutes']} min)", flush=True)
+            budget = (
+                f"{row['steps']} steps" if row.get("steps") else f"{row['minutes']} min"
+            )
+            print(f"== training {row['name']} ({budget})", flush=True)
             train.train_and_evaluate(config, workdir)
         if row["row"] not in COLUMNS:
             continue  # a starting point, not a column
@@ -204,7 +214,7 @@ def _carried(carry: str | None, row: dict) -> dict | None:
 def markdown(results: Sequence[dict]) -> str:
     """Per task the headline score of each column: O for generation tasks, the
     task's own score for the vision tasks, each followed by the same on the
-    task's unseen phrasings; (b) shows each task's specialist. Then the
+    task's unseen phrasings; the (b) columns show each task's specialist. Then the
     averages, computed here over the tasks each column has: in-domain
     generation O, the same on unseen phrasings, zero-shot O, and all columns
     on the specialists' tasks; and each column's training compute after the
@@ -220,7 +230,9 @@ def markdown(results: Sequence[dict]) -> str:
         dict.fromkeys(t for t, _ in headline),
         key=lambda t: (t.startswith("zero_shot/"), t),
     )
-    special = [t for t in names if (t, "b") in headline and "/" not in t]
+    special = [
+        t for t in names if "/" not in t and any((t, c) in headline for c in SINGLE)
+    ]
     generation = [t for t in names if t.split("/")[0] not in catalogue.VISION_TASKS]
     groups = {
         "average/in_domain": [t for t in generation if "/" not in t],
@@ -233,7 +245,7 @@ def markdown(results: Sequence[dict]) -> str:
     for group, members in groups.items():
         for c in columns:
             values = [headline[(t, c)] for t in members if (t, c) in headline]
-            if values and (c != "b" or group == "average/specialist_tasks"):
+            if values and (c not in SINGLE or group == "average/specialist_tasks"):
                 headline[(group, c)] = sum(values) / len(values)
     lines = [
         "| task | " + " | ".join(COLUMNS[c] for c in columns) + " |",
@@ -263,7 +275,8 @@ def _table_row(task: str) -> bool:
 
 def _compute(results: Sequence[dict], column: str) -> str:
     """The column's compute as text: minutes (steps), e.g. "55 (3144)" for one
-    model, "20 each (909-1117)" for several."""
+    model, "20 each (909-1117)" for several; "- each (147-529)" for models
+    trained to a number of steps (minutes 0)."""
     models = {}
     for r in results:
         if r["row"] == column and "minutes_after_start" in r:
@@ -273,7 +286,8 @@ def _compute(results: Sequence[dict], column: str) -> str:
         return ""
     minutes = sorted({m for m, _ in models.values()})
     steps = sorted(s for _, s in models.values())
-    text = "/".join(f"{m:g}" for m in minutes) + (" each" if len(models) > 1 else "")
+    text = "/".join(f"{m:g}" if m else "-" for m in minutes)
+    text += " each" if len(models) > 1 else ""
     span = f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
     return f"{text} ({span})"
 

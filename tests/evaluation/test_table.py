@@ -298,3 +298,42 @@ def test_the_committed_records_match_the_table_they_stand_in_for():
         assert record["entry"] == entries[name], path
         assert {r["model"] for r in record["rows"]} == {name}, path
         assert {r["row"] for r in record["rows"]} == {entries[name]["row"]}, path
+
+
+def test_specialists_trained_to_a_step_count_get_their_own_column():
+    results = [
+        _row("a", "subject", "o", 0.8),
+        _row("a", "edit", "o", 0.6),
+        _row("b", "subject", "o", 0.9),
+        _row("b_steps", "subject", "o", 0.3),
+        _row("b_steps", "zero_shot/multi_subject", "o", 0.1),  # not averaged
+    ]
+    for r, model in zip(results, ("a", "a", "b", "m", "m")):
+        r.update(model=model, minutes_after_start=0.0 if model == "m" else 20.0)
+        r["checkpoint_step"] = 147 if model == "m" else 900
+    lines = table.markdown(results).splitlines()
+    assert lines[0].endswith(
+        "| (b) single-task | (b) single-task, (a)'s steps per task |"
+    )
+    cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    assert cells["subject"] == ["0.80", "0.90", "0.30 |"]
+    # Like (b), the column is averaged over the specialists' tasks only.
+    assert cells["average/in_domain"] == ["0.70", "", " |"]
+    assert cells["average/specialist_tasks"] == ["0.80", "0.90", "0.30 |"]
+    assert lines[-1].endswith("| 20 (900) | 20 (900) | - (147) |")
+
+
+def test_step_matched_specialists_get_their_tasks_share_of_a_steps():
+    from experiments import stage2_shapes
+
+    rows = stage2_shapes.table()
+    mixture = stage2_shapes.MIXTURES["even"]
+    matched = [r for r in rows if r["row"] == "b_steps"]
+    assert {r["arg"] for r in matched} == {r["arg"] for r in rows if r["row"] == "b"}
+    for row in matched:
+        task = row["arg"].split("task=")[1].split(",")[0]
+        share = mixture[task] / sum(mixture.values())
+        assert abs(row["steps"] - stage2_shapes.INSTRUCT_STEPS * share) <= 0.5
+        config = table._config(stage2_shapes.get_config, row, "runs")
+        assert config.train.num_steps == row["steps"]
+        assert config.train.time_budget_minutes == 0.0
