@@ -17,7 +17,8 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
   the same mixture, texts stripped to their captions and markers;
 - mix=NAME: the task mixture, one of `MIXTURES` ("paper", the default:
   `imagen_jax.data.tasks.MIXTURE`, subject-heavy after the paper; "even":
-  the generation tasks' examples spread more evenly, see `MIXTURES`);
+  the generation tasks' examples spread more evenly; "focus": more still
+  to edit, depth estimation and segmentation; see `MIXTURES`);
 - noise=P: make up each instruction word of training texts at rate P
   (`tasks.noisy_templates`; the unseen paraphrases all have words no
   training text has);
@@ -43,7 +44,11 @@ from imagen_jax.data import tasks, vocabulary
 # tasks a third (style generation) to a seventh (mask to image) of theirs
 # (docs/results.md, session 19 §2). "even" moves examples from subject and
 # text-to-image (which the start already draws) to the style, edit and
-# control tasks and to classification.
+# control tasks and to classification. "focus" moves more, from the tasks
+# (a) draws at 0.96-1.00 after "even" (text-to-image, the four controls) and
+# from subject and the style tasks, to edit (0.25 in (a); its specialist
+# 0.71 on 3.5x the examples, session 24), depth estimation (its object pairs
+# at chance) and segmentation.
 MIXTURES = {
     "paper": tasks.MIXTURE,
     "even": {
@@ -59,6 +64,21 @@ MIXTURES = {
         "segmentation": 0.05,
         "detection": 0.02,
         "depth_estimation": 0.04,
+        "classification": 0.07,
+    },
+    "focus": {
+        "text_to_image": 0.03,
+        "subject": 0.16,
+        "style_generation": 0.13,
+        "style_transfer": 0.10,
+        "edit": 0.20,
+        "depth_to_image": 0.03,
+        "mask_to_image": 0.03,
+        "edge_to_image": 0.03,
+        "sketch_to_image": 0.03,
+        "segmentation": 0.07,
+        "detection": 0.02,
+        "depth_estimation": 0.10,
         "classification": 0.07,
     },
 }
