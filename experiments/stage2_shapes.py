@@ -18,7 +18,8 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
 - mix=NAME: the task mixture, one of `MIXTURES` ("paper", the default:
   `imagen_jax.data.tasks.MIXTURE`, subject-heavy after the paper; "even":
   the generation tasks' examples spread more evenly; "focus": more still
-  to edit, depth estimation and segmentation; see `MIXTURES`);
+  to edit, depth estimation and segmentation; "balanced": between the two;
+  see `MIXTURES`);
 - noise=P: make up each instruction word of training texts at rate P
   (`tasks.noisy_templates`; the unseen paraphrases all have words no
   training text has);
@@ -48,7 +49,9 @@ from imagen_jax.data import tasks, vocabulary
 # (a) draws at 0.96-1.00 after "even" (text-to-image, the four controls) and
 # from subject and the style tasks, to edit (0.25 in (a); its specialist
 # 0.71 on 3.5x the examples, session 24), depth estimation (its object pairs
-# at chance) and segmentation.
+# at chance) and segmentation. "balanced" sits between them: the controls
+# back near "even" (with "focus" at 0.03 their SC fell to their text-only
+# SC, session 25), depth estimation and edit near "focus".
 MIXTURES = {
     "paper": tasks.MIXTURE,
     "even": {
@@ -80,6 +83,21 @@ MIXTURES = {
         "detection": 0.02,
         "depth_estimation": 0.10,
         "classification": 0.07,
+    },
+    "balanced": {
+        "text_to_image": 0.03,
+        "subject": 0.16,
+        "style_generation": 0.14,
+        "style_transfer": 0.11,
+        "edit": 0.15,
+        "depth_to_image": 0.05,
+        "mask_to_image": 0.04,
+        "edge_to_image": 0.05,
+        "sketch_to_image": 0.05,
+        "segmentation": 0.06,
+        "detection": 0.02,
+        "depth_estimation": 0.10,
+        "classification": 0.04,
     },
 }
 
