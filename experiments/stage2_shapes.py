@@ -23,6 +23,9 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
 - noise=P: make up each instruction word of training texts at rate P
   (`tasks.noisy_templates`; the unseen paraphrases all have words no
   training text has);
+- pairs: two objects in each scene of segmentation, detection and
+  classification (`tasks.World.query_objects`), so that the named object
+  has to be found by matching the text against the image;
 - words: the text as word pieces of the world's texts
   (`imagen_jax.data.vocabulary`, built by `python -m launch.build_data
   --dataset vocabulary --variant simple --data_dir data/vocab`), not bytes.
@@ -127,6 +130,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mix="paper",
         words=False,
         noise=0.0,
+        pairs=False,
     )
     if opts.mix not in MIXTURES:
         raise ValueError(f"unknown mixture mix={opts.mix!r}; known: {sorted(MIXTURES)}")
@@ -151,6 +155,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Rate at which training instructions' words are made up, fields and
     # markers kept (`tasks.noisy_templates`): robustness to unread words.
     c.data.word_noise = opts.noise
+    # Objects in each scene of segmentation, detection and classification; 0
+    # is the world's (one in "simple"). Option `pairs` puts two there, so the
+    # named object has to be found by matching text against image.
+    c.data.query_objects = 2 if opts.pairs else 0
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).

@@ -201,3 +201,20 @@ def test_noise_option_makes_up_training_words_at_its_rate():
         for c in (noisy, quiet)
     ]
     assert texts[0] != texts[1]
+
+
+def test_pairs_option_reaches_training_and_evaluation_scenes(monkeypatch):
+    import types
+
+    from imagen_jax.data import pipeline
+    from imagen_jax.evaluation import evaluate
+
+    assert stage2_shapes.get_config("simple").data.query_objects == 0
+    c = stage2_shapes.get_config("simple,pairs,task=classification")
+    assert c.data.query_objects == 2
+    assert len(pipeline.TaskSource(c.data, "train")[0].meta["scene"].objects) == 2
+    loaded = types.SimpleNamespace(config=c)
+    monkeypatch.setattr(evaluate, "_instruction_arrays", lambda *_: None)
+    ((name, examples, _),) = evaluate._task_batches(loaded, ["segmentation"], 3, False)
+    assert name == "segmentation"
+    assert [len(e.meta["scene"].objects) for e in examples] == [2, 2, 2]

@@ -87,6 +87,7 @@ class TaskSource:
             raise ValueError(
                 f"config.data.word_noise must be in [0, 1), got {self._word_noise}"
             )
+        self._query_objects = int(cfg.get("query_objects", 0))
         self._size = cfg.num_examples
 
     def __len__(self) -> int:
@@ -103,6 +104,7 @@ class TaskSource:
             world=self._world,
             plain=self._plain,
             word_noise=self._word_noise,
+            query_objects=self._query_objects,
         )
 
 

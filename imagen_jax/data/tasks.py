@@ -83,6 +83,10 @@ class World:
         from the reference images.
       grammar: the captions' `shapes_world.GRAMMARS` entry; examples phrased
         with unseen templates also use the "unseen" grammar.
+      query_objects: (fewest, most) objects of a scene of the tasks that ask
+        about a named object (segmentation, detection, classification); None
+        is (1, max_objects). With two, the named object has to be found by
+        matching the text against the image (`make_example(query_objects=)`).
     """
 
     name: str
@@ -91,6 +95,7 @@ class World:
     depth_objects: tuple[int, int] = (1, 3)
     named_subjects: bool = True
     grammar: str = "varied"
+    query_objects: tuple[int, int] | None = None
 
 
 WORLDS: Mapping[str, World] = types.MappingProxyType(
@@ -1071,7 +1076,7 @@ def _query_task(target_fn: Callable[[Scene, np.ndarray, int, int], np.ndarray]):
     """A vision task asking about one object of the input image."""
 
     def build(rng: np.random.Generator, w: World, templates) -> Built:
-        scene = _random_scene(rng, w)
+        scene = _random_scene(rng, w, counts=w.query_objects)
         index = int(rng.integers(len(scene.objects)))
         text, template = _pick(rng, templates, object=_refer(scene, index, rng))
         image = shapes_world.render(scene, w.resolution)
@@ -1092,7 +1097,7 @@ def _depth_estimation(rng: np.random.Generator, w: World, templates) -> Built:
 
 
 def _classification(rng: np.random.Generator, w: World, templates) -> Built:
-    scene = _random_scene(rng, w)
+    scene = _random_scene(rng, w, counts=w.query_objects)
     present_classes = sorted({(o.shape, o.colour) for o in scene.objects})
     present = bool(rng.random() < 0.5)
     if present:
@@ -1463,6 +1468,11 @@ def _mean_items(task_name: str, world: str) -> float:
     return float(np.mean(counts))
 
 
+# Most objects `make_example(query_objects=)` puts in a query scene (the
+# full world's most).
+MAX_QUERY_OBJECTS = 3
+
+
 def make_example(
     task_name: str,
     index: int,
@@ -1472,6 +1482,7 @@ def make_example(
     world: str = "full",
     plain: bool = False,
     word_noise: float = 0.0,
+    query_objects: int = 0,
 ) -> TaskExample:
     """Example number `index` of a task; a pure function of its arguments.
 
@@ -1485,11 +1496,21 @@ def make_example(
       plain: the text without instruction words (`plain_templates`).
       word_noise: the rate at which its instruction words are made up
         (`noisy_templates`); 0 draws nothing more, so the example is as before.
+      query_objects: if positive, exactly this many objects in the scenes of
+        segmentation, detection and classification (`World.query_objects`);
+        0 keeps the world's.
     """
     task = get_task(task_name)
     if index < 0 or seed < 0:
         raise ValueError(f"index and seed must be >= 0, got index={index}, seed={seed}")
     spec = get_world(world, resolution)
+    if query_objects:
+        if not 1 <= query_objects <= MAX_QUERY_OBJECTS:
+            raise ValueError(
+                f"query_objects must be 0 (the world's) or 1..{MAX_QUERY_OBJECTS}, "
+                f"got {query_objects}"
+            )
+        spec = dataclasses.replace(spec, query_objects=(query_objects,) * 2)
     if unseen:
         spec = dataclasses.replace(spec, grammar="unseen")
     key = [seed, zlib.crc32(task_name.encode()), index, int(unseen)]

@@ -144,6 +144,7 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
                 unseen,
                 world=d.variant,
                 plain=d.get("plain_text", False),
+                query_objects=d.get("query_objects", 0),
             )
             for i in range(per_task)
         ]

@@ -440,3 +440,49 @@ def test_word_noise_rate_is_checked_and_applies_to_training_only():
         pipeline.TaskSource(
             ml_collections.ConfigDict({**cfg.to_dict(), "word_noise": -0.1}), "train"
         )
+
+
+def test_query_objects_puts_that_many_objects_in_the_query_scenes():
+    import ml_collections
+
+    from imagen_jax.data import pipeline
+
+    positives = 0
+    for index in range(16):
+        seg = tasks.make_example(
+            "segmentation", index, 0, R, world="simple", query_objects=2
+        )
+        scene, query = seg.meta["scene"], seg.meta["query"]
+        assert len(scene.objects) == 2
+        other = controls.segmentation_target(scene, 1 - query, R)
+        assert (seg.target != other).any()  # the answer depends on the name
+        cls = tasks.make_example(
+            "classification", index, 0, R, world="simple", query_objects=2
+        )
+        assert len(cls.meta["scene"].objects) == 2
+        positives += cls.meta["present"]
+        det = tasks.make_example(
+            "detection", index, 0, R, world="simple", query_objects=2
+        )
+        assert len(det.meta["scene"].objects) == 2
+        # The other tasks keep the world's scenes, example for example.
+        for name in ("text_to_image", "depth_estimation"):
+            a = tasks.make_example(name, index, 0, R, world="simple", query_objects=2)
+            b = tasks.make_example(name, index, 0, R, world="simple")
+            assert a.instruction.text == b.instruction.text
+            np.testing.assert_array_equal(a.target, b.target)
+    assert 0 < positives < 16
+    with pytest.raises(ValueError, match=r"query_objects must be 0 .* got 4"):
+        tasks.make_example("segmentation", 0, 0, R, world="simple", query_objects=4)
+    cfg = ml_collections.ConfigDict(
+        dict(
+            mixture={"classification": 1.0},
+            seed=0,
+            resolution=R,
+            variant="simple",
+            num_examples=10,
+            query_objects=2,
+        )
+    )
+    for split in ("train", "eval"):
+        assert len(pipeline.TaskSource(cfg, split)[3].meta["scene"].objects) == 2
