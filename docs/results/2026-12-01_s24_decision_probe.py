@@ -3,7 +3,8 @@
 `python docs/results/2026-12-01_s24_decision_probe.py WORKDIR` prints, at
 several log-SNRs, the share of right answers in x0-hat when z_t is built from
 the true answer image and from the opposite one (48 classification examples
-of the CPU world, evaluation seed 1, all conditions given). A model that
+of the run's world and query scenes, evaluation seed 1, all conditions
+given). A model that
 reads the answer from z_t scores 1 and 0; one that answers from the
 conditions scores the same on both.
 """
@@ -28,7 +29,14 @@ def main(workdir: str, n: int = 48) -> None:
     model, cfg = loaded.model, loaded.config
     res = cfg.data.resolution
     examples = [
-        tasks.make_example("classification", i, 1, res, False, world="simple")
+        tasks.make_example(
+            "classification",
+            i,
+            1,
+            res,
+            world=cfg.data.variant,
+            query_objects=cfg.data.get("query_objects", 0),
+        )
         for i in range(n)
     ]
     batch = evaluate._instruction_arrays(loaded, [e.instruction for e in examples])
