@@ -118,7 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # identity shown only in the context images), what stage 1 prepares for.
     c.evals.tasks = ml_collections.ConfigDict()
     c.evals.tasks.type = "tasks"
-    c.evals.tasks.names = ["text_to_image", "subject"]
+    c.evals.tasks.names = ("text_to_image", "subject")
     c.evals.tasks.per_task = 4 if smoke else 24
     c.evals.tasks.batch_size = 8 if smoke else 24
     c.evals.tasks.robustness = False

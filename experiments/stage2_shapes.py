@@ -213,9 +213,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.tasks = ml_collections.ConfigDict()
     # Evaluator "tasks": every task (trained, zero-shot, unseen paraphrases).
     c.evals.tasks.type = "tasks"
-    # Tasks to score; empty means all of them.
+    # Tasks to score; empty means all of them. A tuple, so that a command
+    # line can set it: --config.evals.tasks.names="('edit', 'segmentation')".
     c.evals.tasks.names = (
-        opts.task.split("/") if opts.task else ["text_to_image"] if opts.t2i else []
+        tuple(opts.task.split("/"))
+        if opts.task
+        else ("text_to_image",)
+        if opts.t2i
+        else ()
     )
     c.evals.tasks.per_task = 4 if smoke else 24
     c.evals.tasks.batch_size = 8 if smoke else 24

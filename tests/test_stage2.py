@@ -173,6 +173,14 @@ def test_task_option_selects_one_task_or_a_few():
     assert list(few.evals.tasks.names) == ["subject", "style_generation"]
 
 
+def test_evaluated_tasks_are_a_tuple_so_a_command_line_can_set_them():
+    # ml_collections' config_flags overrides tuple fields and refuses lists
+    # ("Type <class 'list'> ... is not supported for overriding").
+    for arg in ("simple", "simple,t2i", "simple,task=edit"):
+        names = stage2_shapes.get_config(arg).evals.tasks.names
+        assert isinstance(names, tuple), (arg, names)
+
+
 def test_mix_option_selects_a_named_mixture_and_its_context_slots():
     from imagen_jax.data import tasks
 
