@@ -586,8 +586,22 @@ def score_generation(image: np.ndarray, example: TaskExample) -> dict[str, Any]:
 
 
 def _score_segmentation(image, example: TaskExample) -> dict[str, float]:
+    """IoU with the named object's mask; with several objects in the scene,
+    also `named`: 1 if the output overlaps the named object's mask more than
+    any other object's (chance 1 / objects), so a low IoU says whether the
+    wrong object was picked or the right one drawn loosely."""
     iou = mask_iou(image, example.target)
-    return {"score": iou, "iou": iou}
+    scores = {"score": iou, "iou": iou}
+    scene, query = example.meta["scene"], example.meta["query"]
+    if len(scene.objects) > 1:
+        resolution = example.target.shape[0]
+        overlap = [
+            mask_iou(image, controls.segmentation_target(scene, i, resolution))
+            for i in range(len(scene.objects))
+        ]
+        others = max(v for i, v in enumerate(overlap) if i != query)
+        scores["named"] = float(overlap[query] > others)
+    return scores
 
 
 def _score_detection(image, example: TaskExample) -> dict[str, float]:

@@ -421,3 +421,17 @@ def test_style_attributes():
         "palette": 0.0,
     }
     assert tm.condition_attributes(style, [], None) == {"pattern": 0.0, "palette": 0.0}
+
+
+def test_segmentation_of_two_objects_says_which_one_was_drawn():
+    from imagen_jax.data import controls, tasks
+
+    seg = tasks.make_example("segmentation", 2, 1, 32, world="simple", query_objects=2)
+    scene, query = seg.meta["scene"], seg.meta["query"]
+    other = controls.segmentation_target(scene, 1 - query, 32)
+    right = tm.score_example(seg.target, seg)
+    wrong = tm.score_example(other, seg)
+    assert (right["iou"], right["named"]) == (1.0, 1.0)
+    assert wrong["named"] == 0.0 and wrong["iou"] < 1.0
+    one = tasks.make_example("segmentation", 2, 1, 32, world="simple")
+    assert "named" not in tm.score_example(one.target, one)  # nothing to pick
