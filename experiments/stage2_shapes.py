@@ -26,6 +26,8 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
 - pairs: two objects in each scene of segmentation, detection and
   classification (`tasks.World.query_objects`), so that the named object
   has to be found by matching the text against the image;
+- answers=PRESENT/ABSENT: classification's answer colours (e.g.
+  `answers=white/black`, names no object has); default "red/blue";
 - words: the text as word pieces of the world's texts
   (`imagen_jax.data.vocabulary`, built by `python -m launch.build_data
   --dataset vocabulary --variant simple --data_dir data/vocab`), not bytes.
@@ -131,6 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         words=False,
         noise=0.0,
         pairs=False,
+        answers="",
     )
     if opts.mix not in MIXTURES:
         raise ValueError(f"unknown mixture mix={opts.mix!r}; known: {sorted(MIXTURES)}")
@@ -159,6 +162,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # is the world's (one in "simple"). Option `pairs` puts two there, so the
     # named object has to be found by matching text against image.
     c.data.query_objects = 2 if opts.pairs else 0
+    # Classification's answer names, "present/absent" (`controls.ANSWER_COLOURS`);
+    # "" is the world's "red/blue", whose words are also object colours.
+    c.data.answers = opts.answers
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).

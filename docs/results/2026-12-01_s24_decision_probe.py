@@ -36,14 +36,16 @@ def main(workdir: str, n: int = 48) -> None:
             res,
             world=cfg.data.variant,
             query_objects=cfg.data.get("query_objects", 0),
+            answers=tasks.answer_names(cfg.data.get("answers", "")),
         )
         for i in range(n)
     ]
     batch = evaluate._instruction_arrays(loaded, [e.instruction for e in examples])
     present = np.array([e.meta["present"] for e in examples])
+    colours = examples[0].meta["answer_colours"]
 
     def image(answers):
-        stack = [controls.classification_target(a, res) for a in answers]
+        stack = [controls.classification_target(a, res, *colours) for a in answers]
         return np.stack(stack).astype(np.float32) / 127.5 - 1.0
 
     @jax.jit
@@ -70,7 +72,7 @@ def main(workdir: str, n: int = 48) -> None:
             z = jnp.asarray(alpha * image(answers) + sigma * eps)
             x0 = np.asarray(x0_hat(loaded.params, batch, z, jnp.full((n,), level)))
             pixels = ((np.clip(x0, -1, 1) + 1) * 127.5).astype(np.uint8)
-            said = [task_metrics.classification_answer(p) for p in pixels]
+            said = [task_metrics.classification_answer(p, *colours) for p in pixels]
             right.append(float(np.mean(np.array(said) == present)))
         print(
             f"logsnr {level:6.1f}: right with z from the true answer {right[0]:.2f}, "

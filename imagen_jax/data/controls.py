@@ -17,7 +17,8 @@ Pure numpy and deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import types
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +35,19 @@ BOX_COLOUR = (0, 0, 255)
 # Classification answers: "red if present, otherwise blue" (InstructCV).
 PRESENT_COLOUR = (255, 0, 0)
 ABSENT_COLOUR = (0, 0, 255)
+# The colours a classification answer may be named by (`tasks.World.answers`),
+# and the default pair (present, absent). "red" and "blue" are also object
+# colours, so in the default templates the answer words and the queried
+# colour share words; "white" and "black" name no object or background.
+ANSWER_COLOURS: Mapping[str, tuple[int, int, int]] = types.MappingProxyType(
+    {
+        "red": PRESENT_COLOUR,
+        "blue": ABSENT_COLOUR,
+        "white": (255, 255, 255),
+        "black": (0, 0, 0),
+    }
+)
+ANSWERS = ("red", "blue")
 
 _BACKGROUND = -1
 

@@ -88,6 +88,7 @@ class TaskSource:
                 f"config.data.word_noise must be in [0, 1), got {self._word_noise}"
             )
         self._query_objects = int(cfg.get("query_objects", 0))
+        self._answers = self._tasks.answer_names(cfg.get("answers", ""))
         self._size = cfg.num_examples
 
     def __len__(self) -> int:
@@ -105,6 +106,7 @@ class TaskSource:
             plain=self._plain,
             word_noise=self._word_noise,
             query_objects=self._query_objects,
+            answers=self._answers,
         )
 
 

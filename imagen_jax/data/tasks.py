@@ -87,6 +87,9 @@ class World:
         about a named object (segmentation, detection, classification); None
         is (1, max_objects). With two, the named object has to be found by
         matching the text against the image (`make_example(query_objects=)`).
+      answers: the names (`controls.ANSWER_COLOURS`) of classification's two
+        answers, present then absent. The templates say "red" and "blue";
+        other names replace those words (`make_example(answers=)`).
     """
 
     name: str
@@ -96,6 +99,7 @@ class World:
     named_subjects: bool = True
     grammar: str = "varied"
     query_objects: tuple[int, int] | None = None
+    answers: tuple[str, str] = controls.ANSWERS
 
 
 WORLDS: Mapping[str, World] = types.MappingProxyType(
@@ -1110,18 +1114,36 @@ def _classification(rng: np.random.Generator, w: World, templates) -> Built:
             if (s, c) not in present_classes
         ]
         shape, colour = _choice(rng, absent)
-    text, template = _pick(
-        rng, templates, a_object=f"{_article(colour)} {colour} {shape}"
-    )
+    a_object = f"{_article(colour)} {colour} {shape}"
+    _, template = _pick(rng, templates, a_object=a_object)
+    text = _name_answers(template, w.answers).format(a_object=a_object)
+    colours = tuple(controls.ANSWER_COLOURS[name] for name in w.answers)
     meta = {
         "scene": scene,
         "query_class": (shape, colour),
         "present": present,
         "template": template,
+        "answer_colours": colours,
     }
     image = shapes_world.render(scene, w.resolution)
-    target = controls.classification_target(present, w.resolution)
+    target = controls.classification_target(present, w.resolution, *colours)
     return MultiModalInstruction(text, input_image=image), target, meta
+
+
+_ANSWER_WORD = re.compile(r"\b(?:[Rr]ed|[Bb]lue)\b")
+
+
+def _name_answers(template: str, answers: tuple[str, str]) -> str:
+    """A classification template with its answer words, "red" (present) and
+    "blue" (absent), replaced by `answers`; fields are filled in afterwards,
+    so the queried object keeps its colour."""
+    names = dict(zip(controls.ANSWERS, answers, strict=True))
+
+    def swap(match: re.Match) -> str:
+        word = names[match.group(0).lower()]
+        return word.capitalize() if match.group(0)[0].isupper() else word
+
+    return _ANSWER_WORD.sub(swap, template)
 
 
 def _subject_style(rng: np.random.Generator, w: World, templates) -> Built:
@@ -1468,6 +1490,12 @@ def _mean_items(task_name: str, world: str) -> float:
     return float(np.mean(counts))
 
 
+def answer_names(option: str) -> tuple[str, ...] | None:
+    """`make_example`'s answers from the config option `data.answers`:
+    "present/absent" (e.g. "white/black"), or "" for the world's own."""
+    return tuple(option.split("/")) if option else None
+
+
 # Most objects `make_example(query_objects=)` puts in a query scene (the
 # full world's most).
 MAX_QUERY_OBJECTS = 3
@@ -1483,6 +1511,7 @@ def make_example(
     plain: bool = False,
     word_noise: float = 0.0,
     query_objects: int = 0,
+    answers: Sequence[str] | None = None,
 ) -> TaskExample:
     """Example number `index` of a task; a pure function of its arguments.
 
@@ -1499,6 +1528,8 @@ def make_example(
       query_objects: if positive, exactly this many objects in the scenes of
         segmentation, detection and classification (`World.query_objects`);
         0 keeps the world's.
+      answers: classification's (present, absent) answer names, keys of
+        `controls.ANSWER_COLOURS` (`World.answers`); None keeps the world's.
     """
     task = get_task(task_name)
     if index < 0 or seed < 0:
@@ -1511,6 +1542,18 @@ def make_example(
                 f"got {query_objects}"
             )
         spec = dataclasses.replace(spec, query_objects=(query_objects,) * 2)
+    if answers is not None:
+        answers = tuple(answers)
+        if (
+            len(answers) != 2
+            or len(set(answers)) != 2
+            or not set(answers) <= set(controls.ANSWER_COLOURS)
+        ):
+            raise ValueError(
+                f"answers must be two different names of "
+                f"{sorted(controls.ANSWER_COLOURS)}, got {answers}"
+            )
+        spec = dataclasses.replace(spec, answers=answers)
     if unseen:
         spec = dataclasses.replace(spec, grammar="unseen")
     key = [seed, zlib.crc32(task_name.encode()), index, int(unseen)]

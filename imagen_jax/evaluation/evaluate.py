@@ -145,6 +145,7 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
                 world=d.variant,
                 plain=d.get("plain_text", False),
                 query_objects=d.get("query_objects", 0),
+                answers=tasks.answer_names(d.get("answers", "")),
             )
             for i in range(per_task)
         ]

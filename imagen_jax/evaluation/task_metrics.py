@@ -630,7 +630,10 @@ def _score_depth(image, example: TaskExample) -> dict[str, float]:
 
 def _score_classification(image, example: TaskExample) -> dict[str, float]:
     present = example.meta["present"]
-    accuracy = float(classification_answer(image) == present)
+    colours = example.meta.get(
+        "answer_colours", (controls.PRESENT_COLOUR, controls.ABSENT_COLOUR)
+    )
+    accuracy = float(classification_answer(image, *colours) == present)
     # Split by the true answer: a model that always answers one colour scores
     # 1 on one side and 0 on the other.
     side = "present" if present else "absent"

@@ -1,5 +1,7 @@
 """The task catalogue: templates, determinism, valid instructions, mixture."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -486,3 +488,50 @@ def test_query_objects_puts_that_many_objects_in_the_query_scenes():
     )
     for split in ("train", "eval"):
         assert len(pipeline.TaskSource(cfg, split)[3].meta["scene"].objects) == 2
+
+
+def test_answers_rename_classification_answer_words_and_colours():
+    import ml_collections
+
+    from imagen_jax.data import pipeline
+    from imagen_jax.evaluation import task_metrics
+
+    white, black = (controls.ANSWER_COLOURS[n] for n in ("white", "black"))
+    for index in range(12):
+        kwargs = dict(world="simple", answers=("white", "black"))
+        renamed = tasks.make_example("classification", index, 0, R, **kwargs)
+        default = tasks.make_example("classification", index, 0, R, world="simple")
+        text, query = renamed.instruction.text, default.meta["query_class"]
+        assert renamed.meta["query_class"] == query
+        # The answer words change; the queried object keeps its colour.
+        assert re.search(r"\bwhite\b", text, re.I) and re.search(
+            r"\bblack\b", text, re.I
+        )
+        assert f"{query[1]} {query[0]}" in text
+        assert text.lower().count(" red") == (query[1] == "red")
+        want = white if renamed.meta["present"] else black
+        np.testing.assert_array_equal(renamed.target, np.full((R, R, 3), want))
+        # Scored against the example's own answer colours.
+        score = task_metrics.score_example(renamed.target, renamed)
+        assert score["accuracy"] == 1.0
+        flipped = np.full((R, R, 3), black if renamed.meta["present"] else white)
+        assert task_metrics.score_example(flipped, renamed)["accuracy"] == 0.0
+        unseen = tasks.make_example(
+            "classification", index, 0, R, unseen=True, **kwargs
+        )
+        assert not re.search(r"\b(red|blue) =", unseen.instruction.text, re.I)
+    with pytest.raises(ValueError, match=r"answers must be two different names"):
+        tasks.make_example("classification", 0, 0, R, answers=("white", "pink"))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            mixture={"classification": 1.0},
+            seed=0,
+            resolution=R,
+            variant="simple",
+            num_examples=10,
+            answers="white/black",
+        )
+    )
+    for split in ("train", "eval"):
+        example = pipeline.TaskSource(cfg, split)[3]
+        assert example.meta["answer_colours"] == (white, black)
