@@ -2,6 +2,7 @@
 
 Every classification example asks about "a red circle"; half of the scenes hold
 one (a red circle of any size, fill and place), the others any other object.
+With QUERY_CLASSES=K in the environment, the query is one of K classes.
 The answer then depends on the image alone: no matching of the text against the
 image is needed, but the object's local evidence must still be read out over
 the whole image. Runs a module or script with the task so changed:
@@ -12,41 +13,39 @@ the whole image. Runs a module or script with the task so changed:
 """
 
 import dataclasses
+import os
 import runpy
 import sys
 
 sys.path.insert(0, ".")
 
-from imagen_jax.data import controls, shapes_world, tasks  # noqa: E402
-from imagen_jax.instructions import MultiModalInstruction  # noqa: E402
+from imagen_jax.data import shapes_world, tasks  # noqa: E402
 
 QUERY = ("circle", "red")
+# Environment QUERY_CLASSES=K (default 1): the query is one of K classes, QUERY
+# and the next ones in (shape, colour) order, drawn per example.
+_ALL = [(s, c) for s in shapes_world.SHAPES for c in shapes_world.COLOURS]
+_FIRST = _ALL.index(QUERY)
+CLASSES = [
+    _ALL[(_FIRST + i) % len(_ALL)]
+    for i in range(int(os.environ.get("QUERY_CLASSES", "1")))
+]
 
 
 def fixed_query(rng, w, templates):
-    """`tasks._classification` with the query class always QUERY."""
+    """`tasks._classification` with the query class one of CLASSES."""
     scene = tasks._random_scene(rng, w, counts=w.query_objects)
     present = bool(rng.random() < 0.5)
+    query = CLASSES[int(rng.integers(len(CLASSES)))] if len(CLASSES) > 1 else QUERY
     obj = scene.objects[0]
     if present:
-        obj = dataclasses.replace(obj, shape=QUERY[0], colour=QUERY[1])
-    elif (obj.shape, obj.colour) == QUERY:
-        obj = dataclasses.replace(obj, colour="green")
+        obj = dataclasses.replace(obj, shape=query[0], colour=query[1])
+    elif (obj.shape, obj.colour) == query:
+        other = [c for c in shapes_world.COLOURS if c != query[1]]
+        colour = "green" if len(CLASSES) == 1 else other[int(rng.integers(5))]
+        obj = dataclasses.replace(obj, colour=colour)
     scene = shapes_world.Scene((obj,), scene.background)
-    a_object = f"a {QUERY[1]} {QUERY[0]}"
-    _, template = tasks._pick(rng, templates, a_object=a_object)
-    text = tasks._name_answers(template, w.answers).format(a_object=a_object)
-    colours = tuple(controls.ANSWER_COLOURS[n] for n in w.answers)
-    meta = {
-        "scene": scene,
-        "query_class": QUERY,
-        "present": present,
-        "template": template,
-        "answer_colours": colours,
-    }
-    image = shapes_world.render(scene, w.resolution)
-    target = controls.classification_target(present, w.resolution, *colours)
-    return MultiModalInstruction(text, input_image=image), target, meta
+    return tasks._classification_example(rng, w, templates, scene, query, present)
 
 
 if __name__ == "__main__":

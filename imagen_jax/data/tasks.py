@@ -1114,13 +1114,27 @@ def _classification(rng: np.random.Generator, w: World, templates) -> Built:
             if (s, c) not in present_classes
         ]
         shape, colour = _choice(rng, absent)
+    return _classification_example(rng, w, templates, scene, (shape, colour), present)
+
+
+def _classification_example(
+    rng: np.random.Generator,
+    w: World,
+    templates,
+    scene: Scene,
+    query: tuple[str, str],
+    present: bool,
+) -> Built:
+    """A classification example asking whether `scene` holds the class
+    `query` (shape, colour), of which `present` is the answer."""
+    shape, colour = query
     a_object = f"{_article(colour)} {colour} {shape}"
     _, template = _pick(rng, templates, a_object=a_object)
     text = _name_answers(template, w.answers).format(a_object=a_object)
     colours = tuple(controls.ANSWER_COLOURS[name] for name in w.answers)
     meta = {
         "scene": scene,
-        "query_class": (shape, colour),
+        "query_class": query,
         "present": present,
         "template": template,
         "answer_colours": colours,

@@ -410,6 +410,22 @@ def test_word_noise_makes_up_instruction_words_and_keeps_the_conditions():
     assert off.instruction.text == on.instruction.text
 
 
+def _simple_data_config(task: str, num_examples: int = 10, **fields):
+    """A `config.data` of one task on the CPU world, with `fields` set."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(
+        dict(
+            mixture={task: 1.0},
+            seed=0,
+            resolution=R,
+            variant="simple",
+            num_examples=num_examples,
+            **fields,
+        )
+    )
+
+
 def test_word_noise_rate_is_checked_and_applies_to_training_only():
     import ml_collections
 
@@ -417,17 +433,7 @@ def test_word_noise_rate_is_checked_and_applies_to_training_only():
 
     with pytest.raises(ValueError, match=r"word noise must be in \[0, 1\)"):
         tasks.noisy_templates(("Segment the {object}.",), np.random.default_rng(0), 1)
-    cfg = ml_collections.ConfigDict(
-        dict(
-            mixture={"segmentation": 1.0},
-            seed=0,
-            resolution=R,
-            variant="simple",
-            num_examples=100,
-            plain_text=False,
-            word_noise=0.5,
-        )
-    )
+    cfg = _simple_data_config("segmentation", num_examples=100, word_noise=0.5)
     quiet = ml_collections.ConfigDict({**cfg.to_dict(), "word_noise": 0.0})
     texts = {
         (split, noise): [
@@ -445,7 +451,6 @@ def test_word_noise_rate_is_checked_and_applies_to_training_only():
 
 
 def test_query_objects_puts_that_many_objects_in_the_query_scenes():
-    import ml_collections
 
     from imagen_jax.data import pipeline
 
@@ -476,22 +481,12 @@ def test_query_objects_puts_that_many_objects_in_the_query_scenes():
     assert 0 < positives < 16
     with pytest.raises(ValueError, match=r"query_objects must be 0 .* got 4"):
         tasks.make_example("segmentation", 0, 0, R, world="simple", query_objects=4)
-    cfg = ml_collections.ConfigDict(
-        dict(
-            mixture={"classification": 1.0},
-            seed=0,
-            resolution=R,
-            variant="simple",
-            num_examples=10,
-            query_objects=2,
-        )
-    )
+    cfg = _simple_data_config("classification", query_objects=2)
     for split in ("train", "eval"):
         assert len(pipeline.TaskSource(cfg, split)[3].meta["scene"].objects) == 2
 
 
 def test_answers_rename_classification_answer_words_and_colours():
-    import ml_collections
 
     from imagen_jax.data import pipeline
     from imagen_jax.evaluation import task_metrics
@@ -522,16 +517,7 @@ def test_answers_rename_classification_answer_words_and_colours():
         assert not re.search(r"\b(red|blue) =", unseen.instruction.text, re.I)
     with pytest.raises(ValueError, match=r"answers must be two different names"):
         tasks.make_example("classification", 0, 0, R, answers=("white", "pink"))
-    cfg = ml_collections.ConfigDict(
-        dict(
-            mixture={"classification": 1.0},
-            seed=0,
-            resolution=R,
-            variant="simple",
-            num_examples=10,
-            answers="white/black",
-        )
-    )
+    cfg = _simple_data_config("classification", answers="white/black")
     for split in ("train", "eval"):
         example = pipeline.TaskSource(cfg, split)[3]
         assert example.meta["answer_colours"] == (white, black)
