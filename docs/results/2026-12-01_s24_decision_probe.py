@@ -24,9 +24,43 @@ from imagen_jax.models.imagen import Imagen
 LEVELS = (-18.0, -12.0, -9.0, -7.0, -5.0, -3.0, 0.0)
 
 
+def x0_function(loaded):
+    """A jitted (params, batch, z, logsnr) -> x0-hat, every condition given."""
+    model, cfg = loaded.model, loaded.config
+
+    @jax.jit
+    def x0_hat(params, batch, z, logsnr):
+        yes = jnp.ones(z.shape[:1], bool)
+        masks = conditioning.condition_masks(
+            batch, model.conditioning, text=yes, context=yes, image=yes
+        )
+        variables = {"params": params}
+        cond = model.apply(variables, batch, masks, method=Imagen.condition)
+        text, text_mask = cond.pop("text"), cond.pop("text_mask")
+        out = model.apply(
+            variables, z, logsnr, text, text_mask, method=Imagen.denoise, **cond
+        )
+        return losses.predict_x0(out, z, logsnr, cfg.diffusion.param)
+
+    return x0_hat
+
+
+def noise_levels(level: float) -> tuple[float, float]:
+    """(alpha, sigma) of a variance-preserving z_t at log-SNR `level`."""
+    return np.sqrt(1 / (1 + np.exp(-level))), np.sqrt(1 / (1 + np.exp(level)))
+
+
+def answers_said(loaded, x0_hat, batch, z, level, colours) -> np.ndarray:
+    """[n] bool: "present" read from x0-hat of z_t `z` at log-SNR `level`."""
+    logsnr = jnp.full((z.shape[0],), level)
+    x0 = np.asarray(x0_hat(loaded.params, batch, jnp.asarray(z), logsnr))
+    pixels = ((np.clip(x0, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return np.array([task_metrics.classification_answer(p, *colours) for p in pixels])
+
+
 def main(workdir: str, n: int = 48) -> None:
     loaded = inference.load(workdir)
-    model, cfg = loaded.model, loaded.config
+    cfg = loaded.config
     res = cfg.data.resolution
     examples = [
         tasks.make_example(
@@ -48,32 +82,16 @@ def main(workdir: str, n: int = 48) -> None:
         stack = [controls.classification_target(a, res, *colours) for a in answers]
         return np.stack(stack).astype(np.float32) / 127.5 - 1.0
 
-    @jax.jit
-    def x0_hat(params, batch, z, logsnr):
-        yes = jnp.ones(z.shape[:1], bool)
-        masks = conditioning.condition_masks(
-            batch, model.conditioning, text=yes, context=yes, image=yes
-        )
-        variables = {"params": params}
-        cond = model.apply(variables, batch, masks, method=Imagen.condition)
-        text, text_mask = cond.pop("text"), cond.pop("text_mask")
-        out = model.apply(
-            variables, z, logsnr, text, text_mask, method=Imagen.denoise, **cond
-        )
-        return losses.predict_x0(out, z, logsnr, cfg.diffusion.param)
-
+    x0_hat = x0_function(loaded)
     rng = np.random.default_rng(0)
     for level in LEVELS:
-        alpha = np.sqrt(1 / (1 + np.exp(-level)))
-        sigma = np.sqrt(1 / (1 + np.exp(level)))
+        alpha, sigma = noise_levels(level)
         eps = rng.standard_normal((n, res, res, 3)).astype(np.float32)
         right = []
         for answers in (present, ~present):
-            z = jnp.asarray(alpha * image(answers) + sigma * eps)
-            x0 = np.asarray(x0_hat(loaded.params, batch, z, jnp.full((n,), level)))
-            pixels = ((np.clip(x0, -1, 1) + 1) * 127.5).astype(np.uint8)
-            said = [task_metrics.classification_answer(p, *colours) for p in pixels]
-            right.append(float(np.mean(np.array(said) == present)))
+            z = alpha * image(answers) + sigma * eps
+            said = answers_said(loaded, x0_hat, batch, z, level, colours)
+            right.append(float(np.mean(said == present)))
         print(
             f"logsnr {level:6.1f}: right with z from the true answer {right[0]:.2f}, "
             f"from the wrong answer {right[1]:.2f}",

@@ -12,17 +12,21 @@ x0 at log-SNR -18 and -12 (z_t from the true answer) for up to 48 examples
 queried colour; absent with an object in the queried shape; absent, other.
 """
 
+import os
+import runpy
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from imagen_jax import conditioning, inference
+from imagen_jax import inference
 from imagen_jax.data import controls, tasks
-from imagen_jax.diffusion import losses
-from imagen_jax.evaluation import evaluate, task_metrics
-from imagen_jax.models.imagen import Imagen
+from imagen_jax.evaluation import evaluate
+
+# The decision probe's model call and answer reading (its name starts with a
+# date, so it is loaded by path).
+probe = runpy.run_path(
+    os.path.join(os.path.dirname(__file__), "2026-12-01_s24_decision_probe.py")
+)
 
 
 def group(example) -> str:
@@ -38,26 +42,14 @@ def group(example) -> str:
 
 def main(workdir: str) -> None:
     loaded = inference.load(workdir)
-    model, cfg = loaded.model, loaded.config
+    cfg = loaded.config
     res = cfg.data.resolution
     groups = {}
     for i in range(192):
         e = tasks.make_example("classification", i, 1, res, world=cfg.data.variant)
         groups.setdefault(group(e), []).append(e)
 
-    @jax.jit
-    def x0_hat(params, batch, z, logsnr):
-        yes = jnp.ones(z.shape[:1], bool)
-        masks = conditioning.condition_masks(
-            batch, model.conditioning, text=yes, context=yes, image=yes
-        )
-        variables = {"params": params}
-        cond = model.apply(variables, batch, masks, method=Imagen.condition)
-        text, text_mask = cond.pop("text"), cond.pop("text_mask")
-        out = model.apply(
-            variables, z, logsnr, text, text_mask, method=Imagen.denoise, **cond
-        )
-        return losses.predict_x0(out, z, logsnr, cfg.diffusion.param)
+    x0_hat = probe["x0_function"](loaded)
 
     rng = np.random.default_rng(0)
     for name, examples in sorted(groups.items()):
@@ -68,13 +60,11 @@ def main(workdir: str) -> None:
         image = np.stack(answers).astype(np.float32) / 127.5 - 1.0
         right = []
         for level in (-18.0, -12.0):
-            alpha = np.sqrt(1 / (1 + np.exp(-level)))
-            sigma = np.sqrt(1 / (1 + np.exp(level)))
+            alpha, sigma = probe["noise_levels"](level)
             noise = rng.standard_normal(image.shape).astype(np.float32)
-            z = jnp.asarray(alpha * image + sigma * noise)
-            x0 = x0_hat(loaded.params, batch, z, jnp.full((len(examples),), level))
-            pixels = ((np.clip(np.asarray(x0), -1, 1) + 1) * 127.5).astype(np.uint8)
-            said = np.array([task_metrics.classification_answer(p) for p in pixels])
+            z = alpha * image + sigma * noise
+            colours = examples[0].meta["answer_colours"]
+            said = probe["answers_said"](loaded, x0_hat, batch, z, level, colours)
             right.append(float(np.mean(said == present)))
         print(
             f"{name:38s} n={len(examples):3d}  right at log-SNR -18 {right[0]:.2f}, "
