@@ -184,6 +184,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.context_level = -1
     # LayerNorm on the context memory (`UNetConfig.context_norm`).
     c.model.context_norm = False
+    # The input image also read as a context item (`UNetConfig.input_memory`).
+    c.model.input_memory = False
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
     if opts.words:

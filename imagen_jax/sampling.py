@@ -99,6 +99,9 @@ def _keep_only(cond: dict, text: bool, context: bool, image: bool) -> dict:
         out["memory"] = cond["memory"].replace(mask=cond["memory"].mask & context)
     if "cond_image" in cond:
         out["cond_image"] = cond["cond_image"] * image
+    if "input_memory" in cond:  # the input image read as a context item
+        memory = cond["input_memory"]
+        out["input_memory"] = memory.replace(mask=memory.mask & image)
     return out
 
 

@@ -78,8 +78,19 @@ KEY = jax.random.PRNGKey(0)
 def instruction():
     """A smoke instruction model with perturbed params and a batch with padded
     context items and one input image."""
+    return _instruction()
+
+
+@pytest.fixture(scope="module")
+def input_memory():
+    """As `instruction`, the input image also read as a context item."""
+    return _instruction(input_memory=True)
+
+
+def _instruction(**model_fields):
     cfg = t2i_shapes.get_config("smoke")
     cfg.model.conditioning = "instruction"
+    cfg.model.update(model_fields)
     cfg.data.max_context, cfg.data.ctx_text_len = K, 8
     model = build_model(cfg, make_tokenizer(cfg).vocab_size)
     params = _perturbed(nn.meta.unbox(train_state.init_params(model, cfg)))
@@ -124,8 +135,11 @@ def _inline_denoiser(model, param, params, batch, s_text, s_image):
 
 
 @pytest.mark.parametrize("step_index", [0, 1])
-def test_precomputed_memory_denoiser_equals_the_inline_one(instruction, step_index):
-    cfg, model, params, batch = instruction
+@pytest.mark.parametrize("fixture", ["instruction", "input_memory"])
+def test_precomputed_memory_denoiser_equals_the_inline_one(
+    request, fixture, step_index
+):
+    cfg, model, params, batch = request.getfixturevalue(fixture)
     param = cfg.diffusion.param
     scales = {"text": 3.0, "image": 1.5}
     # Oscillating guidance: the scales on even steps, none (1) on odd ones.
@@ -148,6 +162,37 @@ def test_precomputed_memory_denoiser_equals_the_inline_one(instruction, step_ind
     dropped = dict(batch, ctx_mask=batch["ctx_mask"] & False)
     other = sampling.guided_denoiser(model, param, params, dropped, scales, 1)
     assert float(jnp.abs(jax.jit(other)(z, logsnr, step_index) - got).max()) > 1e-3
+
+
+def test_input_memory_reads_the_kept_input_image_only(input_memory):
+    cfg, model, params, batch = input_memory
+    on = np.ones(B, bool)
+    masks = conditioning.condition_masks(
+        batch, model.conditioning, text=on, context=on, image=on
+    )
+    cond = model.apply({"params": params}, batch, masks, method=Imagen.condition)
+    hw = cond["input_memory"].mask.shape[1]
+    # One item of h*w tokens beside the K context items', kept where the
+    # example has an input image (the second has none).
+    assert cond["input_memory"].tokens.shape[:2] == (B, hw)
+    assert hw == cond["memory"].tokens.shape[1] // K
+    np.testing.assert_array_equal(cond["input_memory"].mask.all(1), [True, False])
+    assert not cond["input_memory"].mask[1].any()
+    z = jax.random.normal(jax.random.PRNGKey(3), (B, 32, 32, 3))
+    logsnr = jnp.array([1.0, -2.0])
+
+    def denoise(**cond):
+        return model.apply(
+            {"params": params}, z, logsnr, method=Imagen.denoise, **cond
+        )
+
+    memory = cond["input_memory"]
+    off = dict(cond, input_memory=memory.replace(mask=memory.mask & False))
+    moved = jnp.abs(denoise(**cond) - denoise(**off)).max(axis=(1, 2, 3))
+    # Masking the first example's input item moves its output; the second's
+    # was masked already, so its output is the same computation.
+    assert float(moved[0]) > 1e-3
+    assert float(moved[1]) == 0.0
 
 
 def _branch_x0(model, param, params, batch, z, logsnr, text, context, image):

@@ -87,7 +87,25 @@ class Imagen(nn.Module):
             )
             image = batch["cond_image"].astype(jnp.float32) / 127.5 - 1.0
             cond["cond_image"] = image * masks["cond_keep"][:, None, None, None]
+            if self.unet_config.input_memory:
+                cond["input_memory"] = self.encode_input(
+                    cond["cond_image"], masks["cond_keep"], text.shape[-1], train
+                )
         return cond
+
+    def encode_input(
+        self, image: jax.Array, keep: jax.Array, text_dim: int, train: bool = False
+    ) -> Memory:
+        """The input image ([-1, 1], [B,H,W,3]) as one context item without
+        text, masked where `keep` [B] is False (`UNetConfig.input_memory`)."""
+        b = image.shape[0]
+        context = Context(
+            images=image[:, None],
+            text=jnp.zeros((b, 1, 1, text_dim), jnp.float32),
+            text_mask=jnp.zeros((b, 1, 1), bool),
+            mask=keep[:, None],
+        )
+        return self.unet.encode_context(context, train, pack=False)
 
     def denoise(
         self,
@@ -98,7 +116,12 @@ class Imagen(nn.Module):
         train: bool = False,
         memory: Memory | None = None,
         cond_image=None,
+        input_memory: Memory | None = None,
     ) -> jax.Array:
+        if input_memory is not None:  # read after the context items' tokens
+            memory = jax.tree.map(
+                lambda a, b: jnp.concatenate([a, b], axis=1), memory, input_memory
+            )
         out = self.unet(
             z, logsnr, text, text_mask, train, memory=memory, cond_image=cond_image
         )
@@ -184,6 +207,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         context_slots=m.get("context_slots", 0.0),
         context_level=m.get("context_level", -1),
         context_norm=m.get("context_norm", False),
+        input_memory=m.get("input_memory", False),
         # Resolved now, after JAX has started: the model records its choice.
         kernels=layers.resolve_kernels(m.get("kernels", "auto")),
     )

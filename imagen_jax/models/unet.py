@@ -69,6 +69,11 @@ class UNetConfig:
       context_norm: LayerNorm the memory tokens (per token, over channels)
         before the context cross-attention reads them. The text arrives
         normalised from T5, the encoder's raw features do not.
+      input_memory: the input image is also encoded as a context item
+        (without text) and read by the context cross-attention beside the
+        channel concat (`Imagen.condition`), so a decision about what it
+        shows can gather it from anywhere in the image by attention, as the
+        context items' identity is read.
       kernels: the forms of the Dense products and of attention
         (`layers.KERNELS`): "cpu" (shaped for XLA:CPU), "stock" (plain, for
         accelerators) or "auto" (by the backend). Parameters are the same.
@@ -91,6 +96,7 @@ class UNetConfig:
     context_slots: float = 0.0
     context_level: int = -1
     context_norm: bool = False
+    input_memory: bool = False
     kernels: str = "auto"
 
     def __post_init__(self):
@@ -287,11 +293,17 @@ class UNet(nn.Module):
         )(h.astype(self.dtype))
         return depth_to_space(out, cfg.patch_size)
 
-    def encode_context(self, context: Context, train: bool = False) -> Memory:
-        """Clean context images -> memory tokens [B, K*h*w, C] and their mask."""
+    def encode_context(
+        self, context: Context, train: bool = False, pack: bool = True
+    ) -> Memory:
+        """Clean context images -> memory tokens [B, K*h*w, C] and their mask.
+
+        `pack=False` encodes every item in training too (`context_slots` is
+        sized for the context items, not for other images encoded alike).
+        """
         b, k = context.mask.shape
         mask = context.mask.astype(bool)
-        slots = math.ceil(b * self.config.context_slots) if train else 0
+        slots = math.ceil(b * self.config.context_slots) if train and pack else 0
         plan = packing.plan(mask, slots) if 0 < slots < b * k else None
         if plan is None:
             flat = lambda x: x.reshape((b * k,) + x.shape[2:])  # noqa: E731
