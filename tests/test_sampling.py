@@ -182,9 +182,7 @@ def test_input_memory_reads_the_kept_input_image_only(input_memory):
     logsnr = jnp.array([1.0, -2.0])
 
     def denoise(**cond):
-        return model.apply(
-            {"params": params}, z, logsnr, method=Imagen.denoise, **cond
-        )
+        return model.apply({"params": params}, z, logsnr, method=Imagen.denoise, **cond)
 
     memory = cond["input_memory"]
     off = dict(cond, input_memory=memory.replace(mask=memory.mask & False))

@@ -10,6 +10,7 @@ model was trained on:
 x0 at log-SNR -18 and -12 (z_t from the true answer) for up to 48 examples
 (evaluation seed 1) of each group: present; absent with an object in the
 queried colour; absent with an object in the queried shape; absent, other.
+The answer words and colours are the model's own (`data.answers`).
 """
 
 import os
@@ -45,8 +46,11 @@ def main(workdir: str) -> None:
     cfg = loaded.config
     res = cfg.data.resolution
     groups = {}
+    answers = tasks.answer_names(cfg.data.get("answers", ""))
     for i in range(192):
-        e = tasks.make_example("classification", i, 1, res, world=cfg.data.variant)
+        e = tasks.make_example(
+            "classification", i, 1, res, world=cfg.data.variant, answers=answers
+        )
         groups.setdefault(group(e), []).append(e)
 
     x0_hat = probe["x0_function"](loaded)
@@ -56,14 +60,14 @@ def main(workdir: str) -> None:
         examples = examples[:48]
         batch = evaluate._instruction_arrays(loaded, [e.instruction for e in examples])
         present = np.array([e.meta["present"] for e in examples])
-        answers = [controls.classification_target(p, res) for p in present]
-        image = np.stack(answers).astype(np.float32) / 127.5 - 1.0
+        colours = examples[0].meta["answer_colours"]
+        targets = [controls.classification_target(p, res, *colours) for p in present]
+        image = np.stack(targets).astype(np.float32) / 127.5 - 1.0
         right = []
         for level in (-18.0, -12.0):
             alpha, sigma = probe["noise_levels"](level)
             noise = rng.standard_normal(image.shape).astype(np.float32)
             z = alpha * image + sigma * noise
-            colours = examples[0].meta["answer_colours"]
             said = probe["answers_said"](loaded, x0_hat, batch, z, level, colours)
             right.append(float(np.mean(said == present)))
         print(

@@ -94,6 +94,54 @@ def _trained(workdir: str) -> bool:
     )
 
 
+# The config fields that say which model a run is: its data (world, mixture,
+# texts) and its architecture. Budgets, paths and sampling may differ.
+IDENTITY = (
+    "data.variant",
+    "data.mixture",
+    "data.plain_text",
+    "data.word_noise",
+    "data.answers",
+    "data.query_objects",
+    "model",
+)
+
+
+def _check_same_model(config: ml_collections.ConfigDict, workdir: str, row: dict):
+    """Raises if the run in `workdir` was trained with another model or data
+    than `row` asks for (say a run directory left from an earlier table).
+    A field that the run's config.json predates counts as the same when the
+    table leaves it off (False, 0, empty).
+
+    Raises:
+      ValueError: naming the fields that differ.
+    """
+
+    def leaves(c: dict, prefix: str = "") -> dict:
+        if not isinstance(c, dict):
+            return {prefix: c}
+        return {k: v for key in c for k, v in leaves(c[key], f"{prefix}.{key}").items()}
+
+    trained = leaves(json.loads(checkpointing.load_config(workdir).to_json()))
+    asked = leaves(json.loads(config.to_json()))
+    fields = [
+        f
+        for f in sorted(set(trained) | set(asked))
+        if any(f[1:] == i or f[1:].startswith(i + ".") for i in IDENTITY)
+        and not (f not in trained and not asked[f])
+    ]
+    differ = [
+        f"{f[1:]}: trained {trained.get(f)}, the table asks {asked.get(f)}"
+        for f in fields
+        if trained.get(f) != asked.get(f)
+    ]
+    if differ:
+        raise ValueError(
+            f"{workdir} holds another model than row {row['row']} {row['name']} "
+            f"({row['arg']}): {'; '.join(differ)}. Move that run away or retrain it."
+        )
+
+
 def _own_rows(rows: list[dict], config: ml_collections.ConfigDict) -> list[dict]:
     """The rows of the config's own sampler setting at the latest checkpoint
     (a sweep may have added others); rows that predate the recorded settings
@@ -137,6 +185,8 @@ def run(
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
         trained = _trained(workdir)
+        if trained:
+            _check_same_model(config, workdir, row)
         carried = None if trained else _carried(carry, row)
         if carried is not None:
             if row["row"] in COLUMNS:

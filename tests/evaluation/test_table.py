@@ -280,6 +280,48 @@ def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeyp
     assert (runs / "table" / "models" / "cpu_plain.json").exists()
 
 
+def test_a_run_directory_of_another_model_is_refused(tmp_path, monkeypatch):
+    import json
+
+    from experiments import stage2_shapes
+    from imagen_jax import checkpointing
+    from imagen_jax.evaluation import sweep
+
+    rows = [r for r in stage2_shapes.table() if r["row"] == "c"]
+    runs = str(tmp_path)
+    workdir = os.path.join(runs, "cpu_plain")
+    monkeypatch.setattr(table, "_trained", lambda workdir: True)
+    monkeypatch.setattr(sweep, "evaluate", lambda config, workdir: None)
+    os.makedirs(os.path.join(workdir, "eval"))
+    with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
+        f.write("[]")
+
+    # The row's own config (a budget of its own is no difference) is used.
+    config = table._config(stage2_shapes.get_config, rows[0], runs)
+    config.train.time_budget_minutes = 7.0
+    checkpointing.save_config(workdir, config)
+    assert table.run(stage2_shapes.get_config, rows, runs) == []
+    # A run older than a field the table leaves off is the same model too.
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    del saved["model"]["input_memory"]
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    assert table.run(stage2_shapes.get_config, rows, runs) == []
+
+    # A run left from an earlier table, on another mixture, is not.
+    config.data.mixture = {"subject": 1.0}
+    config.model.context_level = -1
+    checkpointing.save_config(workdir, config)
+    with pytest.raises(ValueError, match="holds another model") as raised:
+        table.run(stage2_shapes.get_config, rows, runs)
+    said = str(raised.value)
+    assert "data.mixture.subject: trained 1.0" in said
+    assert "model.context_level: trained -1, the table asks -2" in said
+    assert "data.variant" not in said and "data.plain_text" not in said
+
+
 def test_the_committed_records_match_the_table_they_stand_in_for():
     import glob
     import json
@@ -327,13 +369,13 @@ def test_step_matched_specialists_get_their_tasks_share_of_a_steps():
     from experiments import stage2_shapes
 
     rows = stage2_shapes.table()
-    mixture = stage2_shapes.MIXTURES["even"]
+    mixture = stage2_shapes.MIXTURES[stage2_shapes.MATCHED_MIXTURE]
     matched = [r for r in rows if r["row"] == "b_steps"]
     assert {r["arg"] for r in matched} == {r["arg"] for r in rows if r["row"] == "b"}
     for row in matched:
         task = row["arg"].split("task=")[1].split(",")[0]
         share = mixture[task] / sum(mixture.values())
-        assert abs(row["steps"] - stage2_shapes.INSTRUCT_STEPS * share) <= 0.5
+        assert abs(row["steps"] - stage2_shapes.MATCHED_STEPS * share) <= 0.5
         config = table._config(stage2_shapes.get_config, row, "runs")
         assert config.train.num_steps == row["steps"]
         assert config.train.time_budget_minutes == 0.0
