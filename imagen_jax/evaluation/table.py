@@ -117,23 +117,27 @@ def _check_same_model(config: ml_collections.ConfigDict, workdir: str, row: dict
       ValueError: naming the fields that differ.
     """
 
-    def leaves(c: dict, prefix: str = "") -> dict:
+    def leaves(c, prefix: str) -> dict:
         if not isinstance(c, dict):
             return {prefix: c}
         return {k: v for key in c for k, v in leaves(c[key], f"{prefix}.{key}").items()}
 
-    trained = leaves(json.loads(checkpointing.load_config(workdir).to_json()))
-    asked = leaves(json.loads(config.to_json()))
-    fields = [
-        f
-        for f in sorted(set(trained) | set(asked))
-        if any(f[1:] == i or f[1:].startswith(i + ".") for i in IDENTITY)
-        and not (f not in trained and not asked[f])
-    ]
+    def identity(c: ml_collections.ConfigDict) -> dict:
+        c = json.loads(c.to_json())
+        found = {}
+        for field in IDENTITY:
+            section, *rest = field.split(".")
+            value = c.get(section, {}) if not rest else c.get(section, {}).get(rest[0])
+            if value is not None:
+                found.update(leaves(value, field))
+        return found
+
+    trained = identity(checkpointing.load_config(workdir))
+    asked = identity(config)
     differ = [
-        f"{f[1:]}: trained {trained.get(f)}, the table asks {asked.get(f)}"
-        for f in fields
-        if trained.get(f) != asked.get(f)
+        f"{f}: trained {trained.get(f)}, the table asks {asked.get(f)}"
+        for f in sorted(set(trained) | set(asked))
+        if trained.get(f) != asked.get(f) and (f in trained or asked[f])
     ]
     if differ:
         raise ValueError(
