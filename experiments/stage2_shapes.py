@@ -262,11 +262,15 @@ MIXTURE = "balanced"
 MIXTURE_ARG = f"simple,mix={MIXTURE},words"
 # The text start of every model ((a), (b), (c); `launch/instruct.sh`).
 T2I_ARG = "simple,t2i,words"
+# The steps of MIXTURE's (a) in the table (session 26: 2585 in 55 minutes,
+# docs/results/table/cpu_instruct.json). (c) trains for as many steps, so it
+# sees as many examples as (a) whatever the machine's speed.
+A_STEPS = 2585
 # Column "b_steps" trains each specialist for its task's share of an (a)'s
 # steps: as many examples of the task as (a) saw, so (a) against it measures
 # what the other tasks' examples add. They are matched to the (a) of session
-# 23, on "even" (2909 steps in 55 minutes); matched to MIXTURE's (a) (2585
-# steps, session 26) they are still to be trained.
+# 23, on "even" (2909 steps in 55 minutes); matched to MIXTURE's (a)
+# (A_STEPS) they are still to be trained.
 MATCHED_MIXTURE, MATCHED_STEPS = "even", 2909
 
 
@@ -279,7 +283,7 @@ def table() -> list[dict]:
     single-task specialists, same architecture and start, for 20 minutes each
     and (column "b_steps") for the steps their task gets in the (a) of
     MATCHED_MIXTURE; (c) one multi-task model on (a)'s mixture without
-    instruction text, (a)'s minutes. All start from the
+    instruction text, for (a)'s steps (A_STEPS). All start from the
     world's text-to-image model, row "t2i", and share RECIPE. (a) after stage
     1 (issue 14): the same start, then stage 1 (`experiments/stage1_shapes.py`;
     it needs the world's retrieval form and neighbour table first, see that
@@ -299,7 +303,8 @@ def table() -> list[dict]:
             "row": "c",
             "name": "cpu_plain",
             "arg": f"{MIXTURE_ARG},plain",
-            "minutes": 55,
+            "minutes": 0,
+            "steps": A_STEPS,
             **start,
         },
         {
