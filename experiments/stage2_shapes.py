@@ -186,6 +186,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.context_norm = False
     # The input image also read as a context item (`UNetConfig.input_memory`).
     c.model.input_memory = False
+    # ... and encoded with the instruction as its text (`UNetConfig.input_text`).
+    c.model.input_text = False
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
     if opts.words:

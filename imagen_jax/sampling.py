@@ -87,12 +87,17 @@ def _make_runner(config: ml_collections.ConfigDict, sampler: str | None) -> Call
 RULES = ("chain", "interleaved")
 
 
-def _keep_only(cond: dict, text: bool, context: bool, image: bool) -> dict:
+def _keep_only(
+    cond: dict, text: bool, context: bool, image: bool, textless_input=None
+) -> dict:
     """Encoded conditions with the text, the context items' memory and the
     input image kept or masked off.
 
     A masked condition's encoding is never read (cross-attention and pooling
-    ignore masked tokens; the input image is zeroed, as in training).
+    ignore masked tokens; the input image is zeroed, as in training). An
+    input image encoded with the instruction (`UNetConfig.input_text`) is
+    replaced where the text is off by `textless_input`, its encoding without
+    text, as training encodes it when the text is dropped.
     """
     out = dict(cond, text_mask=cond["text_mask"] & text)
     if "memory" in cond:
@@ -101,6 +106,8 @@ def _keep_only(cond: dict, text: bool, context: bool, image: bool) -> dict:
         out["cond_image"] = cond["cond_image"] * image
     if "input_memory" in cond:  # the input image read as a context item
         memory = cond["input_memory"]
+        if textless_input is not None and not text:
+            memory = textless_input
         out["input_memory"] = memory.replace(mask=memory.mask & image)
     return out
 
@@ -188,9 +195,20 @@ def guided_denoiser(
         batch, kind, text=keep, context=keep, image=keep
     )
     cond = model.apply(variables, batch, masks, method=Imagen.condition)
+    textless = None
+    if "input_memory" in cond and model.unet_config.input_text:
+        textless = model.apply(
+            variables,
+            cond["cond_image"],
+            masks["cond_keep"],
+            cond["text"],
+            jnp.zeros_like(cond["text_mask"]),
+            method=Imagen.encode_input,
+        )
     branches = _branches(kind, rule)
     stacked = jax.tree.map(
-        lambda *xs: jnp.concatenate(xs), *[_keep_only(cond, **b) for b in branches]
+        lambda *xs: jnp.concatenate(xs),
+        *[_keep_only(cond, **b, textless_input=textless) for b in branches],
     )
     n = len(branches)
     chain = kind.guidance_chain

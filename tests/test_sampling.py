@@ -21,6 +21,7 @@ from imagen_jax import (
 )
 from imagen_jax.diffusion import guidance, losses
 from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.models.unet import UNetConfig
 from imagen_jax.text.tokenizers import make_tokenizer
 
 
@@ -87,6 +88,12 @@ def input_memory():
     return _instruction(input_memory=True)
 
 
+@pytest.fixture(scope="module")
+def input_text():
+    """As `input_memory`, the input image encoded with the instruction."""
+    return _instruction(input_memory=True, input_text=True)
+
+
 def _instruction(**model_fields):
     cfg = t2i_shapes.get_config("smoke")
     cfg.model.conditioning = "instruction"
@@ -135,7 +142,7 @@ def _inline_denoiser(model, param, params, batch, s_text, s_image):
 
 
 @pytest.mark.parametrize("step_index", [0, 1])
-@pytest.mark.parametrize("fixture", ["instruction", "input_memory"])
+@pytest.mark.parametrize("fixture", ["instruction", "input_memory", "input_text"])
 def test_precomputed_memory_denoiser_equals_the_inline_one(
     request, fixture, step_index
 ):
@@ -191,6 +198,33 @@ def test_input_memory_reads_the_kept_input_image_only(input_memory):
     # was masked already, so its output is the same computation.
     assert float(moved[0]) > 1e-3
     assert float(moved[1]) == 0.0
+
+
+@pytest.mark.parametrize("fixture", ["input_memory", "input_text"])
+def test_input_text_makes_the_input_encoding_read_the_instruction(request, fixture):
+    cfg, model, params, batch = request.getfixturevalue(fixture)
+    on = np.ones(B, bool)
+    masks = conditioning.condition_masks(
+        batch, model.conditioning, text=on, context=on, image=on
+    )
+    # Another instruction of the same length (the first example's input is
+    # kept; only its text changes).
+    other = dict(batch, text_tokens=(batch["text_tokens"] % 150) + 7)
+
+    def input_tokens(b):
+        cond = model.apply({"params": params}, b, masks, method=Imagen.condition)
+        return cond["input_memory"].tokens[0]
+
+    moved = float(jnp.abs(input_tokens(batch) - input_tokens(other)).max())
+    if model.unet_config.input_text:
+        assert moved > 1e-3
+    else:
+        assert moved == 0.0
+
+
+def test_input_text_needs_input_memory():
+    with pytest.raises(ValueError, match="input_text needs input_memory"):
+        UNetConfig(input_text=True)
 
 
 def _branch_x0(model, param, params, batch, z, logsnr, text, context, image):

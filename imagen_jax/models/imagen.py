@@ -89,20 +89,32 @@ class Imagen(nn.Module):
             cond["cond_image"] = image * masks["cond_keep"][:, None, None, None]
             if self.unet_config.input_memory:
                 cond["input_memory"] = self.encode_input(
-                    cond["cond_image"], masks["cond_keep"], text.shape[-1], train
+                    cond["cond_image"],
+                    masks["cond_keep"],
+                    text,
+                    masks["text_mask"],
+                    train,
                 )
         return cond
 
     def encode_input(
-        self, image: jax.Array, keep: jax.Array, text_dim: int, train: bool = False
+        self,
+        image: jax.Array,
+        keep: jax.Array,
+        text: jax.Array,
+        text_mask: jax.Array,
+        train: bool = False,
     ) -> Memory:
-        """The input image ([-1, 1], [B,H,W,3]) as one context item without
-        text, masked where `keep` [B] is False (`UNetConfig.input_memory`)."""
-        b = image.shape[0]
+        """The input image ([-1, 1], [B,H,W,3]) as one context item, masked
+        where `keep` [B] is False (`UNetConfig.input_memory`). Its text is the
+        instruction (`text` [B,L,D] under `text_mask` [B,L]) with
+        `UNetConfig.input_text`, else none."""
+        if not self.unet_config.input_text:
+            text, text_mask = text[:, :1] * 0.0, jnp.zeros_like(text_mask[:, :1])
         context = Context(
             images=image[:, None],
-            text=jnp.zeros((b, 1, 1, text_dim), jnp.float32),
-            text_mask=jnp.zeros((b, 1, 1), bool),
+            text=text[:, None],
+            text_mask=text_mask[:, None].astype(bool),
             mask=keep[:, None],
         )
         return self.unet.encode_context(context, train, pack=False)
@@ -208,6 +220,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         context_level=m.get("context_level", -1),
         context_norm=m.get("context_norm", False),
         input_memory=m.get("input_memory", False),
+        input_text=m.get("input_text", False),
         # Resolved now, after JAX has started: the model records its choice.
         kernels=layers.resolve_kernels(m.get("kernels", "auto")),
     )

@@ -74,6 +74,12 @@ class UNetConfig:
         channel concat (`Imagen.condition`), so a decision about what it
         shows can gather it from anywhere in the image by attention, as the
         context items' identity is read.
+      input_text: with `input_memory`, the input image is encoded with the
+        instruction as its text, as a context item is with its own: the clean
+        image's encoding is then modulated by (FiLM from the pooled text) and
+        attends to the instruction, so a decision that compares the two (is
+        the named class in the image?) can be made on the clean image, not on
+        the noisy sample.
       kernels: the forms of the Dense products and of attention
         (`layers.KERNELS`): "cpu" (shaped for XLA:CPU), "stock" (plain, for
         accelerators) or "auto" (by the backend). Parameters are the same.
@@ -97,6 +103,7 @@ class UNetConfig:
     context_level: int = -1
     context_norm: bool = False
     input_memory: bool = False
+    input_text: bool = False
     kernels: str = "auto"
 
     def __post_init__(self):
@@ -111,6 +118,10 @@ class UNetConfig:
         if self.kernels not in layers.KERNELS:
             raise ValueError(
                 f"kernels must be one of {layers.KERNELS}, got {self.kernels!r}"
+            )
+        if self.input_text and not self.input_memory:
+            raise ValueError(
+                "input_text needs input_memory (it sets how that is encoded)"
             )
         if len(self.attn_levels) != len(self.channel_mults):
             raise ValueError(
