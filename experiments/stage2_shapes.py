@@ -165,6 +165,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Classification's answer names, "present/absent" (`controls.ANSWER_COLOURS`);
     # "" is the world's "red/blue", whose words are also object colours.
     c.data.answers = opts.answers
+    # The tasks whose examples diffusion.low_snr_share is taken from (a tuple
+    # of mixture names); empty takes it from every example. Classification's
+    # answer, a whole-image colour, is decided below log-SNR -7, where the
+    # plain schedule trains under 1% of the time; the other tasks need no move.
+    c.data.low_snr_tasks = ()
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).

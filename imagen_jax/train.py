@@ -125,7 +125,12 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
             )
 
         return losses.diffusion_loss(
-            apply_fn, x, loss_rng, pixel_weight=pixel_weight, **loss_options(config)
+            apply_fn,
+            x,
+            loss_rng,
+            pixel_weight=pixel_weight,
+            low_snr_mask=batch.get("low_snr"),  # data.low_snr_tasks' examples
+            **loss_options(config),
         )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -76,22 +76,37 @@ def test_step_keeps_shardings_and_moves_ema():
     assert sum(jax.tree.leaves(moved)) > len(jax.tree.leaves(moved)) // 2
 
 
-def test_position_mask_weighs_the_loss():
-    cfg, tok, mesh, rules, state, step_fn, bs = _setup(**{"data.object_weight": 15.0})
+def test_position_mask_and_low_snr_marks_reach_the_loss():
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup(
+        **{
+            "data.object_weight": 15.0,
+            "diffusion.low_snr_share": 1.0,
+            "diffusion.low_snr_shift": -7.0,
+        }
+    )
     base = _batch(cfg, tok)
+    b = base["image"].shape[0]
     centre = np.zeros(base["image"].shape[:3], np.uint8)
     centre[:, 8:24, 8:24] = 1
-    masks = {"none": None, "zeros": np.zeros_like(centre), "centre": centre}
+    keys = {
+        "none": {},
+        "zeros": {"position_mask": np.zeros_like(centre)},
+        "centre": {"position_mask": centre},
+        "low_snr_ones": {"low_snr": np.ones(b, np.uint8)},
+        "low_snr_zeros": {"low_snr": np.zeros(b, np.uint8)},
+    }
     losses = {}
     with mesh, nn.logical_axis_rules(rules):
-        for name, mask in masks.items():
-            batch = dict(base) if mask is None else {**base, "position_mask": mask}
+        for name, extra in keys.items():
             fresh = jax.tree.map(jnp.copy, state)  # the step donates its state
-            _, metrics = step_fn(fresh, sharding.global_batch(batch, bs))
+            _, metrics = step_fn(fresh, sharding.global_batch({**base, **extra}, bs))
             losses[name] = float(metrics["loss"])
     # Same step, same noise: a zero mask weighs every pixel 1, as no mask does.
     assert losses["zeros"] == pytest.approx(losses["none"], rel=1e-5)
     assert abs(losses["centre"] - losses["none"]) > 1e-3 * losses["none"], losses
+    # Without "low_snr" the share moves every example; marked zeros, none.
+    assert losses["low_snr_ones"] == pytest.approx(losses["none"], rel=1e-5)
+    assert abs(losses["low_snr_zeros"] - losses["none"]) > 1e-3 * losses["none"]
 
 
 def test_ema_decay_warms_up():

@@ -73,6 +73,12 @@ class TaskSource:
                 f"known: {sorted(tasks.TASKS)}"
             )
         self._names = sorted(weights)
+        low_snr = sorted(set(cfg.get("low_snr_tasks", ())) - set(weights))
+        if low_snr:
+            raise ValueError(
+                f"config.data.low_snr_tasks names tasks {low_snr} that are not "
+                f"in the mixture {self._names}"
+            )
         p = np.array([weights[n] for n in self._names], np.float64)
         self._p = p / p.sum()
         self._seed = cfg.seed + (0 if split == "train" else 1)
@@ -397,6 +403,8 @@ class InstructionArrays(grain.transforms.Map):
         out = {"image": np.asarray(example.target, np.uint8), **arrays}
         if d.get("object_weight", 0.0):
             out["position_mask"] = target_position_mask(example, d.resolution)
+        if d.get("low_snr_tasks"):  # the examples diffusion.low_snr_share moves
+            out["low_snr"] = np.uint8(example.task in d.low_snr_tasks)
         return out
 
 

@@ -144,10 +144,15 @@ def stratified_uniform(rng: jax.Array, batch_size: int) -> jax.Array:
 
 
 def shift_share(
-    logsnr: jax.Array, share: float, shift: float, floor: jax.Array | float
+    logsnr: jax.Array,
+    share: float,
+    shift: float,
+    floor: jax.Array | float,
+    eligible: jax.Array | None = None,
 ) -> jax.Array:
     """`logsnr` [B] with a `share` of the examples moved by `shift`, not below
-    `floor` (the schedule's noisiest level).
+    `floor` (the schedule's noisiest level); with `eligible` (bool [B]) only
+    those examples can move, a `share` of them on average.
 
     The moved examples are spread evenly over the batch (example i when
     floor((i + 1) share) > floor(i share)), so with stratified times they
@@ -164,6 +169,8 @@ def shift_share(
         return logsnr
     i = jnp.arange(logsnr.shape[0], dtype=jnp.float32)
     moved = jnp.floor((i + 1) * share) > jnp.floor(i * share)
+    if eligible is not None:
+        moved = moved & eligible.astype(bool)
     return jnp.where(moved, jnp.maximum(logsnr + shift, floor), logsnr)
 
 
@@ -183,6 +190,7 @@ def diffusion_loss(
     pixel_weight: jax.Array | None = None,
     low_snr_share: float = 0.0,
     low_snr_shift: float = 0.0,
+    low_snr_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Denoising loss: L2 between the network output and the `param` target.
 
@@ -200,6 +208,8 @@ def diffusion_loss(
       low_snr_share, low_snr_shift: that share of each batch has its log-SNR
         moved by the shift, not below the schedule's noisiest level
         (`shift_share`); 0 moves none.
+      low_snr_mask: optional [B], nonzero for the examples that share is
+        taken from (e.g. one task's); None takes it from every example.
 
     Returns:
       (loss, aux): the float32 scalar batch mean of the weighted loss, and [B]
@@ -213,7 +223,7 @@ def diffusion_loss(
     logsnr = jnp.asarray(schedule_fn(t), jnp.float32)  # [B]
     if low_snr_share:
         floor = jnp.asarray(schedule_fn(jnp.ones(())), jnp.float32)
-        logsnr = shift_share(logsnr, low_snr_share, low_snr_shift, floor)
+        logsnr = shift_share(logsnr, low_snr_share, low_snr_shift, floor, low_snr_mask)
     eps = jax.random.normal(eps_rng, x.shape, jnp.float32)
     alpha, sigma = _per_example(logsnr, x)
     z = alpha * x + sigma * eps  # [B, H, W, C]

@@ -521,3 +521,32 @@ def test_answers_rename_classification_answer_words_and_colours():
     for split in ("train", "eval"):
         example = pipeline.TaskSource(cfg, split)[3]
         assert example.meta["answer_colours"] == (white, black)
+
+
+def test_low_snr_tasks_mark_their_examples_in_the_batch():
+    import ml_collections
+
+    from imagen_jax import instructions
+    from imagen_jax.data import pipeline
+    from imagen_jax.text.tokenizers import ByteTokenizer
+
+    mixture = {"classification": 1.0, "segmentation": 1.0}
+    cfg = _simple_data_config("classification", num_examples=100)
+    cfg.mixture = mixture
+    cfg.update(max_context=2, max_text_len=96, ctx_text_len=24)
+    cfg.low_snr_tasks = ("classification",)
+    source = pipeline.TaskSource(cfg, "train")
+    transform = pipeline.element_transform(
+        ml_collections.ConfigDict({**cfg.to_dict(), "name": "shapes_world_tasks"}),
+        ByteTokenizer(extra_tokens=instructions.MARKERS),
+    )
+    marks = {}
+    for i in range(16):
+        example = source[i]
+        marks.setdefault(example.task, set()).add(
+            int(transform.map(example)["low_snr"])
+        )
+    assert marks == {"classification": {1}, "segmentation": {0}}
+    cfg.low_snr_tasks = ("classification", "edit")
+    with pytest.raises(ValueError, match=r"low_snr_tasks names tasks \['edit'\]"):
+        pipeline.TaskSource(cfg, "train")

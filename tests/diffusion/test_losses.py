@@ -208,6 +208,19 @@ def test_shift_share_moves_an_even_share_toward_noise():
         losses.shift_share(logsnr, 1.5, -7.0, -20.0)
 
 
+def test_shift_share_moves_only_the_eligible_examples():
+    logsnr = jnp.linspace(-4.0, 4.0, 8)
+    eligible = jnp.array([1, 1, 0, 1, 0, 0, 1, 1], jnp.uint8)
+    out = np.asarray(losses.shift_share(logsnr, 1.0, -7.0, -20.0, eligible))
+    moved = out != np.asarray(logsnr)
+    np.testing.assert_array_equal(moved, np.asarray(eligible, bool))
+    # A share of the eligible: the spread positions (3, 7 at 0.25) among them.
+    half = np.asarray(losses.shift_share(logsnr, 0.25, -7.0, -20.0, eligible))
+    np.testing.assert_array_equal(np.flatnonzero(half != np.asarray(logsnr)), [3, 7])
+    none = losses.shift_share(logsnr, 1.0, -7.0, -20.0, jnp.zeros(8, jnp.uint8))
+    np.testing.assert_array_equal(none, logsnr)
+
+
 def test_low_snr_share_reaches_the_loss_levels():
     schedule = schedules.get_schedule("cosine")
     x = jnp.zeros((16, 4, 4, 3))
@@ -222,3 +235,16 @@ def test_low_snr_share_reaches_the_loss_levels():
     assert np.all((diff == 0)[0::2])  # the others keep their levels
     floor = float(schedule(jnp.ones(())))
     assert np.all(np.asarray(moved["logsnr"]) >= floor - 1e-4)
+    # With a mask only its examples move (e.g. one task's).
+    mask = jnp.arange(16) < 8
+    _, masked = losses.diffusion_loss(
+        net,
+        x,
+        rng,
+        schedule_fn=schedule,
+        low_snr_share=1.0,
+        low_snr_shift=-7.0,
+        low_snr_mask=mask,
+    )
+    diff = np.asarray(plain["logsnr"]) - np.asarray(masked["logsnr"])
+    assert np.all(diff[8:] == 0) and np.sum(diff[:8] > 0) >= 6
