@@ -70,6 +70,20 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     )
 
 
+def init_compiler_options(mesh: Mesh) -> dict[str, Any] | None:
+    """XLA options for a program that runs once, such as an init, on `mesh`.
+
+    On XLA:CPU, compiling an init is mostly LLVM optimising the threefry hash
+    of every parameter's random draw: a jitted draw of 100 normals took
+    minutes to compile. Its backend optimisations buy nothing for a program
+    that runs once, and without them the smoke model's sharded init takes
+    2.7x less CPU time (docs/performance.md). Other backends keep theirs.
+    """
+    if mesh.devices.flat[0].platform != "cpu":
+        return None
+    return {"xla_backend_optimization_level": 0}
+
+
 def sharded_init(
     init_fn: Callable[[], Any], mesh: Mesh, rules: Rules
 ) -> tuple[Any, Any]:
@@ -80,7 +94,11 @@ def sharded_init(
     abstract = jax.eval_shape(init_fn)
     shardings = logical_shardings(abstract, mesh, rules)
     with mesh, nn.logical_axis_rules(rules):
-        tree = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)()
+        tree = jax.jit(
+            lambda: nn.meta.unbox(init_fn()),
+            out_shardings=shardings,
+            compiler_options=init_compiler_options(mesh),
+        )()
     return tree, shardings
 
 

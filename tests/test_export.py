@@ -28,6 +28,7 @@ from imagen_jax import (
 )
 from imagen_jax.models.imagen import build_model
 from imagen_jax.text import tokenizers
+from tests.params import perturbed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -91,10 +92,7 @@ def _instruction_workdir(path: str) -> None:
     cfg = stage2_shapes.get_config("smoke")
     model = build_model(cfg, tokenizers.make_tokenizer(cfg).vocab_size)
     params = jax.jit(lambda: nn.meta.unbox(train_state.init_params(model, cfg)))()
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    noisy = [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
-    params = jax.tree.unflatten(treedef, noisy)
+    params = perturbed(params)
     checkpointing.save_config(path, cfg)
     mngr = checkpointing.manager(os.path.join(path, "checkpoints"))
     state = train_state.TrainState(jnp.int32(1), params, params, {})

@@ -23,6 +23,7 @@ from imagen_jax.diffusion import guidance, losses
 from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.models.unet import UNetConfig
 from imagen_jax.text.tokenizers import make_tokenizer
+from tests.params import perturbed
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +66,7 @@ def test_to_uint8_range():
 def _perturbed(params):
     """Params moved off their init: zero-initialised layers (the output, the
     context and input-image layers) would otherwise hide what they read."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    noisy = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return jax.tree.unflatten(tree, noisy)
+    return perturbed(params)
 
 
 B, K = 2, 4  # B * K = 8 differs from B and from 3 B (the guidance branches).

@@ -27,6 +27,7 @@ from imagen_jax import (
 )
 from imagen_jax.models.imagen import build_model
 from imagen_jax.text import tokenizers
+from tests.params import normal_like
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 R = 32  # the smoke configs' resolution
@@ -38,13 +39,7 @@ def _random_workdir(path: str, cfg) -> str:
     the tests)."""
     model = build_model(cfg, tokenizers.make_tokenizer(cfg).vocab_size)
     init = lambda: nn.meta.unbox(train_state.init_params(model, cfg))  # noqa: E731
-    leaves, treedef = jax.tree.flatten(jax.eval_shape(init))
-
-    def draw():
-        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-        return [0.05 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
-
-    params = jax.tree.unflatten(treedef, jax.jit(draw)())
+    params = jax.tree.map(jnp.asarray, normal_like(jax.eval_shape(init), 0.05))
     checkpointing.save_config(path, cfg)
     mngr = checkpointing.manager(os.path.join(path, "checkpoints"))
     state = train_state.TrainState(jnp.int32(1), params, params, {})

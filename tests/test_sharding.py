@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -65,6 +66,19 @@ def test_sharded_init_places_params_on_their_shards():
     # A dimension fsdp does not divide (3) is replicated instead of failing.
     assert params["odd"].sharding.spec == P(None, None)
     assert shardings["w"] == params["w"].sharding
+
+
+def test_sharded_init_compiles_unoptimised_on_cpu_and_draws_the_same_values():
+    mesh = sharding.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+    assert sharding.init_compiler_options(mesh) == {"xla_backend_optimization_level": 0}
+    init = lambda: _Tiny().init(jax.random.PRNGKey(0), jnp.ones((1, 8)))["params"]  # noqa: E731
+    params, _ = sharding.sharded_init(init, mesh, RULES)
+    # The same draws from the default-optimised program: the threefry bits are
+    # integer arithmetic, and the float transform of them (erfinv, scale) may
+    # round differently by a few float32 ulps (eps 1.2e-7) at most.
+    expected = jax.jit(lambda: nn.meta.unbox(init()))()
+    for name in ("w", "odd"):
+        np.testing.assert_allclose(params[name], expected[name], rtol=1e-6, atol=1e-7)
 
 
 def test_global_batch_is_split_over_data_axes():

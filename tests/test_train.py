@@ -1,5 +1,7 @@
 """Train step, EMA, the loop, checkpoints, resume order."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,19 +22,32 @@ from imagen_jax.data import shapes_world
 from imagen_jax.models.imagen import build_model
 
 
-def _setup(mesh_shape=(2, 2, 2), **overrides):
+@functools.cache
+def _built(mesh_shape, overrides):
+    """`train.setup` once per (mesh, overrides) in this module, with the
+    initial state kept on the host: the step donates its state, and each
+    test starts from a fresh copy instead of compiling the init and the step
+    again."""
     cfg = t2i_shapes.get_config("smoke")
     cfg.mesh.shape = mesh_shape
-    for k, v in overrides.items():
+    for k, v in overrides:
         node, *rest = k.split(".")
         cfg[node][rest[0]] = v
     built, state = train.setup(cfg)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return cfg, built, jax.tree.map(np.asarray, state), shardings
+
+
+def _setup(mesh_shape=(2, 2, 2), **overrides):
+    cfg, built, host_state, shardings = _built(
+        tuple(mesh_shape), tuple(sorted(overrides.items()))
+    )
     return (
-        cfg,
+        cfg.copy_and_resolve_references(),
         built.tokenizer,
         built.mesh,
         built.rules,
-        state,
+        jax.device_put(host_state, shardings),
         built.step_fn,
         built.batch_sharding,
     )

@@ -10,6 +10,7 @@ import pytest
 
 from imagen_jax.models import layers
 from imagen_jax.models.unet import UNet, UNetConfig
+from tests.params import perturbed
 
 CFG = UNetConfig(
     base_channels=16,
@@ -33,11 +34,8 @@ def _inputs(batch=2, res=16, length=5, dim=12):
 
 def _init_perturbed(model, inputs):
     """Init, then perturb the zero-initialised layers so outputs are non-trivial."""
-    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), *inputs)["params"])
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    return jax.tree.unflatten(tree, leaves)
+    params = model.init(jax.random.PRNGKey(0), *inputs)["params"]
+    return perturbed(nn.meta.unbox(params))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -275,11 +273,7 @@ def _context_params(model, inputs, ctx):
     params = nn.meta.unbox(
         model.init(jax.random.PRNGKey(0), *inputs, ctx, method=_with_context)["params"]
     )
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    return jax.tree.unflatten(
-        tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-    )
+    return perturbed(params)
 
 
 def test_padded_context_item_changes_nothing():

@@ -20,6 +20,7 @@ from imagen_jax.data import pipeline, text_cache
 from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.text import precompute, pretrained, t5_import
 from imagen_jax.text.tokenizers import make_tokenizer
+from tests.params import perturbed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_TRAIN = 96  # the smoke world's training records
@@ -98,15 +99,7 @@ def test_stored_embeddings_are_the_encoders_rounded(caches, hf_dir, dtype):
 def _live(params):
     """`params` with every all-zero array (the zero-initialised output layers)
     drawn at random: at init the text does not reach the loss at all."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    drawn = [
-        jax.device_put(0.1 * jax.random.normal(k, x.shape, x.dtype), x.sharding)
-        if not np.any(np.asarray(x))
-        else x
-        for k, x in zip(keys, leaves)
-    ]
-    return jax.tree.unflatten(tree, drawn)
+    return perturbed(params, scale=0.1, only_zero=True)
 
 
 def _train_step_fixture(cfg):
