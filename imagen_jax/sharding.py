@@ -77,7 +77,7 @@ def init_compiler_options(mesh: Mesh) -> dict[str, Any] | None:
     of every parameter's random draw: a jitted draw of 100 normals took
     minutes to compile. Its backend optimisations buy nothing for a program
     that runs once, and without them the smoke model's sharded init takes
-    2.7x less CPU time (docs/performance.md). Other backends keep theirs.
+    2.9x less CPU time (docs/performance.md). Other backends keep theirs.
     """
     if mesh.devices.flat[0].platform != "cpu":
         return None
