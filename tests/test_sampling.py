@@ -63,12 +63,6 @@ def test_to_uint8_range():
     np.testing.assert_array_equal(sampling.to_uint8(x), [0, 0, 128, 255, 255])
 
 
-def _perturbed(params):
-    """Params moved off their init: zero-initialised layers (the output, the
-    context and input-image layers) would otherwise hide what they read."""
-    return perturbed(params)
-
-
 B, K = 2, 4  # B * K = 8 differs from B and from 3 B (the guidance branches).
 KEY = jax.random.PRNGKey(0)
 
@@ -98,7 +92,7 @@ def _instruction(**model_fields):
     cfg.model.update(model_fields)
     cfg.data.max_context, cfg.data.ctx_text_len = K, 8
     model = build_model(cfg, make_tokenizer(cfg).vocab_size)
-    params = _perturbed(nn.meta.unbox(train_state.init_params(model, cfg)))
+    params = perturbed(nn.meta.unbox(train_state.init_params(model, cfg)))
     rng = np.random.default_rng(0)
     shapes = conditioning.batch_shapes(cfg.data, model.conditioning, B)
     batch = {
@@ -349,7 +343,7 @@ def test_text_to_image_guidance_runs_two_branches(setup):
 
 def test_text_to_image_is_classifier_free_guidance(setup):
     cfg, model, params, batch = setup
-    params = _perturbed(params)
+    params = perturbed(params)
     z = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
     logsnr = jnp.array([1.0, -2.0])
     guided = sampling.guided_denoiser(

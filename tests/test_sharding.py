@@ -82,8 +82,6 @@ def test_sharded_init_compiles_unoptimised_on_cpu_and_draws_the_same_values():
 
 
 def test_global_batch_is_split_over_data_axes():
-    import numpy as np
-
     mesh = sharding.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"))
     s = sharding.batch_sharding(mesh, ("data", "fsdp"))
     batch = sharding.global_batch({"x": np.arange(16 * 3).reshape(16, 3)}, s)
