@@ -10,7 +10,10 @@ Depth: objects are ranked by z (highest z = nearest). The nearest object is
 DEPTH_NEAREST metres away, each further rank DEPTH_STEP metres more, and the
 background is the far plane at DEPTH_FAR metres. Depth images are 8-bit grey
 linear in metres, nearer = brighter: grey = 255 * (1 - depth / DEPTH_FAR), so
-the background is black.
+the background is black. The ranks are DEPTH_STEP = 3 m apart, 77 grey
+levels, so that adjacent ranks stay apart in a sampled map (at 1 m, 26 levels,
+a model's depth maps on the CPU world put two objects' order at chance,
+session 34); three ranks and the far plane then span the grey range.
 
 Pure numpy and deterministic.
 """
@@ -28,7 +31,7 @@ from imagen_jax.data.shapes_world import Scene
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), inclusive pixels
 
 DEPTH_NEAREST = 1.0
-DEPTH_STEP = 1.0
+DEPTH_STEP = 3.0
 DEPTH_FAR = 10.0
 # Detection boxes are drawn in pure blue, a colour no object or background has.
 BOX_COLOUR = (0, 0, 255)

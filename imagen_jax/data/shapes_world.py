@@ -458,7 +458,12 @@ def _article(word: str) -> str:
 
 
 def _object_phrase(
-    obj: Obj, *, with_size: bool, with_pattern: bool, name: str | None = None
+    obj: Obj,
+    *,
+    with_size: bool,
+    with_pattern: bool,
+    name: str | None = None,
+    positioned: bool = True,
 ) -> str:
     words = [obj.size] if with_size else []
     if name:  # the name stands for colour, fill and shape
@@ -468,8 +473,10 @@ def _object_phrase(
         if with_pattern and obj.pattern != "solid":
             words.append(obj.pattern)
         words.append(obj.shape)
-    where = _POSITION_PHRASES.get(obj.position, f"at the {obj.position}")
-    return f"{_article(words[0])} {' '.join(words)} {where}"
+    phrase = f"{_article(words[0])} {' '.join(words)}"
+    if not positioned:
+        return phrase
+    return f"{phrase} {_POSITION_PHRASES.get(obj.position, f'at the {obj.position}')}"
 
 
 def background_phrase(background: Background) -> str:
@@ -547,8 +554,11 @@ def _choose(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
-def _varied_object(obj: Obj, rng: np.random.Generator, grammar: str) -> str:
-    """One object in a construction of `grammar` ("varied" or "unseen")."""
+def _varied_object(
+    obj: Obj, rng: np.random.Generator, grammar: str, positioned: bool = True
+) -> str:
+    """One object in a construction of `grammar` ("varied" or "unseen"),
+    without its position if not `positioned`."""
     w = _object_words(obj, rng, grammar)
     with_size, with_pattern = rng.random() >= 0.25, rng.random() >= 0.25
     adjs = [w["size"]] if with_size else []
@@ -558,26 +568,28 @@ def _varied_object(obj: Obj, rng: np.random.Generator, grammar: str) -> str:
     noun = " ".join(adjs + [w["shape"]])
     a = _article(noun)
     where = _where(obj.position, rng, grammar)
+    at = f" {where}" if positioned else ""
     if grammar == "unseen":
         form = int(rng.integers(3))
         if form == 0:  # "top left: a big red circle"
-            return f"{obj.position}: {a} {noun}"
+            return f"{obj.position}: {a} {noun}" if positioned else f"{a} {noun}"
         if form == 1:  # "a big circle in red at the top left"
             thing = f"{w['size']} {w['shape']}" if with_size else w["shape"]
-            return f"{_article(thing)} {thing} in {w['colour']} {where}"
-        return f"there is {a} {noun} {where}"
+            return f"{_article(thing)} {thing} in {w['colour']}{at}"
+        return f"there is {a} {noun}{at}"
     form = int(rng.integers(5))
     if form == 1:  # where first
-        return f"{where}, {a} {noun}"
+        return f"{where}, {a} {noun}" if positioned else f"{a} {noun}"
     if form == 2:  # terse
-        return f"{noun}, {obj.position}"
+        return f"{noun}, {obj.position}" if positioned else noun
     if form == 3:  # wordy
         traits = " and ".join([w["colour"]] + ([w["size"]] if with_size else []))
-        return f"{_article(w['shape'])} {w['shape']} that is {traits}, {where}"
+        wordy = f"{_article(w['shape'])} {w['shape']} that is {traits}"
+        return f"{wordy},{at}" if positioned else wordy
     if form == 4 and "pattern" in w and with_pattern:  # pattern as a noun
         plain = " ".join(([w["size"]] if with_size else []) + [w["colour"], w["shape"]])
-        return f"{_article(plain)} {plain} with {w['pattern_noun']} {where}"
-    return f"{a} {noun} {where}"
+        return f"{_article(plain)} {plain} with {w['pattern_noun']}{at}"
+    return f"{a} {noun}{at}"
 
 
 def _background_clause(
@@ -595,6 +607,7 @@ def describe(
     grammar: str = "plain",
     background: bool | None = None,
     names: Mapping[str, str] | None = None,
+    positioned: bool = True,
 ) -> tuple[str, bool]:
     """A caption of `scene` in `grammar`, and whether it names the background.
 
@@ -607,6 +620,8 @@ def describe(
       names: position -> subject name of a named object there, which the
         caption calls by its name ("a zorblat at the top left"); plain grammar
         only. Without names the output is unchanged.
+      positioned: say where each object is; False leaves that to something
+        else (a control map gives the layout).
 
     Returns:
       (caption, names_background).
@@ -633,11 +648,12 @@ def describe(
                 with_size=keep(0.25),
                 with_pattern=keep(0.25),
                 name=names.get(o.position),
+                positioned=positioned,
             )
             for o in objects
         ]
     else:
-        phrases = [_varied_object(o, rng, grammar) for o in objects]
+        phrases = [_varied_object(o, rng, grammar, positioned) for o in objects]
     text = _join(phrases)
     named = keep(0.3) if background is None else background
     if named:

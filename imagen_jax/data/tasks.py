@@ -633,7 +633,10 @@ class Condition:
         other position except the `free` ones), "layout" (each of `objects`
         at its position with its shape and size, nothing elsewhere),
         "subject" (some object has `identity` = (shape, colour, pattern)) or
-        "style" (the background is `background`).
+        "style" (the background is `background`). With `anywhere`, "objects"
+        asks for each object's shape and colour wherever it is (a caption
+        that leaves the layout to a control map); `exclusive` then allows no
+        more objects than listed.
     """
 
     kind: str
@@ -641,6 +644,7 @@ class Condition:
     absent: tuple[str, ...] = ()
     free: tuple[str, ...] = ()
     exclusive: bool = False
+    anywhere: bool = False
     identity: tuple[str, str, str] | None = None
     background: Background | None = None
 
@@ -762,9 +766,13 @@ def _with_objects(
     )
 
 
-def _objects_caption(scene: Scene, rng: np.random.Generator, w: World) -> str:
+def _objects_caption(
+    scene: Scene, rng: np.random.Generator, w: World, positioned: bool = True
+) -> str:
     """A varied caption of the objects only (no background clause)."""
-    return shapes_world.describe(scene, rng, w.grammar, background=False)[0]
+    return shapes_world.describe(
+        scene, rng, w.grammar, background=False, positioned=positioned
+    )[0]
 
 
 def _maybe_background(scene: Scene, rng: np.random.Generator) -> str:
@@ -786,9 +794,16 @@ def _refer(scene: Scene, index: int, rng: np.random.Generator) -> str:
     return _choice(rng, options)
 
 
-def _scene_conditions(scene: Scene, names_background: bool) -> dict[str, Condition]:
-    """The caption's objects (exclusively), and the style if the text names it."""
-    conditions = {"text": Condition("objects", objects=scene.objects, exclusive=True)}
+def _scene_conditions(
+    scene: Scene, names_background: bool, anywhere: bool = False
+) -> dict[str, Condition]:
+    """The caption's objects (exclusively; wherever they are with `anywhere`),
+    and the style if the text names it."""
+    conditions = {
+        "text": Condition(
+            "objects", objects=scene.objects, exclusive=True, anywhere=anywhere
+        )
+    }
     if names_background:
         conditions["style"] = Condition("style", background=scene.background)
     return conditions
@@ -885,13 +900,15 @@ def _text_to_image(rng: np.random.Generator, w: World, templates) -> Built:
 def _control_to_image(kind: str) -> Callable[..., Built]:
     def build(rng: np.random.Generator, w: World, templates) -> Built:
         scene = _random_scene(rng, w)
-        caption, named = shapes_world.describe(scene, rng, w.grammar)
+        # The caption says what the objects look like, the map where they are
+        # (so that the map, not the text, gives the layout).
+        caption, named = shapes_world.describe(scene, rng, w.grammar, positioned=False)
         noun = _choice(rng, _CONTROL_NOUNS[kind])
         control = _CONTROL_MAPS[kind](scene, w.resolution)
         text, template = _pick(rng, templates, caption=caption, control=noun)
         conditions = {
             "control": Condition("layout", objects=scene.objects),
-            **_scene_conditions(scene, named),
+            **_scene_conditions(scene, named, anywhere=True),
         }
         context = (ContextItem("[ref#1]", noun, control),)
         meta = {
@@ -1218,11 +1235,13 @@ def _control_style(rng: np.random.Generator, w: World, templates) -> Built:
     kind = _choice(rng, tuple(_CONTROL_MAPS))
     noun = _choice(rng, _CONTROL_NOUNS[kind])
     control = _CONTROL_MAPS[kind](scene, w.resolution)
-    content = _objects_caption(scene, rng, w)
+    content = _objects_caption(scene, rng, w, positioned=False)
     text, template = _pick(rng, templates, content=content, control=noun)
     conditions = {
         "control": Condition("layout", objects=scene.objects),
-        "text": Condition("objects", objects=scene.objects, exclusive=True),
+        "text": Condition(
+            "objects", objects=scene.objects, exclusive=True, anywhere=True
+        ),
         "style": Condition("style", background=scene.background),
     }
     meta = {

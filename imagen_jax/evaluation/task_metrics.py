@@ -309,6 +309,14 @@ def _grade_placement(condition: Condition, objects: Sequence[Any]) -> float:
     for o in objects:  # Largest first: a position keeps its largest object.
         at.setdefault(o.position, o)
     attrs = ("shape", "size") if condition.kind == "layout" else ("shape", "colour")
+    if condition.anywhere:  # each object's best match, wherever it is
+        scores = [
+            max((_attribute_score(f, o, attrs) for f in at.values()), default=0.0)
+            for o in condition.objects
+        ]
+        if condition.exclusive:
+            scores += [0.0] * max(0, len(at) - len(condition.objects))
+        return _grade(scores)
     scores = [_attribute_score(at.get(o.position), o, attrs) for o in condition.objects]
     scores += [0.0 if p in at else 1.0 for p in condition.absent]
     if condition.exclusive or condition.kind == "layout":
@@ -330,7 +338,9 @@ def grade_condition(
       shape and colour (1), one of them (0.5) or nothing is there (0);
       `absent` positions must be empty; with `exclusive`, an object anywhere
       else counts 0. The condition is 1 if everything is right, 0.5 if the
-      mean is >= 0.5, else 0.
+      mean is >= 0.5, else 0. With `anywhere`, each listed object is scored
+      on its best parsed match wherever it is, and with `exclusive` each
+      object beyond the listed count scores 0.
     - layout (control maps): the same with shape and size, always exclusive.
     - subject: the best parsed object matches all of (shape, colour, pattern)
       (1), two of them (0.5), else 0. Given `resolution`, the pattern wanted
@@ -361,8 +371,9 @@ def condition_attributes(
 
     Each value is 1 or 0 (averaged over the condition's objects):
     - objects: `colour`, `shape` (some parsed object has the wanted colour /
-      shape, wherever it is) and `position` (some object is at the wanted
-      position); `absent` positions empty count as `removed`;
+      shape, wherever it is) and, but with `anywhere`, `position` (some
+      object is at the wanted position); `absent` positions empty count as
+      `removed`;
     - layout (control maps): `shape`, `size`, `position` as above;
     - subject: `identity` (shape, colour and fill all right) and each of them,
       the fill also as `pattern_<wanted fill>`;
@@ -385,7 +396,7 @@ def condition_attributes(
             if condition.objects
             else {}
         )
-        if condition.objects:
+        if condition.objects and not condition.anywhere:
             out["position"] = float(
                 np.mean(
                     [

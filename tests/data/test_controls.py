@@ -101,12 +101,12 @@ def test_depth_map_nearer_is_brighter_and_background_black():
     labels = controls.label_map(SCENE, R)
     assert (grey[labels == -1] == 0).all()
     level = {i: set(np.unique(grey[labels == i])) for i in range(3)}
-    # z 2 (nearest) -> 1 m, z 1 -> 2 m, z 0 -> 3 m; grey = 255 * (1 - d / 10).
-    assert level == {0: {230}, 2: {204}, 1: {179}}
+    # z 2 (nearest) -> 1 m, z 1 -> 4 m, z 0 -> 7 m; grey = 255 * (1 - d / 10).
+    assert level == {0: {230}, 2: {153}, 1: {77}}
     np.testing.assert_array_equal(controls.depth_target(SCENE, R), depth)
-    np.testing.assert_allclose(controls.object_depths(SCENE), [1.0, 3.0, 2.0])
+    np.testing.assert_allclose(controls.object_depths(SCENE), [1.0, 7.0, 4.0])
     np.testing.assert_allclose(
-        controls.grey_to_depth([230, 204, 179, 0]), [0.98, 2.0, 2.98, 10.0], atol=0.03
+        controls.grey_to_depth([230, 153, 77, 0]), [0.98, 4.0, 6.98, 10.0], atol=0.03
     )
 
 

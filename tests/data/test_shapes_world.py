@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -201,6 +202,22 @@ def test_varied_captions_name_every_object():
         assert all(_mentions(text, o) for o in scene.objects), text
     scene = _scenes(1, min_objects=3)[0]
     assert len({sw.caption(scene, rng) for _ in range(30)}) > 3
+
+
+@pytest.mark.parametrize("grammar", sw.GRAMMARS)
+def test_unpositioned_captions_name_the_objects_but_not_where(grammar):
+    position_words = re.compile(r"\b(top|bottom|left|right|center|middle)\b")
+    for seed, scene in enumerate(_scenes(120, max_objects=3)):
+        kwargs = dict(grammar=grammar, background=False)
+        positioned, _ = sw.describe(scene, np.random.default_rng(seed), **kwargs)
+        text, _ = sw.describe(
+            scene, np.random.default_rng(seed), positioned=False, **kwargs
+        )
+        assert not position_words.search(text), text
+        assert all(o.colour in text and o.shape in text for o in scene.objects), text
+        # The same draws: only the positions are left out.
+        assert position_words.search(positioned), positioned
+        assert len(text) < len(positioned)
 
 
 def test_held_out_triples():

@@ -204,6 +204,21 @@ def test_controls_are_context_and_input_image():
         np.testing.assert_array_equal(item.image, expected)
 
 
+@pytest.mark.parametrize("task", ["edge_to_image", "sketch_to_image", "control+style"])
+def test_control_captions_leave_the_layout_to_the_map(task):
+    position_words = re.compile(r"\b(top|bottom|left|right|center|middle)\b")
+    for index in range(16):
+        for unseen in (False, True):
+            ex = tasks.make_example(task, index, 0, R, unseen=unseen)
+            text = ex.instruction.text
+            assert not position_words.search(text), text
+            conditions = ex.meta["conditions"]
+            assert conditions["text"].anywhere and conditions["text"].exclusive
+            assert not conditions["control"].anywhere  # The map's places count.
+            scene = ex.meta["scene"]
+            assert all(o.colour in text and o.shape in text for o in scene.objects)
+
+
 def test_edit_changes_one_object():
     ops = set()
     for index in range(12):

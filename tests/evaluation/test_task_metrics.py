@@ -247,6 +247,14 @@ def test_grade_condition_units():
     assert (
         tm.grade_condition(layout, [dataclasses.replace(red, size="small")], bg) == 0.5
     )
+    anywhere = dataclasses.replace(text, anywhere=True)  # A caption without places.
+    moved = [dataclasses.replace(red, position="bottom")]
+    assert tm.grade_condition(text, moved, bg) == 0.0
+    assert tm.grade_condition(anywhere, moved, bg) == 1.0
+    assert tm.grade_condition(anywhere, objs, bg) == 0.5  # One extra object.
+    assert tm.grade_condition(anywhere, wrong_colour, bg) == 0.5
+    assert tm.grade_condition(anywhere, [], bg) == 0.0
+    assert "position" not in tm.condition_attributes(anywhere, moved, bg)
     subject = Condition("subject", identity=("circle", "red", "dotted"))
     assert tm.grade_condition(subject, objs, bg) == 0.5  # Pattern differs.
     assert (
