@@ -1,9 +1,16 @@
-"""Test set-up: 8 fake CPU devices, created before JAX starts."""
+"""Test set-up: 8 fake CPU devices and the tests' XLA options
+(`tests.child_env`), set before JAX starts."""
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+from tests import child_env
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [
+        os.environ.get("XLA_FLAGS", ""),
+        "--xla_force_host_platform_device_count=8",
+        child_env.XLA_FLAGS,
+    ]
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The tests compile far more than they step: with one malloc arena XLA's

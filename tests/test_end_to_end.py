@@ -11,6 +11,7 @@ from PIL import Image
 from experiments import t2i_shapes
 from imagen_jax import generate, inference, instructions, train
 from imagen_jax.evaluation import sweep
+from tests.child_env import child_env
 
 
 def _config(smoke_world, steps):
@@ -80,8 +81,7 @@ def test_sample_grid_written_by_launcher(smoke_world, tmp_path):
     req.write_text(json.dumps({"text": "a blue square", "steps": 2, "num_images": 3}))
     out = tmp_path / "out.png"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root}
-    env.pop("XLA_FLAGS", None)  # one CPU device: restores onto another mesh
+    env = child_env()  # one CPU device: restores onto another mesh
     proc = subprocess.run(
         [
             sys.executable,

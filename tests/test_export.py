@@ -28,6 +28,7 @@ from imagen_jax import (
 )
 from imagen_jax.models.imagen import build_model
 from imagen_jax.text import tokenizers
+from tests.child_env import child_env
 from tests.params import perturbed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,7 +240,8 @@ def test_fresh_process_serves_bundles_with_jax_alone(
         "requests": {"t2i": T2I_REQUEST, "instruct": request},
         "out": str(tmp_path / "out.npz"),
     }
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+    env = child_env()
+    del env["PYTHONPATH"]
     proc = subprocess.run(
         [sys.executable, "-c", FRESH, json.dumps(args)],
         cwd=str(tmp_path),
@@ -265,8 +267,7 @@ def test_fresh_process_serves_bundles_with_jax_alone(
 
 
 def _run_export(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("XLA_FLAGS", None)
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", "launch.export", *args],
         cwd=ROOT,

@@ -24,6 +24,7 @@ from tensorboard.util import tensor_util
 
 from experiments import t2i_shapes
 from imagen_jax import checkpointing, optim, train, train_state
+from tests.child_env import child_env
 from tests.test_checkpoint_integrity import _damage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,8 +160,7 @@ def _train(
 ) -> subprocess.Popen:
     """`launch.train` of the smoke config; `flags` and `env` add to the
     defaults."""
-    env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user's first run
+    env = child_env(**(env or {}))  # one CPU device, as a user's first run
     args = [
         "--config=experiments/t2i_shapes.py:smoke",
         f"--workdir={workdir}",

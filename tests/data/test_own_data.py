@@ -16,6 +16,7 @@ from imagen_jax import train
 from imagen_jax.data import pipeline
 from imagen_jax.data.tfds import own_data
 from imagen_jax.text.tokenizers import ByteTokenizer
+from tests.child_env import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (width, height, PIL mode) of the readable images: landscape, portrait,
@@ -49,8 +50,7 @@ def _write_folder(folder):
 
 
 def _run(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("XLA_FLAGS", None)
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", "launch.build_data", *args],
         cwd=ROOT,

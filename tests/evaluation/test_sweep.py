@@ -10,6 +10,7 @@ from PIL import Image
 
 from experiments import stage1_shapes, stage2_shapes, t2i_shapes
 from imagen_jax.evaluation import evaluate, report, sweep
+from tests.child_env import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -296,8 +297,7 @@ def test_killed_sweep_resumes_without_repeating_cells(workdir, monkeypatch):
 
 
 def test_launcher_names_the_sweeps_it_knows(tmp_path):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("XLA_FLAGS", None)
+    env = child_env()
     proc = subprocess.run(
         [
             sys.executable,

@@ -20,6 +20,7 @@ from imagen_jax.data import pipeline, text_cache
 from imagen_jax.models.imagen import Imagen, build_model
 from imagen_jax.text import precompute, pretrained, t5_import
 from imagen_jax.text.tokenizers import make_tokenizer
+from tests.child_env import child_env
 from tests.params import perturbed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -255,8 +256,7 @@ def test_an_interrupted_encoding_leaves_no_cache(
 
 
 def _encode_text(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("XLA_FLAGS", None)
+    env = child_env(TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
         [sys.executable, "-m", "launch.encode_text", *args],
         cwd=ROOT,
