@@ -245,6 +245,11 @@ def _write_record(row: dict, rows: list[dict], out_dir: str) -> None:
         json.dump(record, f, indent=2)
 
 
+def as_json(row: dict) -> dict:
+    """`row` as its JSON record holds it (tuples become lists)."""
+    return json.loads(json.dumps(row))
+
+
 def _carried(carry: str | None, row: dict) -> dict | None:
     """The record of `row`'s model in the `carry` directory, if there is one."""
     path = os.path.join(carry, f"{row['name']}.json") if carry else ""
@@ -252,7 +257,7 @@ def _carried(carry: str | None, row: dict) -> dict | None:
         return None
     with open(path) as f:
         record = json.load(f)
-    if record.get("entry") != row:
+    if record.get("entry") != as_json(row):
         raise ValueError(
             f"{path} was made for the table entry {record.get('entry')}, but the "
             f"table now has {row}: train {row['name']} again, or remove the record"

@@ -562,6 +562,11 @@ def test_low_snr_tasks_mark_their_examples_in_the_batch():
             int(transform.map(example)["low_snr"])
         )
     assert marks == {"classification": {1}, "segmentation": {0}}
-    cfg.low_snr_tasks = ("classification", "edit")
-    with pytest.raises(ValueError, match=r"low_snr_tasks names tasks \['edit'\]"):
+    # A task the mixture leaves out marks nothing; a misspelt one is refused.
+    cfg.low_snr_tasks = ("segmentation_x", "edit")
+    with pytest.raises(ValueError, match=r"unknown tasks \['segmentation_x'\]"):
         pipeline.TaskSource(cfg, "train")
+    cfg.mixture = {"segmentation": 1.0}
+    cfg.low_snr_tasks = ("classification",)
+    source = pipeline.TaskSource(cfg, "train")
+    assert {int(transform.map(source[i])["low_snr"]) for i in range(4)} == {0}

@@ -164,9 +164,13 @@ def test_the_readme_command_trains_row_a():
     for var, row in (("T2I_MINUTES", "t2i"), ("STAGE2_MINUTES", "a")):
         default = re.search(rf'{var}="\$\{{{var}:-(\d+)\}}"', script)
         assert default and int(default.group(1)) == rows[row]["minutes"], var
-    given = dict(re.findall(r"--config\.([\w.]+)=(\S+?)[)\s]", script))
+    # Every RECIPE field as its Python literal; the model's fields (the ones
+    # evaluation needs as well) in MODEL.
+    model = re.search(r"^MODEL=\((.*)\)$", script, re.M).group(1).split()
     for field, value in stage2_shapes.RECIPE.items():
-        assert field in given and float(given[field]) == value, field
+        flag = f"--config.{field}={value!r}"
+        assert flag in script, flag
+        assert (flag in model) == field.startswith("model."), flag
     assert f'ARG="{rows["a"]["arg"]}"' in script
     assert f'T2I_ARG="{rows["t2i"]["arg"]}"' in script
     assert 'stage2_shapes.py:$T2I_ARG,minutes=$T2I_MINUTES"' in script
@@ -175,9 +179,10 @@ def test_the_readme_command_trains_row_a():
     assert built < script.index("launch.train")
     assert 'stage2_shapes.py:$ARG,minutes=$STAGE2_MINUTES"' in script
     assert 'stage2_shapes.py:$ARG" --workdir' in script
-    evaluated = script[script.index("launch.eval") :]
-    level = stage2_shapes.RECIPE["model.context_level"]
-    assert f"--config.model.context_level={level}" in evaluated
+    trained = script[script.index("stage2_shapes.py:$ARG,minutes") :]
+    assert '"${RECIPE[@]}"' in trained[: trained.index("launch.eval")]
+    assert 'RECIPE=("${MODEL[@]}"' in script
+    assert '"${MODEL[@]}"' in script[script.index("launch.eval") :]
 
 
 def test_each_column_states_its_training_compute():
@@ -234,7 +239,7 @@ def test_models_of_earlier_sessions_are_carried_by_their_records(tmp_path, capsy
     carry = tmp_path / "carry"
     table._write_record(entry, [scored], str(carry / "."))
     record = json.loads((carry / "cpu_instruct.json").read_text())
-    assert record["entry"] == entry and record["rows"] == [scored]
+    assert record["entry"] == table.as_json(entry) and record["rows"] == [scored]
     assert record["machine"] and record["date"]
 
     runs = str(tmp_path / "runs")
@@ -315,7 +320,7 @@ def test_a_run_directory_of_another_model_is_refused(tmp_path, monkeypatch):
     path = os.path.join(workdir, "config.json")
     with open(path) as f:
         saved = json.load(f)
-    del saved["model"]["input_memory"]
+    del saved["model"]["context_norm"]
     with open(path, "w") as f:
         json.dump(saved, f)
     assert table.run(stage2_shapes.get_config, rows, runs) == []
@@ -347,7 +352,7 @@ def test_the_committed_records_match_the_table_they_stand_in_for():
         name = os.path.basename(path)[: -len(".json")]
         # A record whose entry is no longer the table's would be refused by
         # --carry: retrain the model or remove the record.
-        assert record["entry"] == entries[name], path
+        assert record["entry"] == table.as_json(entries[name]), path
         assert {r["model"] for r in record["rows"]} == {name}, path
         assert {r["row"] for r in record["rows"]} == {entries[name]["row"]}, path
 
