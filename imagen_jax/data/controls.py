@@ -13,7 +13,8 @@ linear in metres, nearer = brighter: grey = 255 * (1 - depth / DEPTH_FAR), so
 the background is black. The ranks are DEPTH_STEP = 3 m apart, 77 grey
 levels, so that adjacent ranks stay apart in a sampled map (at 1 m, 26 levels,
 a model's depth maps on the CPU world put two objects' order at chance,
-session 34); three ranks and the far plane then span the grey range.
+session 34; at 3 m, right in 0.83 of examples, session 35); three ranks and
+the far plane then span the grey range.
 
 Pure numpy and deterministic.
 """

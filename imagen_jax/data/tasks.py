@@ -9,7 +9,8 @@ the scene(s) and the conditions the target satisfies, which
 Tasks (DESIGN §1b):
 - text_to_image: a caption.
 - edge/mask/depth/sketch_to_image: a control map as context item `[ref#1]`
-  (also the channel-concat input, since it is pixel-aligned) plus a caption.
+  (also the channel-concat input, since it is pixel-aligned) plus a caption
+  of what the objects look like; where they are, only the map says.
 - subject: a named subject shown in 1-3 reference images (context text
   "a zorblat"), placed in a new scene.
 - style_generation: a style image (same background style, other content);
