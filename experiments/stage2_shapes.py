@@ -5,9 +5,8 @@
     python -m launch.eval --config experiments/stage2_shapes.py --workdir runs/stage2
 
 Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
-- simple: the CPU world (one or two objects per generation scene, one per
-  query, any fill and background, any subject identity under a made-up
-  name; `tasks.WORLDS`), which 2 CPU cores
+- simple: the CPU world (one object per scene, any fill and background, any
+  subject identity under a made-up name; `tasks.WORLDS`), which 2 CPU cores
   learn; without it the full world (1-3 objects), for accelerators;
 - task=NAME: train on that one task (a mechanism probe or a single-task
   specialist) and evaluate it alone; `task=A/B` trains and evaluates a few

@@ -76,9 +76,6 @@ class World:
       resolution: image side in pixels; a positive multiple of 16.
       max_objects: most objects in a scene, a subject's companions included;
         scenes that must hold more (two subjects) hold exactly those.
-      reference_extras: most other objects in a subject's reference image
-        (within max_objects); with none, one reference image already says
-        which object the subject is.
       depth_objects: (fewest, most) objects of a depth-estimation scene:
         ordering is only scored between two objects or more.
       named_subjects: subjects are shapes_world's named identities (a fixed,
@@ -99,7 +96,6 @@ class World:
     name: str
     resolution: int = 32
     max_objects: int = 3
-    reference_extras: int = 1
     depth_objects: tuple[int, int] = (1, 3)
     named_subjects: bool = True
     grammar: str = "varied"
@@ -110,16 +106,8 @@ class World:
 WORLDS: Mapping[str, World] = types.MappingProxyType(
     {
         "full": World("full"),
-        # Generation scenes of one or two objects (two subjects side by side
-        # is a zero-shot task); the tasks that ask about a named object see it
-        # alone.
         "simple": World(
-            "simple",
-            max_objects=2,
-            reference_extras=0,
-            depth_objects=(2, 2),
-            named_subjects=False,
-            query_objects=(1, 1),
+            "simple", max_objects=1, depth_objects=(2, 2), named_subjects=False
         ),
     }
 )
@@ -882,7 +870,7 @@ def _subject_references(
     items = []
     for _ in range(count):
         obj = _subject_obj(rng, identity, shapes_world.POSITIONS)
-        scene = _with_objects(rng, w, [obj], max_extra=w.reference_extras)
+        scene = _with_objects(rng, w, [obj], max_extra=1)
         image = shapes_world.render(scene, w.resolution)
         items.append(ContextItem(marker, f"{_article(name)} {name}", image))
     return items

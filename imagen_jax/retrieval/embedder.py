@@ -867,9 +867,8 @@ class PrecomputedEmbeddings:
 
 
 def cpu_world_scene(rng: np.random.Generator) -> shapes_world.Scene:
-    """A scene of the CPU world's stage 1: one object (as the simple task
-    world's query tasks; its generation scenes hold one or two), any fill and
-    background, avoiding the held-out (shape, colour, position)s."""
+    """A scene of the CPU world (`tasks.WORLDS["simple"]`): one object, any
+    fill and background, avoiding the held-out (shape, colour, position)s."""
     return shapes_world.sample_scene(
         rng, min_objects=1, max_objects=1, exclude=shapes_world.held_out_triples()
     )

@@ -332,52 +332,18 @@ def test_examples_tokenise_to_arrays():
         )
 
 
-_QUERY_TASKS = ("segmentation", "detection", "classification")
-
-
 @pytest.mark.parametrize("name", ALL)
-def test_simple_world_scene_sizes(name):
-    # The query tasks ask about one object alone, and a subject placed by a
-    # map stands alone; depth ordering and two subjects need two; every other
-    # scene holds one or two, and both occur.
-    if name in (*_QUERY_TASKS, "control+subject"):
-        wanted = {1}
-    elif name in ("multi_subject", "depth_estimation"):
-        wanted = {2}
-    else:
-        wanted = {1, 2}
-    counts = set()
-    for index in range(16):
+def test_simple_world_scenes_hold_one_object(name):
+    wanted = {"multi_subject": 2, "depth_estimation": 2}.get(name, 1)
+    for index in range(8):
         ex = tasks.make_example(name, index, 0, R, world="simple")
         scene = ex.meta.get("input_scene", ex.meta["scene"])  # edits may remove
-        counts.add(len(scene.objects))
+        assert len(scene.objects) == wanted, scene
         for item in ex.instruction.context:  # references and style images too
             assert item.image.shape == (R, R, 3)
         instructions.validate(
             ex.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
         )
-    assert counts == wanted
-
-
-def test_simple_world_subject_references_show_the_subject_alone(monkeypatch):
-    # With no other object in a reference, one image says what the subject is;
-    # the full world's references may hold another.
-    drawn = []
-    render = shapes_world.render
-
-    def recording(scene, resolution):
-        drawn.append(scene)
-        return render(scene, resolution)
-
-    monkeypatch.setattr(shapes_world, "render", recording)
-    for world, most in (("simple", 1), ("full", 2)):
-        w = tasks.get_world(world, R)
-        drawn.clear()
-        for index in range(40):
-            rng = np.random.default_rng(index)
-            (subject,) = tasks._sample_subjects(rng, w, 1)
-            tasks._subject_references(rng, w, subject, "[ref#1]", 1)
-        assert max(len(scene.objects) for scene in drawn) == most
 
 
 def test_simple_world_subjects_are_any_identity_under_a_made_up_name():
@@ -403,18 +369,16 @@ def test_unknown_world_is_an_error():
 
 
 def test_unseen_examples_use_the_unseen_caption_grammar():
-    # The held-apart constructions ("top right: a ...", "there is ...", "...
-    # over a ... background") never appear in training captions; a training
-    # template may end in a colon ("Generate a picture: ...").
-    held_apart = re.compile(r"(left|right|top|bottom|center): an? |there is | over a ")
+    # The held-apart constructions never appear in training captions.
+    markers = (": a", ": an", "there is", " over a ")
     for index in range(40):
         seen = tasks.make_example("text_to_image", index, 0, R, world="simple")
-        assert not held_apart.search(seen.instruction.text), seen.instruction.text
+        assert not any(m in seen.instruction.text for m in markers)
     unseen = [
         tasks.make_example("text_to_image", i, 0, R, unseen=True, world="simple")
         for i in range(40)
     ]
-    assert sum(bool(held_apart.search(e.instruction.text)) for e in unseen) > 20
+    assert sum(any(m in e.instruction.text for m in markers) for e in unseen) > 20
 
 
 def test_plain_examples_keep_the_conditions_without_instruction_words():
@@ -427,8 +391,6 @@ def test_plain_examples_keep_the_conditions_without_instruction_words():
         np.testing.assert_array_equal(plain.target, full.target)
         assert len(plain.instruction.context) == len(full.instruction.context)
         words = set(plain.instruction.text.lower().split())
-        for item in plain.instruction.context:  # a map's noun, e.g. "depth image"
-            words -= set(item.text.lower().split())
         assert not words & {"generate", "draw", "style", "render", "image"}, name
         instructions.validate(
             plain.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
