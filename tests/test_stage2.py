@@ -30,6 +30,7 @@ def _stage2(init_from, steps):
     cfg.init_from = init_from
     cfg.train.num_steps = steps
     cfg.evals.tasks.per_task = 2
+    cfg.evals.tasks.zero_shot_per_task = 3
     cfg.evals.tasks.batch_size = 2
     return cfg
 
@@ -68,6 +69,10 @@ def test_stage2_trains_on_the_mixture_and_scores_every_task(stage2_run):
         assert name in names and f"{name}/unseen_paraphrase" in names
     for name in tasks.ZERO_SHOT_TASKS:
         assert f"zero_shot/{name}" in names
+    counts = {r["task"]: r["n"] for r in rows if r["metric"] == "o"}
+    assert counts["subject"] == 2 and counts["subject/text_only"] == 2
+    assert counts["zero_shot/multi_subject"] == 3
+    assert counts["zero_shot/multi_subject/text_only"] == 3
     for r in rows:
         # This run has no embedder: its distribution rows say so instead.
         if r["value"] is None:

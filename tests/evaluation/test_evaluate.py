@@ -36,6 +36,16 @@ def test_runs_of_named_tasks_only():
         evaluate._runs(_cfg(names=["subjekt"]), tasks)
 
 
+def test_zero_shot_tasks_can_take_more_examples():
+    counts = evaluate._examples_per_task(_cfg(per_task=24), tasks)
+    assert set(counts) == set(tasks.TASKS) and set(counts.values()) == {24}
+    counts = evaluate._examples_per_task(
+        _cfg(per_task=24, zero_shot_per_task=96), tasks
+    )
+    assert {counts[n] for n in tasks.ZERO_SHOT_TASKS} == {96}
+    assert {counts[n] for n in tasks.TRAIN_TASKS} == {24}
+
+
 def test_drop_conditions_masks_context_and_input_image_only():
     batch = {
         "text_mask": np.ones((2, 4), bool),
