@@ -590,7 +590,9 @@ def save_embedder(
 
 def _read_spec(workdir: str) -> tuple[ml_collections.ConfigDict, int]:
     """(config, image size) of a saved embedder; ValueError naming the problem."""
-    path = os.path.join(os.path.abspath(workdir), SPEC_FILE)
+    # The path as given, so that a message (and the rows that carry it) names
+    # no directory of the machine it ran on.
+    path = os.path.join(workdir, SPEC_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"{path} not found: is {workdir} an embedder's workdir?")
     try:

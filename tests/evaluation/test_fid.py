@@ -103,3 +103,13 @@ def test_embedder_image_tower_is_the_default_network(tmp_path):
     assert all(np.isfinite(r["value"]) for r in rows)
     with pytest.raises(ValueError, match="embedder"):
         fid.embedder_features(str(tmp_path / "nothing"))
+
+
+def test_missing_embedder_is_named_as_given(tmp_path, monkeypatch):
+    """The message (which eval rows carry) names the path relative as given,
+    not the machine's absolute directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as e:
+        fid.embedder_features("runs/x/embedder")
+    assert "runs/x/embedder/" in str(e.value)
+    assert str(tmp_path) not in str(e.value)
