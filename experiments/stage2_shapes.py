@@ -210,6 +210,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # answer, a whole-image colour, is decided below log-SNR -7, where the
     # plain schedule trains under 1% of the time; the other tasks need no move.
     c.data.low_snr_tasks = ()
+    # The tasks whose loss data.object_weight weighs toward the objects (a
+    # tuple of mixture names); empty weighs every task's. The other tasks'
+    # pixels weigh alike.
+    c.data.object_weight_tasks = ()
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).

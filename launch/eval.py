@@ -3,8 +3,13 @@
 Writes DIR/eval/results.json, results.md, report.html, plots and sample
 grids; prints the table. With `--sweep NAME` it runs the experiment file's
 `sweeps()[NAME]` (checkpoints x sampler x steps x guidance x tasks), skipping
-the cells results.json already holds, so a killed sweep resumes.
+the cells results.json already holds, so a killed sweep resumes. With
+`--record FILE` the rows also go to FILE with this command, the machine and
+the date (a record for docs/results/).
 """
+
+import shlex
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -24,6 +29,12 @@ flags.DEFINE_string(
     "",
     "Embedder workdir whose image tower gives the FID/KID features (default: "
     "the run's retrieval/embedder; without one those rows say so).",
+)
+flags.DEFINE_string(
+    "record",
+    "",
+    "Also write the rows to this JSON file with the command, the workdir, the "
+    "machine and the date (a record for docs/results/).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -55,6 +66,10 @@ def _eval():
     table = report.headline_markdown if FLAGS.sweep else evaluate.markdown_table
     print(table(rows))
     print(f"results: {FLAGS.workdir}/eval/results.json, report.html")
+    if FLAGS.record:
+        command = shlex.join(["python", "-m", "launch.eval", *sys.argv[1:]])
+        report.write_record(FLAGS.record, rows, command=command, model=FLAGS.workdir)
+        print(f"record: {FLAGS.record}")
 
 
 if __name__ == "__main__":

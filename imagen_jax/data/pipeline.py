@@ -75,12 +75,13 @@ class TaskSource:
         self._names = sorted(weights)
         # A named task the mixture leaves out has no examples to move (a
         # specialist of another task keeps the recipe's fields).
-        low_snr = sorted(set(cfg.get("low_snr_tasks", ())) - set(tasks.TASKS))
-        if low_snr:
-            raise ValueError(
-                f"config.data.low_snr_tasks names unknown tasks {low_snr}; "
-                f"known: {sorted(tasks.TASKS)}"
-            )
+        for field in ("low_snr_tasks", "object_weight_tasks"):
+            unknown = sorted(set(cfg.get(field, ())) - set(tasks.TASKS))
+            if unknown:
+                raise ValueError(
+                    f"config.data.{field} names unknown tasks {unknown}; "
+                    f"known: {sorted(tasks.TASKS)}"
+                )
         p = np.array([weights[n] for n in self._names], np.float64)
         self._p = p / p.sum()
         self._seed = cfg.seed + (0 if split == "train" else 1)
@@ -404,7 +405,11 @@ class InstructionArrays(grain.transforms.Map):
         )
         out = {"image": np.asarray(example.target, np.uint8), **arrays}
         if d.get("object_weight", 0.0):
-            out["position_mask"] = target_position_mask(example, d.resolution)
+            weighted = d.get("object_weight_tasks", ())
+            if not weighted or example.task in weighted:
+                out["position_mask"] = target_position_mask(example, d.resolution)
+            else:  # every pixel weighs alike (data.object_weight_tasks)
+                out["position_mask"] = np.zeros((d.resolution,) * 2, np.uint8)
         if d.get("low_snr_tasks"):  # the examples diffusion.low_snr_share moves
             out["low_snr"] = np.uint8(example.task in d.low_snr_tasks)
         return out

@@ -16,11 +16,15 @@ When the rows hold the reference sampler setting (DDIM-50) and fewer steps,
 
 from __future__ import annotations
 
+import datetime
 import glob
 import html
+import json
 import math
 import os
 from collections.abc import Sequence
+
+from imagen_jax import machine
 
 # Settings of a row (`sweep.SETTINGS`), kept here so the report needs no model code.
 SETTINGS = (
@@ -427,3 +431,17 @@ def write(rows: Sequence[dict], out_dir: str) -> dict[str, object]:
         "plots": plots,
         "html": write_html(rows, out_dir, plots),
     }
+
+
+def write_record(path: str, rows: Sequence[dict], **fields) -> None:
+    """A record of evaluated `rows` (for docs/results/): `fields` (the command,
+    the model), the machine and the date, then the rows."""
+    record = {
+        **fields,
+        "machine": machine.cpu_model(),
+        "date": datetime.date.today().isoformat(),
+        "rows": list(rows),
+    }
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)

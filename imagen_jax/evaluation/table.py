@@ -20,14 +20,14 @@ that have no checkpoint here, provided their table() entry is still the same.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from imagen_jax import checkpointing, config_utils, machine
+from imagen_jax import checkpointing, config_utils
+from imagen_jax.evaluation import report
 
 # Columns of the table: the paper's rows (a), (b), (c), and (a) with a stage 1
 # before the mixture (issue 14).
@@ -234,15 +234,8 @@ def run(
 
 def _write_record(row: dict, rows: list[dict], out_dir: str) -> None:
     """The model's record for `carry`: its table() entry, rows, machine, date."""
-    os.makedirs(out_dir, exist_ok=True)
-    record = {
-        "entry": row,
-        "machine": machine.cpu_model(),
-        "date": datetime.date.today().isoformat(),
-        "rows": rows,
-    }
-    with open(os.path.join(out_dir, f"{row['name']}.json"), "w") as f:
-        json.dump(record, f, indent=2)
+    path = os.path.join(out_dir, f"{row['name']}.json")
+    report.write_record(path, rows, entry=row)
 
 
 def as_json(row: dict) -> dict:

@@ -570,3 +570,44 @@ def test_low_snr_tasks_mark_their_examples_in_the_batch():
     cfg.low_snr_tasks = ("classification",)
     source = pipeline.TaskSource(cfg, "train")
     assert {int(transform.map(source[i])["low_snr"]) for i in range(4)} == {0}
+
+
+def test_object_weight_tasks_weigh_only_their_examples_toward_the_objects():
+    import ml_collections
+
+    from imagen_jax import instructions
+    from imagen_jax.data import pipeline
+    from imagen_jax.text.tokenizers import ByteTokenizer
+
+    cfg = _simple_data_config("subject", num_examples=100)
+    cfg.mixture = {"subject": 1.0, "mask_to_image": 1.0}
+    cfg.update(max_context=4, max_text_len=96, ctx_text_len=24, object_weight=9.0)
+    cfg.object_weight_tasks = ("mask_to_image",)
+    source = pipeline.TaskSource(cfg, "train")
+
+    def transform():
+        return pipeline.element_transform(
+            ml_collections.ConfigDict({**cfg.to_dict(), "name": "shapes_world_tasks"}),
+            ByteTokenizer(extra_tokens=instructions.MARKERS),
+        )
+
+    weighted = {}
+    for i in range(16):
+        example = source[i]
+        mask = transform().map(example)["position_mask"]
+        assert mask.shape == (cfg.resolution,) * 2 and mask.dtype == np.uint8
+        weighted.setdefault(example.task, set()).add(bool(mask.any()))
+        if example.task == "mask_to_image":  # the target's boxes, as before
+            expected = pipeline.target_position_mask(example, cfg.resolution)
+            np.testing.assert_array_equal(mask, expected)
+    # The subject's pixels weigh alike; the control task keeps its boxes.
+    assert weighted == {"subject": {False}, "mask_to_image": {True}}
+    cfg.object_weight_tasks = ()  # empty: every task's objects
+    out = transform().map(source[0])
+    np.testing.assert_array_equal(
+        out["position_mask"], pipeline.target_position_mask(source[0], cfg.resolution)
+    )
+    assert out["position_mask"].any()
+    cfg.object_weight_tasks = ("subjects",)
+    with pytest.raises(ValueError, match=r"object_weight_tasks names unknown"):
+        pipeline.TaskSource(cfg, "train")

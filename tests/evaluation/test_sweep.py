@@ -318,3 +318,29 @@ def test_launcher_names_the_sweeps_it_knows(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "defines the sweeps ['fewer_steps', 'guidance'" in proc.stderr
+
+
+def test_launcher_writes_a_record_of_its_command_and_rows(workdir, tmp_path):
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)  # the module's run keeps its results
+    record_path = str(tmp_path / "docs" / "record.json")
+    args = ["--config", "experiments/t2i_shapes.py:smoke", "--workdir", run]
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.eval", *args, "--record", record_path],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(record_path) as f:
+        record = json.load(f)
+    with open(os.path.join(run, "eval", "results.json")) as f:
+        assert record["rows"] == json.load(f)  # this evaluation's rows, all
+    assert record["rows"] and record["model"] == run
+    assert record["command"].startswith("python -m launch.eval --config ")
+    assert record["command"].endswith(f"--record {record_path}")
+    assert record["machine"] and record["date"]
