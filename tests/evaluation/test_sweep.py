@@ -339,8 +339,11 @@ def test_launcher_writes_a_record_of_its_command_and_rows(workdir, tmp_path):
     with open(record_path) as f:
         record = json.load(f)
     with open(os.path.join(run, "eval", "results.json")) as f:
-        assert record["rows"] == json.load(f)  # this evaluation's rows, all
-    assert record["rows"] and record["model"] == run
+        saved = json.load(f)  # with the rows of evaluations before this one
+    assert record["rows"] and all(r in saved for r in record["rows"])
+    # This evaluation's rows only: the latest checkpoint at config.sample's steps.
+    assert {(r["checkpoint_step"], r["steps"]) for r in record["rows"]} == {(4, 4)}
+    assert record["model"] == run
     assert record["command"].startswith("python -m launch.eval --config ")
     assert record["command"].endswith(f"--record {record_path}")
     assert record["machine"] and record["date"]
