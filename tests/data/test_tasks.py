@@ -591,10 +591,10 @@ def test_object_weight_tasks_weigh_only_their_examples_toward_the_objects():
             ByteTokenizer(extra_tokens=instructions.MARKERS),
         )
 
-    weighted = {}
+    weighted, weigh = {}, transform()
     for i in range(16):
         example = source[i]
-        mask = transform().map(example)["position_mask"]
+        mask = weigh.map(example)["position_mask"]
         assert mask.shape == (cfg.resolution,) * 2 and mask.dtype == np.uint8
         weighted.setdefault(example.task, set()).add(bool(mask.any()))
         if example.task == "mask_to_image":  # the target's boxes, as before
