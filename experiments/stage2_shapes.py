@@ -361,7 +361,8 @@ def table() -> list[dict]:
     and (column "b_steps") for the steps their task gets in the (a) of
     MATCHED_MIXTURE; (c) one multi-task model on (a)'s mixture without
     instruction text, for (a)'s steps (A_STEPS). All start from the
-    world's text-to-image model, row "t2i", and share RECIPE. (a) after stage
+    world's text-to-image model, row "t2i", and share RECIPE. (a) and (c)
+    continued to twice A_STEPS: columns "a_long" and "c_long". (a) after stage
     1 (issue 14): the same start, then stage 1 (`experiments/stage1_shapes.py`;
     it needs the world's retrieval form and neighbour table first, see that
     file), then the mixture, (a)'s minutes in all.
@@ -403,6 +404,24 @@ def table() -> list[dict]:
             "init_from": "cpu_stage1",
             "config": RECIPE,
         },
+        # (a) and (c) continued from their last checkpoint to twice (a)'s
+        # steps (session 42: in domain 0.835 -> 0.921, zero-shot 0.485 ->
+        # 0.605 for (a); docs/results.md).
+        *(
+            {
+                "row": f"{row}_long",
+                "name": f"{name}_long",
+                "arg": arg,
+                "minutes": 0,
+                "steps": 2 * A_STEPS,
+                "resume": name,
+                "config": RECIPE,
+            }
+            for row, name, arg in (
+                ("a", "cpu_instruct", MIXTURE_ARG),
+                ("c", "cpu_plain", f"{MIXTURE_ARG},plain"),
+            )
+        ),
     ]
     mixture = MIXTURES[MATCHED_MIXTURE]
     for task in ("subject", "style_generation", "mask_to_image", "segmentation"):

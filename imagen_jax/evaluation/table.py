@@ -4,7 +4,10 @@ An experiment file's `table()` lists the models, one dict per model: `row`
 (its column label), `name` (its run directory under RUNS), `arg` (the
 experiment's `:arg` options), `minutes` (training budget; with `steps`, a
 model trained for that many steps instead, `minutes` 0) and optionally
-`init_from` (the name of the run it starts from), `experiment` (another
+`init_from` (the name of the run it starts from), `resume` (the name of a
+run it continues: that run's checkpoints are copied into its directory and
+training goes on to `steps`, the LR schedule planned anew to end there, the
+optimizer state and the data stream kept), `experiment` (another
 experiment file whose `get_config` builds this model, e.g. stage 1's) and
 `config` (dotted config fields to set, e.g. `{"model.context_level": -2}`).
 `run` trains the missing models (or skips them), evaluates the unevaluated
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -37,6 +41,8 @@ COLUMNS = {
     "b_steps": "(b) single-task, (a)'s steps per task",
     "c": "(c) multi-task, no instructions",
     "a_stage1": "(a) after stage 1",
+    "a_long": "(a) instruction-tuned, twice the steps",
+    "c_long": "(c) multi-task, no instructions, twice the steps",
 }
 # The single-task columns: scored on their own tasks only, so the averages
 # over all tasks leave them out.
@@ -56,14 +62,22 @@ def _config(get_config: Callable, row: dict, runs: str) -> ml_collections.Config
     return config
 
 
+def _parent(row: dict) -> str:
+    """The name of the run `row` continues or starts from ("" for none)."""
+    return row.get("resume") or row.get("init_from") or ""
+
+
 def _minutes_after_start(rows: Sequence[dict], row: dict) -> float:
     """Training minutes of `row` and of the runs it starts from, the shared
-    text-to-image start (row "t2i") excluded."""
+    text-to-image start (row "t2i") excluded; 0 (not stated) when one of them
+    trained to a number of steps instead of minutes."""
     by_name = {r["name"]: r for r in rows}
     minutes = 0.0
     while row is not None and row["row"] != "t2i":
+        if not float(row["minutes"]):
+            return 0.0
         minutes += float(row["minutes"])
-        row = by_name.get(row.get("init_from") or "")
+        row = by_name.get(_parent(row))
     return minutes
 
 
@@ -84,7 +98,7 @@ def select(rows: Sequence[dict], only: Sequence[str]) -> list[dict]:
         if row["name"] in only or row["row"] in only:
             while row is not None and row["name"] not in wanted:
                 wanted.add(row["name"])
-                row = by_name.get(row.get("init_from") or "")
+                row = by_name.get(_parent(row))
     return [r for r in rows if r["name"] in wanted]
 
 
@@ -211,6 +225,8 @@ def run(
                 f"{row['steps']} steps" if row.get("steps") else f"{row['minutes']} min"
             )
             print(f"== training {row['name']} ({budget})", flush=True)
+            if row.get("resume"):
+                _copy_checkpoints(os.path.join(runs, row["resume"]), workdir)
             train.train_and_evaluate(config, workdir)
         if row["row"] not in COLUMNS:
             continue  # a starting point, not a column
@@ -230,6 +246,26 @@ def run(
         print(f"  {row['name']}: step {step}, {images} training images", flush=True)
     write(results, os.path.join(runs, "table"))
     return results
+
+
+def _copy_checkpoints(source: str, workdir: str) -> None:
+    """`source`'s checkpoints into `workdir`, whose training then resumes from
+    the latest of them (a row with `resume`).
+
+    Raises:
+      FileNotFoundError: `source` holds no checkpoint.
+    """
+    if not _trained(source):
+        raise FileNotFoundError(
+            f"{source} holds no checkpoint to continue: train it first (it comes "
+            f"with --only when the run continuing it is named)"
+        )
+    print(f"== continuing {source}", flush=True)
+    shutil.copytree(
+        os.path.join(source, "checkpoints"),
+        os.path.join(workdir, "checkpoints"),
+        dirs_exist_ok=True,
+    )
 
 
 def _write_record(row: dict, rows: list[dict], out_dir: str) -> None:

@@ -100,8 +100,8 @@ def test_every_row_of_the_cpu_table_builds_a_valid_config():
 
     trained_before = set()
     for row in stage2_shapes.table():
-        if row.get("init_from"):  # a start the table trains first
-            assert row["init_from"] in trained_before, row["name"]
+        if row.get("init_from") or row.get("resume"):  # trained first
+            assert table._parent(row) in trained_before, row["name"]
         trained_before.add(row["name"])
         config_utils.validate(table._config(stage2_shapes.get_config, row, "runs"))
 
@@ -130,6 +130,11 @@ def test_cpu_table_compares_its_models_at_equal_minutes_and_options():
     (c,) = [r for r in rows.values() if r["row"] == "c"]
     assert c["steps"] == stage2_shapes.A_STEPS and c["minutes"] == 0
     assert c["arg"] == rows["cpu_instruct"]["arg"] + ",plain"
+    # (a) and (c) continued, each to twice A_STEPS, on its own data.
+    for name in ("cpu_instruct", "cpu_plain"):
+        long = rows[f"{name}_long"]
+        assert long["resume"] == name and long["arg"] == rows[name]["arg"]
+        assert long["steps"] == 2 * stage2_shapes.A_STEPS and long["minutes"] == 0
     # A_STEPS are the steps of the (a) whose record the table carries.
     with open("docs/results/table/cpu_instruct.json") as f:
         carried = json.load(f)
@@ -142,7 +147,7 @@ def test_cpu_table_compares_its_models_at_equal_minutes_and_options():
         text.add(
             (config.text.tokenizer, config.text.vocab_path, config.data.max_text_len)
         )
-        if row["row"] in ("a", "b", "c", "a_stage1"):
+        if row["row"] in ("a", "b", "c", "a_stage1", "a_long", "c_long"):
             for field, value in stage2_shapes.RECIPE.items():
                 assert config_utils._get(config, field) == value, (row["name"], field)
     assert len(text) == 1
@@ -394,3 +399,57 @@ def test_step_matched_specialists_get_their_tasks_share_of_a_steps():
         config = table._config(stage2_shapes.get_config, row, "runs")
         assert config.train.num_steps == row["steps"]
         assert config.train.time_budget_minutes == 0.0
+
+
+def test_a_continued_run_starts_from_a_copy_of_its_runs_checkpoints(
+    tmp_path, capsys, monkeypatch
+):
+    import numpy as np
+
+    from experiments import stage2_shapes
+    from imagen_jax import checkpointing, train
+    from imagen_jax.evaluation import sweep
+
+    rows = stage2_shapes.table()
+    assert [r["name"] for r in table.select(rows, ["a_long"])] == [
+        "cpu_t2i",
+        "cpu_instruct",
+        "cpu_instruct_long",
+    ]
+    # Its minutes are not stated: it trains to a number of steps.
+    by_name = {r["name"]: r for r in rows}
+    assert table._minutes_after_start(rows, by_name["cpu_instruct_long"]) == 0.0
+
+    runs = tmp_path / "runs"
+    chosen = [by_name["cpu_instruct"], by_name["cpu_instruct_long"]]
+
+    def evaluate(config, workdir):  # no rows
+        os.makedirs(os.path.join(workdir, "eval"))
+        with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
+            f.write("[]")
+
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    seen = []
+
+    def train_and_evaluate(config, workdir):
+        held = os.path.isdir(os.path.join(workdir, "checkpoints"))
+        seen.append((workdir, checkpointing.all_steps(workdir) if held else []))
+        if not seen[1:]:  # the run it continues: one small checkpoint
+            mngr = checkpointing.manager(workdir + "/checkpoints")
+            checkpointing.save(mngr, 7, {"w": np.arange(3.0)}, None)
+            mngr.wait_until_finished()
+        assert config.train.num_steps == by_name[os.path.basename(workdir)].get(
+            "steps", config.train.num_steps
+        )
+
+    monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
+    # Without the run it continues, the table stops and says so.
+    with pytest.raises(FileNotFoundError, match="cpu_instruct holds no checkpoint to"):
+        table.run(stage2_shapes.get_config, chosen[1:], str(runs), train_missing=True)
+    table.run(stage2_shapes.get_config, chosen, str(runs), train_missing=True)
+    # The continued run's directory held the other's checkpoint when it trained.
+    assert seen == [
+        (str(runs / "cpu_instruct"), []),
+        (str(runs / "cpu_instruct_long"), [7]),
+    ]
+    assert "== continuing" in capsys.readouterr().out
