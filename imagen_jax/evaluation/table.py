@@ -74,7 +74,7 @@ def _minutes_after_start(rows: Sequence[dict], row: dict) -> float:
     by_name = {r["name"]: r for r in rows}
     minutes = 0.0
     while row is not None and row["row"] != "t2i":
-        if not float(row["minutes"]):
+        if not row["minutes"]:
             return 0.0
         minutes += float(row["minutes"])
         row = by_name.get(_parent(row))
@@ -203,6 +203,8 @@ def run(
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
         trained = _trained(workdir)
+        if trained and row.get("resume"):  # its copied checkpoints are not enough
+            trained = checkpointing.all_steps(workdir)[-1] >= int(row["steps"])
         if trained:
             _check_same_model(config, workdir, row)
         carried = None if trained else _carried(carry, row)

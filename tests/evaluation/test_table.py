@@ -424,7 +424,7 @@ def test_a_continued_run_starts_from_a_copy_of_its_runs_checkpoints(
     chosen = [by_name["cpu_instruct"], by_name["cpu_instruct_long"]]
 
     def evaluate(config, workdir):  # no rows
-        os.makedirs(os.path.join(workdir, "eval"))
+        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
             f.write("[]")
 
@@ -434,6 +434,7 @@ def test_a_continued_run_starts_from_a_copy_of_its_runs_checkpoints(
     def train_and_evaluate(config, workdir):
         held = os.path.isdir(os.path.join(workdir, "checkpoints"))
         seen.append((workdir, checkpointing.all_steps(workdir) if held else []))
+        checkpointing.save_config(workdir, config)
         if not seen[1:]:  # the run it continues: one small checkpoint
             mngr = checkpointing.manager(workdir + "/checkpoints")
             checkpointing.save(mngr, 7, {"w": np.arange(3.0)}, None)
@@ -453,3 +454,7 @@ def test_a_continued_run_starts_from_a_copy_of_its_runs_checkpoints(
         (str(runs / "cpu_instruct_long"), [7]),
     ]
     assert "== continuing" in capsys.readouterr().out
+    # Stopped before its steps (it holds only the copied step), it trains again.
+    (runs / "cpu_instruct_long" / "eval" / "results.json").unlink()
+    table.run(stage2_shapes.get_config, chosen, str(runs), train_missing=True)
+    assert seen[2:] == [(str(runs / "cpu_instruct_long"), [7])]
