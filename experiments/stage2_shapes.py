@@ -362,7 +362,8 @@ def table() -> list[dict]:
     MATCHED_MIXTURE; (c) one multi-task model on (a)'s mixture without
     instruction text, for (a)'s steps (A_STEPS). All start from the
     world's text-to-image model, row "t2i", and share RECIPE. (a) and (c)
-    continued to twice A_STEPS: columns "a_long" and "c_long". (a) after stage
+    continued to twice A_STEPS: columns "a_long" and "c_long"; and on to
+    three times: "a_long3" and "c_long3". (a) after stage
     1 (issue 14): the same start, then stage 1 (`experiments/stage1_shapes.py`;
     it needs the world's retrieval form and neighbour table first, see that
     file), then the mixture, (a)'s minutes in all.
@@ -406,17 +407,18 @@ def table() -> list[dict]:
         },
         # (a) and (c) continued from their last checkpoint to twice (a)'s
         # steps (session 42: in domain 0.835 -> 0.921, zero-shot 0.485 ->
-        # 0.605 for (a); docs/results.md).
+        # 0.605 for (a); docs/results.md), and those to three times.
         *(
             {
-                "row": f"{row}_long",
-                "name": f"{name}_long",
+                "row": f"{row}_long{suffix}",
+                "name": f"{name}_long{suffix}",
                 "arg": arg,
                 "minutes": 0,
-                "steps": 2 * A_STEPS,
-                "resume": name,
+                "steps": times * A_STEPS,
+                "resume": f"{name}_long" if times == 3 else name,
                 "config": RECIPE,
             }
+            for times, suffix in ((2, ""), (3, "3"))
             for row, name, arg in (
                 ("a", "cpu_instruct", MIXTURE_ARG),
                 ("c", "cpu_plain", f"{MIXTURE_ARG},plain"),

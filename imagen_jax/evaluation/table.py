@@ -43,6 +43,8 @@ COLUMNS = {
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",
+    "a_long3": "(a) instruction-tuned, three times the steps",
+    "c_long3": "(c) multi-task, no instructions, three times the steps",
 }
 # The single-task columns: scored on their own tasks only, so the averages
 # over all tasks leave them out.
