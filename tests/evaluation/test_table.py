@@ -147,7 +147,7 @@ def test_cpu_table_compares_its_models_at_equal_minutes_and_options():
         text.add(
             (config.text.tokenizer, config.text.vocab_path, config.data.max_text_len)
         )
-        if row["row"] in ("a", "b", "c", "a_stage1", "a_long", "c_long", "a_long3", "c_long3"):
+        if row["row"] not in ("t2i", "stage1"):  # not the text start nor stage 1
             for field, value in stage2_shapes.RECIPE.items():
                 assert config_utils._get(config, field) == value, (row["name"], field)
     assert len(text) == 1
