@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -176,9 +176,24 @@ def _generate_tasks(
     return _in_batches(batch, batch_size, fn, label)
 
 
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean of `values` (sample deviation over the
+    root of their number); 0 for fewer than two."""
+    if len(values) < 2:
+        return 0.0
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
 def _mean_rows(task: str, values: dict[str, list[float]]) -> list[dict]:
+    """Each metric's mean over the examples, with its standard error `se`."""
     return [
-        {"task": task, "metric": k, "value": float(np.mean(v)), "n": len(v)}
+        {
+            "task": task,
+            "metric": k,
+            "value": float(np.mean(v)),
+            "n": len(v),
+            "se": standard_error(v),
+        }
         for k, v in values.items()
     ]
 
@@ -394,14 +409,19 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
         samples.append(("tasks", np.concatenate(pooled[0]), np.concatenate(pooled[1])))
     summary = summary_rows(rows, tasks.VISION_TASKS)
     for r in summary:
-        print(f"  {r['task']}: {r['metric']}={r['value']:.3f} over {r['n']} tasks")
+        print(
+            f"  {r['task']}: {r['metric']}={r['value']:.3f} "
+            f"(standard error {r['se']:.3f}) over {r['n']} tasks"
+        )
     return rows + summary
 
 
 def summary_rows(rows: list[dict], vision_tasks) -> list[dict]:
     """Averages over tasks, as the paper reports them: O (and SC) of the
     in-domain generation tasks, the zero-shot combinations, the unseen
-    paraphrases and the text-only baseline; `n` counts the tasks averaged."""
+    paraphrases and the text-only baseline; `n` counts the tasks averaged.
+    Where every task's row has its standard error, so does the average's
+    (`mean_standard_error`)."""
 
     def kind(task: str) -> str | None:
         parts = task.split("/")
@@ -414,21 +434,34 @@ def summary_rows(rows: list[dict], vision_tasks) -> list[dict]:
     out = []
     for group in ("in_domain", "zero_shot", "unseen_paraphrase", "text_only"):
         for metric in ("o", "sc"):
-            values = [
-                r["value"]
-                for r in rows
-                if r["metric"] == metric and kind(r["task"]) == group
+            members = [
+                r for r in rows if r["metric"] == metric and kind(r["task"]) == group
             ]
-            if values:
+            if members:
                 out.append(
                     {
                         "task": f"average/{group}",
                         "metric": metric,
-                        "value": float(np.mean(values)),
-                        "n": len(values),
+                        "value": float(np.mean([r["value"] for r in members])),
+                        "n": len(members),
+                        **_se_field([r.get("se") for r in members]),
                     }
                 )
     return out
+
+
+def mean_standard_error(errors: Sequence[float]) -> float:
+    """The standard error of a mean over tasks from each task's own: the
+    tasks' examples are drawn apart, so their errors add in quadrature."""
+    return float(np.sqrt(np.sum(np.square(errors))) / len(errors))
+
+
+def _se_field(errors: Sequence[float | None]) -> dict:
+    """{"se": ...} of a mean over tasks, or {} when a task's error is unknown
+    (a record written before the errors were)."""
+    if not errors or any(e is None for e in errors):
+        return {}
+    return {"se": mean_standard_error(errors)}
 
 
 def _instruction_arrays(loaded, instrs) -> dict[str, np.ndarray]:

@@ -309,14 +309,17 @@ def markdown(results: Sequence[dict]) -> str:
     task's unseen phrasings; the (b) columns show each task's specialist. Then the
     averages, computed here over the tasks each column has: in-domain
     generation O, the same on unseen phrasings, zero-shot O, and all columns
-    on the specialists' tasks; and each column's training compute after the
-    shared start (minutes, steps)."""
+    on the specialists' tasks, each with its standard error ("0.92 ±0.02")
+    when every task's record has one; and each column's training compute
+    after the shared start (minutes, steps)."""
     from imagen_jax.data import tasks as catalogue
+    from imagen_jax.evaluation import evaluate
 
-    headline = {}
+    headline, errors = {}, {}
     for r in results:
         if r["metric"] in ("o", "score") and _table_row(r["task"]):
             headline[(r["task"], r["row"])] = r["value"]
+            errors[(r["task"], r["row"])] = r.get("se")
     columns = [c for c in COLUMNS if any(row == c for _, row in headline)]
     names = sorted(
         dict.fromkeys(t for t, _ in headline),
@@ -336,16 +339,25 @@ def markdown(results: Sequence[dict]) -> str:
     }
     for group, members in groups.items():
         for c in columns:
-            values = [headline[(t, c)] for t in members if (t, c) in headline]
-            if values and (c not in SINGLE or group == "average/specialist_tasks"):
-                headline[(group, c)] = sum(values) / len(values)
+            have = [(t, c) for t in members if (t, c) in headline]
+            if have and (c not in SINGLE or group == "average/specialist_tasks"):
+                headline[(group, c)] = sum(headline[k] for k in have) / len(have)
+                if all(errors[k] is not None for k in have):
+                    errors[(group, c)] = evaluate.mean_standard_error(
+                        [errors[k] for k in have]
+                    )
     lines = [
         "| task | " + " | ".join(COLUMNS[c] for c in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
     for task in names + list(groups):
-        cells = [headline.get((task, c)) for c in columns]
-        text = ["" if v is None else f"{v:.2f}" for v in cells]
+        text = []
+        for c in columns:
+            value, error = headline.get((task, c)), errors.get((task, c))
+            shown = "" if value is None else f"{value:.2f}"
+            if value is not None and error is not None and task in groups:
+                shown += f" ±{error:.2f}"
+            text.append(shown)
         lines.append(f"| {task} | " + " | ".join(text) + " |")
     compute = [_compute(results, c) for c in columns]
     if any(compute):

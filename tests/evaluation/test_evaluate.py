@@ -145,3 +145,22 @@ def test_fill_confusion_counts_wanted_against_drawn():
         "solid -> solid": 1,
         "striped -> none": 1,
     }
+
+
+def test_each_mean_carries_its_standard_error_and_so_do_the_averages():
+    rows = evaluate._mean_rows("subject", {"o": [0.0, 1.0, 1.0, 0.0]})
+    # sample deviation sqrt(1/3), over sqrt(4)
+    assert rows[0]["se"] == pytest.approx(np.sqrt(1 / 3) / 2)
+    assert evaluate._mean_rows("edit", {"o": [0.5]})[0]["se"] == 0.0
+    base = {"metric": "o", "n": 4}
+    summary = evaluate.summary_rows(
+        [
+            {**base, "task": "subject", "value": 0.8, "se": 0.3},
+            {**base, "task": "edit", "value": 0.4, "se": 0.4},
+            {**base, "task": "zero_shot/multi_subject", "value": 0.5},
+        ],
+        tasks.VISION_TASKS,
+    )
+    got = {r["task"]: r for r in summary}
+    assert got["average/in_domain"]["se"] == pytest.approx(0.25)  # 0.5 / 2
+    assert "se" not in got["average/zero_shot"]  # its task's error unknown

@@ -458,3 +458,21 @@ def test_a_continued_run_starts_from_a_copy_of_its_runs_checkpoints(
     (runs / "cpu_instruct_long" / "eval" / "results.json").unlink()
     table.run(stage2_shapes.get_config, chosen, str(runs), train_missing=True)
     assert seen[2:] == [(str(runs / "cpu_instruct_long"), [7])]
+
+
+def test_the_averages_state_their_standard_error_when_every_task_has_one():
+    """The tasks' examples are drawn apart, so the error of a mean over k
+    tasks is the root of the summed squares over k; a column with a task
+    of unknown error (a record written before the errors were) shows none."""
+    results = [
+        {**_row("a", "subject", "o", 0.8), "se": 0.03},
+        {**_row("a", "edit", "o", 0.6), "se": 0.04},
+        {**_row("c", "subject", "o", 0.2), "se": 0.03},
+        _row("c", "edit", "o", 0.2),
+    ]
+    cells = {
+        line.split(" | ")[0][2:]: line.split(" | ")[1:]
+        for line in table.markdown(results).splitlines()[2:]
+    }
+    assert cells["average/in_domain"] == ["0.70 ±0.03", "0.20 |"]  # 0.05 / 2
+    assert cells["subject"] == ["0.80", "0.20 |"]  # a task's own row: no error
