@@ -41,6 +41,15 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+class Preempted(RuntimeError):
+    """The run was preempted: it saved its checkpoint at `step` and stopped
+    before its end (`train_and_evaluate(..., raise_on_preemption=True)`)."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"{reason} at step {step}")
+        self.step = step
+
+
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:
     """EMA decay warmed up with the step, so short runs are not the random init."""
     step = step.astype(jnp.float32)
@@ -268,8 +277,16 @@ def _batch_position(data_state: dict, step: int) -> dict:
     return {**data_state, "next_index": step}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains per `config`, checkpointing, logging and sampling into `workdir`."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, raise_on_preemption=False
+) -> TrainState:
+    """Trains per `config`, checkpointing, logging and sampling into `workdir`.
+
+    A preemption saves a checkpoint and returns the state (`launch.train`
+    exits 0, to be run again), or with `raise_on_preemption` raises
+    `Preempted`, so that a caller going on to other work (`launch.table`)
+    stops instead of taking the unfinished model for a trained one.
+    """
     config = pretrained.resolve(config)
     config_utils.validate(config)
     if jax.process_index() == 0:  # one writer of the shared file
@@ -291,6 +308,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     loop = _Loop(config, workdir, built.model, built.tokenizer, mngr, built.lr_fn)
     with built.mesh, nn.logical_axis_rules(built.rules):
         state = loop.run(state, data_iter, built.step_fn, built.batch_sharding)
+    if raise_on_preemption and loop.preempted:
+        raise Preempted(int(state.step), loop.preempted)
     return state
 
 
@@ -368,7 +387,7 @@ class _Loop:
                 f"time budget moved it, not at train.num_steps={t.num_steps}: "
                 f"pass another train.num_steps to plan the run anew"
             )
-        pending, stop = [], None
+        pending, stop, self.preempted = [], None, None
         with preemption.Notice(self.mngr) as notice:
             while step < self.num_steps and stop is None:
                 batch = sharding.global_batch(next(data_iter), batch_sharding)
@@ -405,7 +424,8 @@ class _Loop:
         """Why the run stops after `step`, or None. Asks `notice` every step, as
         JAX's multi-host preemption sync requires."""
         if notice.reached(step):
-            return f"preempted ({notice.reason()})"
+            self.preempted = f"preempted ({notice.reason()})"
+            return self.preempted
         budget = self.config.train.time_budget_minutes
         if budget and time.time() - t0 > budget * 60.0:
             return f"time budget of {budget} min reached"

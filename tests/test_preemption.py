@@ -75,7 +75,7 @@ def _run_loop(tmp_path, data_iter, num_steps=10, checkpoint_every=5):
     state = loop.run(
         state, data_iter, jax.jit(_step), NamedSharding(mesh, PartitionSpec("data"))
     )
-    return state, mngr
+    return state, mngr, loop
 
 
 def test_sigterm_saves_the_step_under_way_and_returns(tmp_path, capsys):
@@ -93,7 +93,7 @@ def test_sigterm_saves_the_step_under_way_and_returns(tmp_path, capsys):
 
     original = signal.signal(signal.SIGTERM, callers_handler)
     try:
-        state, mngr = _run_loop(tmp_path, _Batches(sigterm))
+        state, mngr, loop = _run_loop(tmp_path, _Batches(sigterm))
         assert signal.getsignal(signal.SIGTERM) is callers_handler
     finally:
         signal.signal(signal.SIGTERM, original)
@@ -104,16 +104,18 @@ def test_sigterm_saves_the_step_under_way_and_returns(tmp_path, capsys):
     np.testing.assert_array_equal(restored.params["w"], 1.0 + 2.0 + 3.0)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"preempted (SIGTERM) at step 3: saved {tmp_path}/checkpoints/3"
+    assert loop.preempted == "preempted (SIGTERM)"  # `train_and_evaluate` reads it
 
 
 def test_no_signal_runs_to_the_end_and_leaves_the_handler(tmp_path, capsys):
     before = signal.getsignal(signal.SIGTERM)
     handlers = []
-    state, mngr = _run_loop(
+    state, mngr, loop = _run_loop(
         tmp_path, _Batches(lambda i: handlers.append(signal.getsignal(signal.SIGTERM)))
     )
     assert int(state.step) == 10 and mngr.all_steps() == [5, 10]
     assert "preempted" not in capsys.readouterr().out
+    assert loop.preempted is None
     assert handlers[0] is not before  # caught while training ...
     assert signal.getsignal(signal.SIGTERM) is before  # ... and only then
 
@@ -133,7 +135,7 @@ def test_multi_host_stops_at_the_sync_point_without_a_python_handler(
     monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", reached)
     before = signal.getsignal(signal.SIGTERM)
     handlers = []
-    state, mngr = _run_loop(
+    state, mngr, loop = _run_loop(
         tmp_path, _Batches(lambda i: handlers.append(signal.getsignal(signal.SIGTERM)))
     )
     # Every step, as the sync protocol requires (orbax's save asks too).
@@ -145,6 +147,7 @@ def test_multi_host_stops_at_the_sync_point_without_a_python_handler(
         "preempted (JAX preemption sync point, every host) at step 4: "
         f"saved {tmp_path}/checkpoints/4"
     )
+    assert loop.preempted == "preempted (JAX preemption sync point, every host)"
 
 
 # `launch.train` as a user runs it, SIGTERM from outside.

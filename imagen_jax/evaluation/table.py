@@ -162,6 +162,21 @@ def _check_same_model(config: ml_collections.ConfigDict, workdir: str, row: dict
         )
 
 
+def _latest_step(workdir: str) -> int:
+    """The run's last saved step; 0 when it has none."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return 0
+    return max(checkpointing.all_steps(workdir), default=0)
+
+
+def _evaluated(path: str, config: ml_collections.ConfigDict) -> list[dict]:
+    """`_own_rows` of the results file at `path`; [] when there is none."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return _own_rows(json.load(f), config)
+
+
 def _own_rows(rows: list[dict], config: ml_collections.ConfigDict) -> list[dict]:
     """The rows of the config's own sampler setting at the latest checkpoint
     (a sweep may have added others); rows that predate the recorded settings
@@ -206,7 +221,7 @@ def run(
         config = _config(get_config, row, runs)
         trained = _trained(workdir)
         if trained and row.get("resume"):  # its copied checkpoints are not enough
-            trained = checkpointing.all_steps(workdir)[-1] >= int(row["steps"])
+            trained = _latest_step(workdir) >= int(row["steps"])
         if trained:
             _check_same_model(config, workdir, row)
         carried = None if trained else _carried(carry, row)
@@ -231,15 +246,22 @@ def run(
             print(f"== training {row['name']} ({budget})", flush=True)
             if row.get("resume"):
                 _copy_checkpoints(os.path.join(runs, row["resume"]), workdir)
-            train.train_and_evaluate(config, workdir)
+            try:
+                train.train_and_evaluate(config, workdir, raise_on_preemption=True)
+            except train.Preempted as stopped:
+                raise SystemExit(
+                    f"== {row['name']} {stopped}: the table stops here (nothing "
+                    "is evaluated); run the same command again to go on"
+                ) from None
         if row["row"] not in COLUMNS:
             continue  # a starting point, not a column
         path = os.path.join(workdir, "eval", "results.json")
-        if not os.path.exists(path):
-            print(f"== evaluating {row['name']}", flush=True)
+        scored = _evaluated(path, config)
+        latest = _latest_step(workdir)  # evaluated at an earlier step: again
+        if not scored or max(r["checkpoint_step"] for r in scored) < latest:
+            print(f"== evaluating {row['name']} at step {latest}", flush=True)
             sweep.evaluate(config, workdir)
-        with open(path) as f:
-            scored = _own_rows(json.load(f), config)
+            scored = _evaluated(path, config)
         step = max((r["checkpoint_step"] for r in scored), default=0)
         images = step * config.data.batch_size
         compute = {"minutes_after_start": _minutes_after_start(rows, row)}

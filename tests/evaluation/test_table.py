@@ -280,7 +280,9 @@ def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeyp
 
     trained, evaluated = [], []
     monkeypatch.setattr(
-        train, "train_and_evaluate", lambda config, workdir: trained.append(workdir)
+        train,
+        "train_and_evaluate",
+        lambda config, workdir, **_: trained.append(workdir),
     )
 
     def evaluate(config, workdir):  # no rows: the stub trained nothing
@@ -431,7 +433,7 @@ def test_a_continued_run_starts_from_a_copy_of_its_runs_checkpoints(
     monkeypatch.setattr(sweep, "evaluate", evaluate)
     seen = []
 
-    def train_and_evaluate(config, workdir):
+    def train_and_evaluate(config, workdir, **_):
         held = os.path.isdir(os.path.join(workdir, "checkpoints"))
         seen.append((workdir, checkpointing.all_steps(workdir) if held else []))
         checkpointing.save_config(workdir, config)
@@ -476,3 +478,56 @@ def test_the_averages_state_their_standard_error_when_every_task_has_one():
     }
     assert cells["average/in_domain"] == ["0.70 ±0.03", "0.20 |"]  # 0.05 / 2
     assert cells["subject"] == ["0.80", "0.20 |"]  # a task's own row: no error
+
+
+def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
+    tmp_path, monkeypatch
+):
+    import json
+
+    import numpy as np
+
+    from experiments import stage2_shapes
+    from imagen_jax import checkpointing, train
+    from imagen_jax.evaluation import sweep
+
+    rows = [r for r in stage2_shapes.table() if r["row"] == "c"]
+    runs = str(tmp_path)
+    workdir = os.path.join(runs, "cpu_plain")
+    config = table._config(stage2_shapes.get_config, rows[0], runs)
+    evaluated = []
+
+    def evaluate(config, workdir):  # one row at the latest step
+        evaluated.append(workdir)
+        step = checkpointing.all_steps(workdir)[-1]
+        (unit,) = sweep.units(config, [{}], [step])
+        row = {**unit, "task": "subject", "metric": "o", "value": 0.5, "n": 1}
+        with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
+            json.dump([row], f)
+
+    def preempted(config, workdir, raise_on_preemption=False):
+        assert raise_on_preemption  # the table must not take it for trained
+        raise train.Preempted(5, "preempted (SIGTERM)")
+
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    monkeypatch.setattr(train, "train_and_evaluate", preempted)
+    with pytest.raises(SystemExit, match="cpu_plain preempted .SIGTERM. at step 5"):
+        table.run(stage2_shapes.get_config, rows, runs, train_missing=True)
+    assert evaluated == []
+
+    # Trained on after its evaluation (step 3 -> 7): evaluated again.
+    checkpointing.save_config(workdir, config)
+    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
+
+    def save(step):
+        checkpointing.save(mngr, step, {"w": np.arange(3.0)}, None)
+        mngr.wait_until_finished()
+
+    save(3)
+    os.makedirs(os.path.join(workdir, "eval"))
+    evaluate(config, workdir)
+    save(7)
+    assert evaluated == [workdir]
+    results = table.run(stage2_shapes.get_config, rows, runs)
+    assert evaluated == [workdir, workdir]
+    assert {r["checkpoint_step"] for r in results} == {7}
