@@ -458,8 +458,10 @@ def sweeps() -> dict[str, list[dict]]:
 
     The text-to-image ones (`t2i_shapes.sweeps`), and for instruction models:
     dual_guidance, the text x input-image scale grid (InstructPix2Pix s_T, s_I)
-    on the tasks with an input image; oscillate, Instruct-Imagen's guidance on
-    even steps only at a high scale, on every task.
+    on the tasks with an input image; reference_guidance, the text-and-context
+    scale on the tasks whose condition is a reference image (subject, style
+    generation); oscillate, Instruct-Imagen's guidance on even steps only at a
+    high scale, on every task.
     """
     from imagen_jax.evaluation.sweep import product
 
@@ -470,6 +472,9 @@ def sweeps() -> dict[str, list[dict]]:
             guidance=[1.5, 3.0, 5.0, 7.5],
             image_guidance=[1.0, 1.5, 2.5],
             tasks=[with_input],
+        ),
+        "reference_guidance": product(
+            guidance=[1.5, 3.0, 5.0, 7.5], tasks=[["subject", "style_generation"]]
         ),
         "oscillate": product(guidance=[3.0, 8.0, 25.0], oscillate=[False, True]),
     }
