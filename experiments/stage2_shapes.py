@@ -415,10 +415,10 @@ def table() -> list[dict]:
                 "arg": arg,
                 "minutes": 0,
                 "steps": times * A_STEPS,
-                "resume": f"{name}_long" if times == 3 else name,
+                "resume": name + parent,
                 "config": RECIPE,
             }
-            for times, suffix in ((2, ""), (3, "3"))
+            for times, suffix, parent in ((2, "", ""), (3, "3", "_long"))
             for row, name, arg in (
                 ("a", "cpu_instruct", MIXTURE_ARG),
                 ("c", "cpu_plain", f"{MIXTURE_ARG},plain"),

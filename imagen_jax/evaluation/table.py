@@ -104,10 +104,15 @@ def select(rows: Sequence[dict], only: Sequence[str]) -> list[dict]:
     return [r for r in rows if r["name"] in wanted]
 
 
+def _saved_steps(workdir: str) -> list[int]:
+    """The steps the run has saved, in order; [] when it has none."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return []
+    return checkpointing.all_steps(workdir)
+
+
 def _trained(workdir: str) -> bool:
-    return os.path.isdir(os.path.join(workdir, "checkpoints")) and bool(
-        checkpointing.manager(os.path.join(workdir, "checkpoints")).all_steps()
-    )
+    return bool(_saved_steps(workdir))
 
 
 # The config fields that say which model a run is: its data (world, mixture,
@@ -162,21 +167,6 @@ def _check_same_model(config: ml_collections.ConfigDict, workdir: str, row: dict
         )
 
 
-def _latest_step(workdir: str) -> int:
-    """The run's last saved step; 0 when it has none."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        return 0
-    return max(checkpointing.all_steps(workdir), default=0)
-
-
-def _evaluated(path: str, config: ml_collections.ConfigDict) -> list[dict]:
-    """`_own_rows` of the results file at `path`; [] when there is none."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return _own_rows(json.load(f), config)
-
-
 def _own_rows(rows: list[dict], config: ml_collections.ConfigDict) -> list[dict]:
     """The rows of the config's own sampler setting at the latest checkpoint
     (a sweep may have added others); rows that predate the recorded settings
@@ -221,7 +211,7 @@ def run(
         config = _config(get_config, row, runs)
         trained = _trained(workdir)
         if trained and row.get("resume"):  # its copied checkpoints are not enough
-            trained = _latest_step(workdir) >= int(row["steps"])
+            trained = _saved_steps(workdir)[-1] >= int(row["steps"])
         if trained:
             _check_same_model(config, workdir, row)
         carried = None if trained else _carried(carry, row)
@@ -256,12 +246,13 @@ def run(
         if row["row"] not in COLUMNS:
             continue  # a starting point, not a column
         path = os.path.join(workdir, "eval", "results.json")
-        scored = _evaluated(path, config)
-        latest = _latest_step(workdir)  # evaluated at an earlier step: again
+        scored = _own_rows(sweep.load_rows(path), config)
+        latest = max(_saved_steps(workdir), default=0)
         if not scored or max(r["checkpoint_step"] for r in scored) < latest:
+            # not evaluated, or at an earlier step than it has now
             print(f"== evaluating {row['name']} at step {latest}", flush=True)
             sweep.evaluate(config, workdir)
-            scored = _evaluated(path, config)
+            scored = _own_rows(sweep.load_rows(path), config)
         step = max((r["checkpoint_step"] for r in scored), default=0)
         images = step * config.data.batch_size
         compute = {"minutes_after_start": _minutes_after_start(rows, row)}
