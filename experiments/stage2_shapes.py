@@ -214,6 +214,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # tuple of mixture names); empty weighs every task's. The other tasks'
     # pixels weigh alike.
     c.data.object_weight_tasks = ()
+    # Of those, the tasks whose weight goes to the background (outside the
+    # object boxes) instead: the tasks whose reference decides the background,
+    # such as style generation, whose objects the text gives.
+    c.data.background_weight_tasks = ()
     # Examples are procedural: the index space is effectively endless.
     c.data.num_examples = 10_000_000
     # Seed of the procedural examples (evaluation uses other seeds).

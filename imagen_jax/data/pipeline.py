@@ -75,7 +75,11 @@ class TaskSource:
         self._names = sorted(weights)
         # A named task the mixture leaves out has no examples to move (a
         # specialist of another task keeps the recipe's fields).
-        for field in ("low_snr_tasks", "object_weight_tasks"):
+        for field in (
+            "low_snr_tasks",
+            "object_weight_tasks",
+            "background_weight_tasks",
+        ):
             unknown = sorted(set(cfg.get(field, ())) - set(tasks.TASKS))
             if unknown:
                 raise ValueError(
@@ -407,7 +411,10 @@ class InstructionArrays(grain.transforms.Map):
         if d.get("object_weight", 0.0):
             weighted = d.get("object_weight_tasks", ())
             if not weighted or example.task in weighted:
-                out["position_mask"] = target_position_mask(example, d.resolution)
+                mask = target_position_mask(example, d.resolution)
+                if example.task in d.get("background_weight_tasks", ()):
+                    mask = 1 - mask  # what the reference decides: the background
+                out["position_mask"] = mask
             else:  # every pixel weighs alike (data.object_weight_tasks)
                 out["position_mask"] = np.zeros((d.resolution,) * 2, np.uint8)
         if d.get("low_snr_tasks"):  # the examples diffusion.low_snr_share moves

@@ -611,3 +611,37 @@ def test_object_weight_tasks_weigh_only_their_examples_toward_the_objects():
     cfg.object_weight_tasks = ("subjects",)
     with pytest.raises(ValueError, match=r"object_weight_tasks names unknown"):
         pipeline.TaskSource(cfg, "train")
+
+
+def test_background_weight_tasks_weigh_the_background_of_their_examples():
+    import ml_collections
+
+    from imagen_jax import instructions
+    from imagen_jax.data import pipeline
+    from imagen_jax.text.tokenizers import ByteTokenizer
+
+    cfg = _simple_data_config("subject", num_examples=100)
+    cfg.mixture = {"subject": 1.0, "style_generation": 1.0}
+    cfg.update(max_context=4, max_text_len=96, ctx_text_len=24, object_weight=9.0)
+    cfg.object_weight_tasks = ()
+    cfg.background_weight_tasks = ("style_generation",)
+    source = pipeline.TaskSource(cfg, "train")
+    weigh = pipeline.element_transform(
+        ml_collections.ConfigDict({**cfg.to_dict(), "name": "shapes_world_tasks"}),
+        ByteTokenizer(extra_tokens=instructions.MARKERS),
+    )
+    seen = set()
+    for i in range(16):
+        example = source[i]
+        mask = weigh.map(example)["position_mask"]
+        boxes = pipeline.target_position_mask(example, cfg.resolution)
+        assert mask.dtype == np.uint8 and 0 < boxes.sum() < boxes.size
+        # Style generation weighs the pixels outside its objects' boxes (the
+        # reference's background); the subject keeps its boxes.
+        expected = 1 - boxes if example.task == "style_generation" else boxes
+        np.testing.assert_array_equal(mask, expected)
+        seen.add(example.task)
+    assert seen == {"subject", "style_generation"}
+    cfg.background_weight_tasks = ("style",)
+    with pytest.raises(ValueError, match=r"background_weight_tasks names unknown"):
+        pipeline.TaskSource(cfg, "train")
