@@ -294,6 +294,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.tasks.batch_size = 8 if smoke else 24
     # Unseen paraphrases (and caption grammar); a plain model has no phrasing.
     c.evals.tasks.robustness = not opts.plain
+    # The text-only pass (context items and input image dropped): the
+    # baseline each task's SC must beat. False skips it (a quicker eval).
+    c.evals.tasks.text_only = True
     if opts.t2i:  # what the start draws from text alone, the fill included
         c.evals.held_out = ml_collections.ConfigDict()
         c.evals.held_out.type = "single_object"

@@ -32,6 +32,9 @@ def test_runs_of_named_tasks_only():
         ([], ""),
         (["subject"], "/text_only"),
     ]
+    # evals.tasks.text_only False: no baseline pass.
+    runs = evaluate._runs(_cfg(robustness=False, text_only=False), tasks)
+    assert [s for _, _, s, _ in runs] == ["", ""]
     with pytest.raises(ValueError, match="unknown tasks"):
         evaluate._runs(_cfg(names=["subjekt"]), tasks)
 
