@@ -221,6 +221,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         context_norm=m.get("context_norm", False),
         input_memory=m.get("input_memory", False),
         input_text=m.get("input_text", False),
+        context_item_text=m.get("context_item_text", False),
         # Resolved now, after JAX has started: the model records its choice.
         kernels=layers.resolve_kernels(m.get("kernels", "auto")),
     )

@@ -80,6 +80,12 @@ class UNetConfig:
         attends to the instruction, so a decision that compares the two (is
         the named class in the image?) can be made on the clean image, not on
         the noisy sample.
+      context_item_text: add to every memory token of a context item a
+        projection (zero-initialised) of that item's mean-pooled text, so the
+        context cross-attention can select items by what their texts say (a
+        style image, a subject's name, a control map, the instruction of the
+        input image) as well as by their pixels; without it an item's text
+        reaches its tokens only through the encoder's FiLM and attention.
       kernels: the forms of the Dense products and of attention
         (`layers.KERNELS`): "cpu" (shaped for XLA:CPU), "stock" (plain, for
         accelerators) or "auto" (by the backend). Parameters are the same.
@@ -104,6 +110,7 @@ class UNetConfig:
     context_norm: bool = False
     input_memory: bool = False
     input_text: bool = False
+    context_item_text: bool = False
     kernels: str = "auto"
 
     def __post_init__(self):
@@ -263,6 +270,11 @@ class UNet(nn.Module):
                     nn.initializers.zeros_init(), ("embed",)
                 ),
             )
+        if cfg.context_item_text:
+            level = cfg.context_level % len(chans)
+            self.item_text = layers.dense(
+                chans[level], ("embed", "mlp"), name="item_text", zero_init=True, **f32
+            )
 
     @nn.compact
     def __call__(
@@ -329,6 +341,9 @@ class UNet(nn.Module):
         h = self._encode(h, cond, text, text_mask, None, None, train, level + 1)[-1]
         if self.config.context_norm:
             h = self.memory_norm(h).astype(self.dtype)
+        if self.config.context_item_text:  # each item's text on its tokens
+            item = self.item_text(masked_mean(text, text_mask))  # [n, C]
+            h = (h + item[:, None, None, :]).astype(self.dtype)
         if plan is not None:  # back to [B, K, h, w, C], unslotted items zero
             h, mask = packing.scatter(h, plan), plan.kept
         hw, c = h.shape[-3] * h.shape[-2], h.shape[-1]

@@ -376,6 +376,43 @@ def test_context_norm_normalises_each_memory_token():
     assert np.abs(raw_tokens.var(-1) - 1.0).max() > 0.1  # without it: not unit
 
 
+def test_context_item_text_moves_each_item_by_its_own_text():
+    inputs, ctx = _inputs(), _context()
+    assert "item_text" not in _context_params(UNet(CFG), inputs, ctx)  # opt-in
+    model = UNet(dataclasses.replace(CFG, context_item_text=True))
+    params = _context_params(model, inputs, ctx)  # the projection perturbed
+
+    def tokens(context, p=params):
+        memory = model.apply({"params": p}, context, method=UNet.encode_context)
+        return np.asarray(memory.tokens).reshape(2, 3, -1, memory.tokens.shape[-1])
+
+    base = tokens(ctx)
+    # Zero-initialised: a model loaded from a checkpoint without it (a text
+    # start) encodes its items as before.
+    zero = dict(params, item_text=jax.tree.map(jnp.zeros_like, params["item_text"]))
+    plain = UNet(CFG).apply(
+        {"params": {k: v for k, v in zero.items() if k != "item_text"}},
+        ctx,
+        method=UNet.encode_context,
+    )
+    np.testing.assert_allclose(
+        tokens(ctx, zero).reshape(plain.tokens.shape),
+        plain.tokens,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    # The option's whole effect: each item's tokens shifted by one vector (the
+    # same at every position), the projection of that item's pooled text.
+    shift = base - tokens(ctx, zero)
+    p = params["item_text"]
+    want = np.asarray(ctx.text.mean(2) @ p["kernel"] + p["bias"])  # [B, K, C]
+    valid = np.asarray(ctx.mask)
+    np.testing.assert_allclose(
+        shift[valid], np.broadcast_to(want[:, :, None], shift.shape)[valid], atol=1e-5
+    )
+    assert np.abs(want[0, 0] - want[0, 1]).max() > 1e-2  # items told apart
+
+
 def _param_shapes(config) -> dict[str, list[int]]:
     from imagen_jax import train_state
     from imagen_jax.models.imagen import build_model
