@@ -15,6 +15,9 @@ Options (`:a=1,b`): res, smoke, minutes (as the text-to-image config) and
   task, text conditioning only);
 - plain: the multi-task baseline without instructions (the paper's Table 4):
   the same mixture, texts stripped to their captions and markers;
+- raw: the context items without their own texts (markers and images
+  only); with plain, the raw conditions and captions alone, where plain
+  keeps the items' texts, which name their role ("style image");
 - mix=NAME: the task mixture, one of `MIXTURES` ("paper", the default:
   `imagen_jax.data.tasks.MIXTURE`, subject-heavy after the paper; "even":
   the generation tasks' examples spread more evenly; "focus": more still
@@ -169,6 +172,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         task="",
         t2i=False,
         plain=False,
+        raw=False,
         mix="paper",
         words=False,
         noise=0.0,
@@ -195,6 +199,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.mixture = dict(MIXTURES[opts.mix])
     # Texts stripped of instruction words (`tasks.plain_templates`).
     c.data.plain_text = opts.plain
+    # Context items without their own texts ("style image", "edge map", a
+    # subject's name): markers and images only (`tasks.Task.make`).
+    c.data.plain_items = opts.raw
     # Rate at which training instructions' words are made up, fields and
     # markers kept (`tasks.noisy_templates`): robustness to unread words.
     c.data.word_noise = opts.noise
@@ -241,6 +248,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.input_memory = False
     # ... and encoded with the instruction as its text (`UNetConfig.input_text`).
     c.model.input_text = False
+    # Each context item's pooled text added to its memory tokens
+    # (`UNetConfig.context_item_text`).
+    c.model.context_item_text = False
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
     if opts.words:
@@ -367,7 +377,8 @@ def table() -> list[dict]:
     single-task specialists, same architecture and start, for 20 minutes each
     and (column "b_steps") for the steps their task gets in the (a) of
     MATCHED_MIXTURE; (c) one multi-task model on (a)'s mixture without
-    instruction text, for (a)'s steps (A_STEPS). All start from the
+    instruction text, for (a)'s steps (A_STEPS), and "c_raw", the same
+    without the context items' texts. All start from the
     world's text-to-image model, row "t2i", and share RECIPE. (a) and (c)
     continued to twice A_STEPS: columns "a_long" and "c_long"; and on to
     three times: "a_long3" and "c_long3". (a) after stage
@@ -389,6 +400,17 @@ def table() -> list[dict]:
             "row": "c",
             "name": "cpu_plain",
             "arg": f"{MIXTURE_ARG},plain",
+            "minutes": 0,
+            "steps": A_STEPS,
+            **start,
+        },
+        # (c) on the raw conditions: the context items lose their own texts
+        # too, which in (c) still name their role ("style image", "edge
+        # map"), so nothing but the captions and images says the task.
+        {
+            "row": "c_raw",
+            "name": "cpu_plain_raw",
+            "arg": f"{MIXTURE_ARG},plain,raw",
             "minutes": 0,
             "steps": A_STEPS,
             **start,

@@ -93,6 +93,7 @@ class TaskSource:
         tasks.get_world(cfg.variant, cfg.resolution)  # fail early on a bad name
         self._world = cfg.variant
         self._plain = bool(cfg.get("plain_text", False))
+        self._plain_items = bool(cfg.get("plain_items", False))
         self._word_noise = (
             float(cfg.get("word_noise", 0.0)) if split == "train" else 0.0
         )
@@ -117,6 +118,7 @@ class TaskSource:
             self._resolution,
             world=self._world,
             plain=self._plain,
+            plain_items=self._plain_items,
             word_noise=self._word_noise,
             query_objects=self._query_objects,
             answers=self._answers,

@@ -1320,11 +1320,14 @@ class Task:
         unseen: bool = False,
         plain: bool = False,
         noise: tuple[np.random.Generator, float] | None = None,
+        plain_items: bool = False,
     ) -> TaskExample:
         """One example; `unseen` phrases it with an unseen template, `plain`
         gives the bare conditions without instruction words (`plain_templates`),
         `noise` (rng, p) makes up its instruction words at rate p
-        (`noisy_templates`)."""
+        (`noisy_templates`), `plain_items` drops the context items' own texts
+        (a style item's "style image", a control's "edge map", a subject's
+        name), each item keeping its marker and image."""
         if plain:
             templates = plain_templates(self.templates)
         else:
@@ -1335,6 +1338,9 @@ class Task:
         if plain:
             text = " ".join(instruction.text.split())
             instruction = dataclasses.replace(instruction, text=text)
+        if plain_items:
+            items = tuple(dataclasses.replace(c, text="") for c in instruction.context)
+            instruction = dataclasses.replace(instruction, context=items)
         return TaskExample(self.name, instruction, target, meta, self.zero_shot)
 
 
@@ -1546,6 +1552,7 @@ def make_example(
     word_noise: float = 0.0,
     query_objects: int = 0,
     answers: Sequence[str] | None = None,
+    plain_items: bool = False,
 ) -> TaskExample:
     """Example number `index` of a task; a pure function of its arguments.
 
@@ -1564,6 +1571,8 @@ def make_example(
         0 keeps the world's.
       answers: classification's (present, absent) answer names, keys of
         `controls.ANSWER_COLOURS` (`World.answers`); None keeps the world's.
+      plain_items: the context items without their own texts (markers and
+        images only): with `plain`, the raw conditions and captions.
     """
     task = get_task(task_name)
     if index < 0 or seed < 0:
@@ -1595,4 +1604,6 @@ def make_example(
     if word_noise:  # its own generator: the example's scene stays the same
         noise = (np.random.default_rng([*key, 1]), word_noise)
     rng = np.random.default_rng(key)
-    return task.make(rng, spec, unseen=unseen, plain=plain, noise=noise)
+    return task.make(
+        rng, spec, unseen=unseen, plain=plain, noise=noise, plain_items=plain_items
+    )

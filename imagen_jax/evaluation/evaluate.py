@@ -146,6 +146,7 @@ def _task_batches(loaded, names, per_task, unseen, seed=1):
                 unseen,
                 world=d.variant,
                 plain=d.get("plain_text", False),
+                plain_items=d.get("plain_items", False),
                 query_objects=d.get("query_objects", 0),
                 answers=tasks.answer_names(d.get("answers", "")),
             )

@@ -397,6 +397,34 @@ def test_plain_examples_keep_the_conditions_without_instruction_words():
         )
 
 
+def test_plain_items_drop_the_context_texts_and_keep_the_rest():
+    dropped = 0
+    for name in ALL:
+        raw = tasks.make_example(
+            name, 5, 0, R, world="simple", plain=True, plain_items=True
+        )
+        plain = tasks.make_example(name, 5, 0, R, world="simple", plain=True)
+        np.testing.assert_array_equal(raw.target, plain.target)
+        assert raw.instruction.text == plain.instruction.text
+        for r, p in zip(
+            raw.instruction.context, plain.instruction.context, strict=True
+        ):
+            assert (r.marker, r.text) == (p.marker, "")
+            np.testing.assert_array_equal(r.image, p.image)
+            dropped += bool(p.text)
+        instructions.validate(
+            raw.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
+        )
+    assert dropped > 0
+    # The config field (option `raw` of stage2_shapes) reaches the examples.
+    from imagen_jax.data import pipeline
+
+    cfg = _simple_data_config("style_generation", num_examples=10)
+    cfg.plain_items = True
+    example = pipeline.TaskSource(cfg, "train")[0]
+    assert [c.text for c in example.instruction.context] == [""]
+
+
 def _markers(text: str) -> list[str]:
     return sorted(set(tasks._MARKER.findall(text)))
 
