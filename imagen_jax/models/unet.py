@@ -143,6 +143,11 @@ class UNetConfig:
             )
 
     @property
+    def memory_level(self) -> int:
+        """The index (>= 0) of the encoder level named by `context_level`."""
+        return self.context_level % len(self.channel_mults)
+
+    @property
     def downsample_factor(self) -> int:
         return self.patch_size * 2 ** (len(self.channel_mults) - 1)
 
@@ -271,9 +276,12 @@ class UNet(nn.Module):
                 ),
             )
         if cfg.context_item_text:
-            level = cfg.context_level % len(chans)
             self.item_text = layers.dense(
-                chans[level], ("embed", "mlp"), name="item_text", zero_init=True, **f32
+                chans[cfg.memory_level],
+                ("embed", "mlp"),
+                name="item_text",
+                zero_init=True,
+                **f32,
             )
 
     @nn.compact
@@ -337,8 +345,8 @@ class UNet(nn.Module):
         # Noise level 0: the largest log-SNR of the schedules.
         cond = self._conditioning(jnp.full((n,), 20.0), text, text_mask)
         h = self._stem(flat(context.images))  # [n, h0, w0, C0]
-        level = self.config.context_level % len(self.enc)
-        h = self._encode(h, cond, text, text_mask, None, None, train, level + 1)[-1]
+        levels = self.config.memory_level + 1
+        h = self._encode(h, cond, text, text_mask, None, None, train, levels)[-1]
         if self.config.context_norm:
             h = self.memory_norm(h).astype(self.dtype)
         if self.config.context_item_text:  # each item's text on its tokens
