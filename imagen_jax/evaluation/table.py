@@ -10,6 +10,10 @@ training goes on to `steps`, the LR schedule planned anew to end there, the
 optimizer state and the data stream kept), `experiment` (another
 experiment file whose `get_config` builds this model, e.g. stage 1's) and
 `config` (dotted config fields to set, e.g. `{"model.context_level": -2}`).
+A model is trained once its run has saved a checkpoint (at `steps` or later
+with a step budget) and was not left preempted: a training the table saw
+preempted leaves a PREEMPTED file in its run directory, and the next `run`
+trains it on from its last checkpoint.
 `run` trains the missing models (or skips them), evaluates the unevaluated
 ones and writes every model's rows, tagged with it and its training compute,
 to RUNS/table/results.json and the table to RUNS/table/results.md.
@@ -112,8 +116,18 @@ def _saved_steps(workdir: str) -> list[int]:
     return checkpointing.all_steps(workdir)
 
 
-def _trained(workdir: str) -> bool:
-    return bool(_saved_steps(workdir))
+# Left in a workdir whose training the table saw preempted; a later run of the
+# table trains it on instead of taking its checkpoint for the finished model.
+PREEMPTED = "PREEMPTED"
+
+
+def _trained(workdir: str, steps: int = 0) -> bool:
+    """Whether the run in `workdir` finished: it saved a checkpoint, at `steps`
+    or later when the row has a step budget, and was not left preempted."""
+    saved = _saved_steps(workdir)
+    if not saved or os.path.exists(os.path.join(workdir, PREEMPTED)):
+        return False
+    return saved[-1] >= steps
 
 
 # The config fields that say which model a run is: its data (world, mixture,
@@ -192,11 +206,11 @@ def run(
 ) -> list[dict]:
     """Trains (if asked) and evaluates each model, then writes the table.
 
-    With `skip_missing` a model without a checkpoint is left out of the table
-    (named on the console) instead of stopping it. A model without a
-    checkpoint whose record is in the `carry` directory is taken from it.
-    With `only` (`select`), the other models are left out when they have
-    neither a checkpoint nor a carried record, whatever `train_missing` says.
+    With `skip_missing` a model not trained (module docstring) is left out of
+    the table (named on the console) instead of stopping it. A model not
+    trained whose record is in the `carry` directory is taken from it. With
+    `only` (`select`), the other models are left out when they are neither
+    trained nor carried, whatever `train_missing` says.
 
     Raises:
       FileNotFoundError: a model is not trained and neither `train_missing`
@@ -211,9 +225,7 @@ def run(
     for row in rows:
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
-        trained = _trained(workdir)
-        if trained and row.get("resume"):  # its copied checkpoints are not enough
-            trained = _saved_steps(workdir)[-1] >= int(row["steps"])
+        trained = _trained(workdir, int(row.get("steps") or 0))
         if trained:
             _check_same_model(config, workdir, row)
         carried = None if trained else _carried(carry, row)
@@ -224,27 +236,34 @@ def run(
         if not trained:
             if (skip_missing and not train_missing) or row["name"] not in chosen:
                 print(
-                    f"== skipping {row['name']}: no checkpoint in {workdir}", flush=True
+                    f"== skipping {row['name']}: no finished training in {workdir}",
+                    flush=True,
                 )
                 continue
             if not train_missing:
                 raise FileNotFoundError(
-                    f"{workdir} holds no checkpoint: train row {row['row']} "
+                    f"{workdir} holds no finished training: train row {row['row']} "
                     f"({row['arg']}) first, or pass --train"
                 )
             budget = (
                 f"{row['steps']} steps" if row.get("steps") else f"{row['minutes']} min"
             )
             print(f"== training {row['name']} ({budget})", flush=True)
-            if row.get("resume"):
+            if row.get("resume") and not _saved_steps(workdir):
                 _copy_checkpoints(os.path.join(runs, row["resume"]), workdir)
+            marker = os.path.join(workdir, PREEMPTED)
             try:
                 train.train_and_evaluate(config, workdir, raise_on_preemption=True)
             except train.Preempted as stopped:
+                os.makedirs(workdir, exist_ok=True)
+                with open(marker, "w") as f:
+                    f.write(f"{stopped}\n")
                 raise SystemExit(
                     f"== {row['name']} {stopped}: the table stops here (nothing "
                     "is evaluated); run the same command again to go on"
                 ) from None
+            if os.path.exists(marker):
+                os.remove(marker)
         if row["row"] not in COLUMNS:
             continue  # a starting point, not a column
         path = os.path.join(workdir, "eval", "results.json")

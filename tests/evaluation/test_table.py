@@ -1,6 +1,7 @@
 """The comparison table: headline scores per column and the averages."""
 
 import os
+import shutil
 
 import pytest
 
@@ -223,7 +224,7 @@ def test_untrained_models_stop_the_table_or_are_left_out(tmp_path, capsys):
     from experiments import stage2_shapes
 
     rows = [r for r in stage2_shapes.table() if r["row"] in ("a", "c")]
-    with pytest.raises(FileNotFoundError, match="cpu_instruct holds no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="cpu_instruct holds no finished"):
         table.run(stage2_shapes.get_config, rows, str(tmp_path))
     assert (
         table.run(stage2_shapes.get_config, rows, str(tmp_path), skip_missing=True)
@@ -254,7 +255,7 @@ def test_models_of_earlier_sessions_are_carried_by_their_records(tmp_path, capsy
     assert results == [scored]  # (a) carried; the start and (c) have nothing
     out = capsys.readouterr().out
     assert "cpu_instruct: carried from" in out and "skipping cpu_plain" in out
-    with pytest.raises(FileNotFoundError, match="cpu_plain holds no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="cpu_plain holds no finished training"):
         table.run(stage2_shapes.get_config, rows[1:], runs, carry=str(carry))
 
     # A record made for another entry (here other minutes) is refused.
@@ -312,7 +313,7 @@ def test_a_run_directory_of_another_model_is_refused(tmp_path, monkeypatch):
     rows = [r for r in stage2_shapes.table() if r["row"] == "c"]
     runs = str(tmp_path)
     workdir = os.path.join(runs, "cpu_plain")
-    monkeypatch.setattr(table, "_trained", lambda workdir: True)
+    monkeypatch.setattr(table, "_trained", lambda workdir, steps=0: True)
     monkeypatch.setattr(sweep, "evaluate", lambda config, workdir: None)
     os.makedirs(os.path.join(workdir, "eval"))
     with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
@@ -505,17 +506,13 @@ def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
         with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
             json.dump([row], f)
 
+    trainings = []
+
     def preempted(config, workdir, raise_on_preemption=False):
         assert raise_on_preemption  # the table must not take it for trained
+        trainings.append(workdir)
         raise train.Preempted(5, "preempted (SIGTERM)")
 
-    monkeypatch.setattr(sweep, "evaluate", evaluate)
-    monkeypatch.setattr(train, "train_and_evaluate", preempted)
-    with pytest.raises(SystemExit, match="cpu_plain preempted .SIGTERM. at step 5"):
-        table.run(stage2_shapes.get_config, rows, runs, train_missing=True)
-    assert evaluated == []
-
-    # Trained on after its evaluation (step 3 -> 7): evaluated again.
     checkpointing.save_config(workdir, config)
     mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
 
@@ -523,6 +520,34 @@ def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
         checkpointing.save(mngr, step, {"w": np.arange(3.0)}, None)
         mngr.wait_until_finished()
 
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    monkeypatch.setattr(train, "train_and_evaluate", preempted)
+    save(5)  # what the preempted training left
+    # Run again and again, its step 5 is not taken for the finished model: it
+    # is trained on each time, with a step budget or a minutes one.
+    for budget in ({}, {}, {"steps": 0, "minutes": 1}):
+        again = [{**r, **budget} for r in rows]
+        with pytest.raises(SystemExit, match="cpu_plain preempted .SIGTERM. at step 5"):
+            table.run(stage2_shapes.get_config, again, runs, train_missing=True)
+    assert trainings == [workdir] * 3 and evaluated == []
+    # Short of its step budget, a run is not finished even without the marker.
+    os.remove(os.path.join(workdir, table.PREEMPTED))
+    with pytest.raises(FileNotFoundError, match="holds no finished training"):
+        table.run(stage2_shapes.get_config, rows, runs)
+    # A training that ends takes the marker away.
+    open(os.path.join(workdir, table.PREEMPTED), "w").close()
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: None)
+    os.makedirs(os.path.join(workdir, "eval"))
+    table.run(stage2_shapes.get_config, rows, runs, train_missing=True)
+    assert not os.path.exists(os.path.join(workdir, table.PREEMPTED))
+    assert evaluated == [workdir]
+    shutil.rmtree(workdir)
+    evaluated.clear()
+    checkpointing.save_config(workdir, config)
+    mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
+
+    # Trained on after its evaluation (step 3 -> 7): evaluated again.
+    rows = [{**r, "steps": 7} for r in rows]
     save(3)
     os.makedirs(os.path.join(workdir, "eval"))
     evaluate(config, workdir)
