@@ -17,6 +17,11 @@ Tasks (DESIGN §1b):
   new content in that style.
 - style_transfer: content image `[ref#1]` (also the input image) and style
   image `[ref#2]`; the content re-rendered in the style.
+- role_transfer (opt-in, `Task.opt_in`): style transfer whose two
+  references are both just "an image"; the instruction alone says which one
+  gives the objects and which the background, drawn at random per example.
+  No input image. The raw baseline's text names the markers in order, so no
+  condition but the instruction tells the roles apart.
 - edit: recolour / move / remove one object of the input image.
 - segmentation, detection, depth_estimation, classification (InstructCV):
   the input image goes through `input_image`; targets from `controls`.
@@ -291,6 +296,18 @@ _STYLE_TRANSFER_UNSEEN = (
     "Swap the backdrop style of [ref#1] for the one in [ref#2].",
     "Reimagine [ref#1] with [ref#2] as the stylistic reference.",
 )
+
+# Style transfer's phrasings with the roles as fields, filled with the
+# markers in either order (`_role_transfer`).
+_ROLE_TRANSFER, _ROLE_TRANSFER_UNSEEN = (
+    tuple(
+        t.replace("[ref#1]", "{content_ref}").replace("[ref#2]", "{style_ref}")
+        for t in templates
+    )
+    for templates in (_STYLE_TRANSFER, _STYLE_TRANSFER_UNSEEN)
+)
+# Item texts that say nothing of an item's role.
+_NEUTRAL_TEXTS = ("an image", "the image", "image")
 
 _EDIT = (
     # recolour: {object}, {colour}
@@ -1033,6 +1050,42 @@ def _style_transfer(rng: np.random.Generator, w: World, templates) -> Built:
     return instruction, shapes_world.render(scene, w.resolution), meta
 
 
+def _role_transfer(rng: np.random.Generator, w: World, templates) -> Built:
+    """Style transfer with the roles given by the instruction alone: the
+    content and the style scene go under [ref#1] / [ref#2] in a random order,
+    both with a neutral item text and no input image."""
+    content = _random_scene(rng, w)
+    style_scene = _random_scene(rng, w, _other_background(rng, content.background))
+    scene = Scene(content.objects, style_scene.background)
+    content_ref, style_ref = ("[ref#1]", "[ref#2]")[:: 1 if rng.integers(2) else -1]
+    text, template = _pick(rng, templates, content_ref=content_ref, style_ref=style_ref)
+    if set(text.split()) == {content_ref, style_ref}:
+        # A text of markers alone (the raw baseline's) names them in order:
+        # the order of its fields would say the roles.
+        text = "[ref#1] [ref#2]"
+    images = {content_ref: content, style_ref: style_scene}
+    context = tuple(
+        ContextItem(
+            marker,
+            _choice(rng, _NEUTRAL_TEXTS),
+            shapes_world.render(images[marker], w.resolution),
+        )
+        for marker in ("[ref#1]", "[ref#2]")
+    )
+    meta = {
+        "scene": scene,
+        "input_scene": content,
+        "content_ref": content_ref,
+        "conditions": {
+            "content": Condition("objects", objects=scene.objects, exclusive=True),
+            "style": Condition("style", background=scene.background),
+        },
+        "template": template,
+    }
+    instruction = MultiModalInstruction(text, context)
+    return instruction, shapes_world.render(scene, w.resolution), meta
+
+
 def _edit_options(scene: Scene, obj: Obj) -> dict[str, list]:
     """Feasible edits of `obj`: new colours, new positions, and removal."""
     taken = {o.position for o in scene.objects}
@@ -1304,6 +1357,9 @@ class Task:
       templates: training paraphrases.
       unseen_templates: paraphrases kept out of training, for robustness.
       zero_shot: whether the task is held out of training.
+      opt_in: whether the task is left out of the defaults (`TRAIN_TASKS`:
+        the default mixture, the word pieces' texts, the evaluation): trained
+        when a mixture names it, scored when `evals.tasks.names` does.
     """
 
     name: str
@@ -1311,6 +1367,7 @@ class Task:
     templates: tuple[str, ...]
     unseen_templates: tuple[str, ...]
     zero_shot: bool = False
+    opt_in: bool = False
 
     def make(
         self,
@@ -1400,6 +1457,13 @@ def _tasks() -> dict[str, Task]:
         Task(
             "style_transfer", _style_transfer, _STYLE_TRANSFER, _STYLE_TRANSFER_UNSEEN
         ),
+        Task(
+            "role_transfer",
+            _role_transfer,
+            _ROLE_TRANSFER,
+            _ROLE_TRANSFER_UNSEEN,
+            opt_in=True,
+        ),
         Task("edit", _edit, _EDIT, _EDIT_UNSEEN),
         Task(
             "segmentation",
@@ -1443,7 +1507,10 @@ def _tasks() -> dict[str, Task]:
 
 
 TASKS: Mapping[str, Task] = types.MappingProxyType(_tasks())
-TRAIN_TASKS = tuple(name for name, task in TASKS.items() if not task.zero_shot)
+TRAIN_TASKS = tuple(
+    name for name, task in TASKS.items() if not (task.zero_shot or task.opt_in)
+)
+OPT_IN_TASKS = tuple(name for name, task in TASKS.items() if task.opt_in)
 ZERO_SHOT_TASKS = tuple(name for name, task in TASKS.items() if task.zero_shot)
 # InstructCV tasks: scored by their own metrics, not by the oracle.
 VISION_TASKS = ("segmentation", "detection", "depth_estimation", "classification")

@@ -327,6 +327,7 @@ def _runs(eval_cfg, tasks) -> list[tuple[list[str], bool, str, bool]]:
         raise ValueError(f"evals.tasks.names has unknown tasks {unknown}")
     keep = lambda names: [n for n in names if not wanted or n in wanted]  # noqa: E731
     train, zero = keep(tasks.TRAIN_TASKS), keep(tasks.ZERO_SHOT_TASKS)
+    train += [n for n in tasks.OPT_IN_TASKS if n in wanted]  # scored when named
     runs = [(train, False, "", False), (zero, False, "", False)]
     if eval_cfg.robustness:
         runs.append((train, True, "/unseen_paraphrase", False))

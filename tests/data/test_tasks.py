@@ -23,6 +23,8 @@ FIELDS = {
     "position",
     "where1",
     "where2",
+    "content_ref",
+    "style_ref",
 }
 
 
@@ -36,6 +38,7 @@ def test_catalogue_names():
         "subject",
         "style_generation",
         "style_transfer",
+        "role_transfer",
         "edit",
         "segmentation",
         "detection",
@@ -53,7 +56,9 @@ def test_catalogue_names():
         "multi_subject",
     }
     assert not set(tasks.TRAIN_TASKS) & set(tasks.ZERO_SHOT_TASKS)
-    assert set(tasks.TRAIN_TASKS) | set(tasks.ZERO_SHOT_TASKS) == set(ALL)
+    assert set(tasks.TRAIN_TASKS) | set(tasks.ZERO_SHOT_TASKS) == set(ALL) - {
+        "role_transfer"  # opt-in: trained and scored only when named
+    }
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -673,3 +678,52 @@ def test_background_weight_tasks_weigh_the_background_of_their_examples():
     cfg.background_weight_tasks = ("style",)
     with pytest.raises(ValueError, match=r"background_weight_tasks names unknown"):
         pipeline.TaskSource(cfg, "train")
+
+
+def test_role_transfer_gives_the_roles_by_the_instruction_alone():
+    from imagen_jax.evaluation import evaluate
+
+    assert tasks.OPT_IN_TASKS == ("role_transfer",)
+    assert "role_transfer" not in tasks.TRAIN_TASKS + tuple(tasks.MIXTURE)
+    roles, texts = set(), set()
+    for i in range(16):
+        ex = tasks.make_example("role_transfer", i, 0, R, world="simple")
+        raw = tasks.make_example(
+            "role_transfer", i, 0, R, world="simple", plain=True, plain_items=True
+        )
+        content_ref = ex.meta["content_ref"]
+        style_ref = ({"[ref#1]", "[ref#2]"} - {content_ref}).pop()
+        roles.add(content_ref)
+        items = {c.marker: c for c in ex.instruction.context}
+        assert [c.marker for c in ex.instruction.context] == ["[ref#1]", "[ref#2]"]
+        texts |= {c.text for c in items.values()}
+        assert ex.instruction.input_image is None
+        # The instruction names the content under content_ref, the style under
+        # the other marker.
+        template = ex.meta["template"]
+        assert ex.instruction.text == template.format(
+            content_ref=content_ref, style_ref=style_ref
+        )
+        content, scene = ex.meta["input_scene"], ex.meta["scene"]
+        np.testing.assert_array_equal(
+            items[content_ref].image, shapes_world.render(content, R)
+        )
+        assert scene.objects == content.objects
+        assert scene.background != content.background
+        np.testing.assert_array_equal(ex.target, shapes_world.render(scene, R))
+        # The raw baseline sees the same images and a text without roles.
+        assert raw.instruction.text == "[ref#1] [ref#2]"
+        for r, c in zip(raw.instruction.context, ex.instruction.context, strict=True):
+            np.testing.assert_array_equal(r.image, c.image)
+        instructions.validate(
+            ex.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
+        )
+    assert roles == {"[ref#1]", "[ref#2]"}  # either order occurs
+    assert texts <= set(tasks._NEUTRAL_TEXTS)
+    # Scored only when named.
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict({"robustness": False, "text_only": False})
+    assert "role_transfer" not in evaluate._runs(cfg, tasks)[0][0]
+    cfg.names = ("role_transfer", "subject")
+    assert evaluate._runs(cfg, tasks)[0][0] == ["subject", "role_transfer"]

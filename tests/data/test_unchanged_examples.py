@@ -56,7 +56,8 @@ def test_tfds_config_examples_are_unchanged(name, split):
 @pytest.mark.parametrize("world", sorted(TASK_DIGESTS))
 def test_task_world_examples_are_unchanged(world):
     h = hashlib.sha256()
-    for name in sorted(tasks.TASKS):
+    # The default tasks; an opt-in task added later is not in the digests.
+    for name in sorted(tasks.TRAIN_TASKS + tasks.ZERO_SHOT_TASKS):
         for i in range(2):
             ex = tasks.make_example(name, i, 0, world=world)
             h.update(ex.target.tobytes())
