@@ -1027,17 +1027,16 @@ def _other_background(rng: np.random.Generator, background: Background) -> Backg
             return other
 
 
-def _style_transfer(rng: np.random.Generator, w: World, templates) -> Built:
+def _transfer_scenes(rng: np.random.Generator, w: World) -> tuple[Scene, Scene, Scene]:
+    """(content, style scene, target) of a transfer: the content's objects on
+    the style scene's background, which differs from the content's."""
     content = _random_scene(rng, w)
     style_scene = _random_scene(rng, w, _other_background(rng, content.background))
-    scene = Scene(content.objects, style_scene.background)
-    text, template = _pick(rng, templates)
-    content_image = shapes_world.render(content, w.resolution)
-    context = (
-        ContextItem("[ref#1]", _choice(rng, _CONTENT_TEXTS), content_image),
-        _style_item(rng, "[ref#2]", style_scene, w.resolution),
-    )
-    meta = {
+    return content, style_scene, Scene(content.objects, style_scene.background)
+
+
+def _transfer_meta(scene: Scene, content: Scene, template: str) -> dict:
+    return {
         "scene": scene,
         "input_scene": content,
         "conditions": {
@@ -1046,6 +1045,17 @@ def _style_transfer(rng: np.random.Generator, w: World, templates) -> Built:
         },
         "template": template,
     }
+
+
+def _style_transfer(rng: np.random.Generator, w: World, templates) -> Built:
+    content, style_scene, scene = _transfer_scenes(rng, w)
+    text, template = _pick(rng, templates)
+    content_image = shapes_world.render(content, w.resolution)
+    context = (
+        ContextItem("[ref#1]", _choice(rng, _CONTENT_TEXTS), content_image),
+        _style_item(rng, "[ref#2]", style_scene, w.resolution),
+    )
+    meta = _transfer_meta(scene, content, template)
     instruction = MultiModalInstruction(text, context, input_image=content_image)
     return instruction, shapes_world.render(scene, w.resolution), meta
 
@@ -1054,9 +1064,7 @@ def _role_transfer(rng: np.random.Generator, w: World, templates) -> Built:
     """Style transfer with the roles given by the instruction alone: the
     content and the style scene go under [ref#1] / [ref#2] in a random order,
     both with a neutral item text and no input image."""
-    content = _random_scene(rng, w)
-    style_scene = _random_scene(rng, w, _other_background(rng, content.background))
-    scene = Scene(content.objects, style_scene.background)
+    content, style_scene, scene = _transfer_scenes(rng, w)
     content_ref, style_ref = ("[ref#1]", "[ref#2]")[:: 1 if rng.integers(2) else -1]
     text, template = _pick(rng, templates, content_ref=content_ref, style_ref=style_ref)
     if set(text.split()) == {content_ref, style_ref}:
@@ -1072,16 +1080,7 @@ def _role_transfer(rng: np.random.Generator, w: World, templates) -> Built:
         )
         for marker in ("[ref#1]", "[ref#2]")
     )
-    meta = {
-        "scene": scene,
-        "input_scene": content,
-        "content_ref": content_ref,
-        "conditions": {
-            "content": Condition("objects", objects=scene.objects, exclusive=True),
-            "style": Condition("style", background=scene.background),
-        },
-        "template": template,
-    }
+    meta = {**_transfer_meta(scene, content, template), "content_ref": content_ref}
     instruction = MultiModalInstruction(text, context)
     return instruction, shapes_world.render(scene, w.resolution), meta
 
