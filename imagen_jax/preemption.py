@@ -11,12 +11,30 @@ multi-host job is not caught: SIGTERM ends it as it would any process.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+# Left in the workdir of a training that was preempted (it saved its
+# checkpoint and will go on when run again); a training that reaches its end
+# removes it. `launch.table` reads it to tell an unfinished run from a
+# finished one, whatever the run's budget.
+MARKER = "PREEMPTED"
+
+
+def mark(workdir: str, reason: str | None) -> None:
+    """Writes `reason` to the workdir's MARKER, or removes the marker (None)."""
+    marker = os.path.join(workdir, MARKER)
+    if reason is not None:
+        os.makedirs(workdir, exist_ok=True)
+        with open(marker, "w") as f:
+            f.write(f"{reason}\n")
+    elif os.path.exists(marker):
+        os.remove(marker)
 
 
 class Notice:

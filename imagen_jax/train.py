@@ -285,7 +285,9 @@ def train_and_evaluate(
     A preemption saves a checkpoint and returns the state (`launch.train`
     exits 0, to be run again), or with `raise_on_preemption` raises
     `Preempted`, so that a caller going on to other work (`launch.table`)
-    stops instead of taking the unfinished model for a trained one.
+    stops instead of taking the unfinished model for a trained one. Either
+    way a preempted run leaves `preemption.MARKER` in `workdir` and a finished one
+    removes it.
     """
     config = pretrained.resolve(config)
     config_utils.validate(config)
@@ -308,8 +310,11 @@ def train_and_evaluate(
     loop = _Loop(config, workdir, built.model, built.tokenizer, mngr, built.lr_fn)
     with built.mesh, nn.logical_axis_rules(built.rules):
         state = loop.run(state, data_iter, built.step_fn, built.batch_sharding)
-    if raise_on_preemption and loop.preempted:
-        raise Preempted(int(state.step), loop.preempted)
+    stopped = Preempted(int(state.step), loop.preempted) if loop.preempted else None
+    if jax.process_index() == 0:  # one writer of the shared file
+        preemption.mark(workdir, str(stopped) if stopped else None)
+    if raise_on_preemption and stopped is not None:
+        raise stopped
     return state
 
 

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.util import tensor_util
 
 from experiments import t2i_shapes
-from imagen_jax import checkpointing, optim, train, train_state
+from imagen_jax import checkpointing, optim, preemption, train, train_state
 from tests.child_env import child_env
 from tests.test_checkpoint_integrity import _damage
 
@@ -264,6 +264,9 @@ def test_sigterm_saves_model_and_data_state_at_the_step_reached(preempted):
     assert os.listdir(os.path.join(step_dir, "data"))
     logged = _losses(workdir)
     assert sorted(logged) == list(range(1, step + 1))
+    # Marked unfinished, for whoever takes the run's checkpoint (launch.table).
+    with open(os.path.join(workdir, preemption.MARKER)) as f:
+        assert f.read() == f"preempted (SIGTERM) at step {step}\n"
 
 
 def test_resumed_run_has_the_losses_of_an_uninterrupted_one(
@@ -271,8 +274,10 @@ def test_resumed_run_has_the_losses_of_an_uninterrupted_one(
 ):
     workdir = str(tmp_path / "run")
     shutil.copytree(preempted[0], workdir)
+    assert os.path.exists(os.path.join(workdir, preemption.MARKER))
     err = _run_to_end(workdir, smoke_world)
     assert f"Training resumed {workdir} at step {preempted[1]}." in err
+    assert not os.path.exists(os.path.join(workdir, preemption.MARKER))  # finished
     # Exactly: the same batches, in the same order, to the same weights.
     assert _losses(workdir) == {s: [loss] for s, loss in uninterrupted.items()}
 

@@ -11,9 +11,9 @@ optimizer state and the data stream kept), `experiment` (another
 experiment file whose `get_config` builds this model, e.g. stage 1's) and
 `config` (dotted config fields to set, e.g. `{"model.context_level": -2}`).
 A model is trained once its run has saved a checkpoint (at `steps` or later
-with a step budget) and was not left preempted: a training the table saw
-preempted leaves a PREEMPTED file in its run directory, and the next `run`
-trains it on from its last checkpoint.
+with a step budget) and was not left preempted: a preempted training, the
+table's or `launch.train`'s, leaves `preemption.MARKER` in its run directory,
+and the next `run` trains it on from its last checkpoint.
 `run` trains the missing models (or skips them), evaluates the unevaluated
 ones and writes every model's rows, tagged with it and its training compute,
 to RUNS/table/results.json and the table to RUNS/table/results.md.
@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from imagen_jax import checkpointing, config_utils
+from imagen_jax import checkpointing, config_utils, preemption
 from imagen_jax.evaluation import report
 
 # Columns of the table: the paper's rows (a), (b), (c), and (a) with a stage 1
@@ -116,16 +116,11 @@ def _saved_steps(workdir: str) -> list[int]:
     return checkpointing.all_steps(workdir)
 
 
-# Left in a workdir whose training the table saw preempted; a later run of the
-# table trains it on instead of taking its checkpoint for the finished model.
-PREEMPTED = "PREEMPTED"
-
-
 def _trained(workdir: str, steps: int = 0) -> bool:
     """Whether the run in `workdir` finished: it saved a checkpoint, at `steps`
     or later when the row has a step budget, and was not left preempted."""
     saved = _saved_steps(workdir)
-    if not saved or os.path.exists(os.path.join(workdir, PREEMPTED)):
+    if not saved or os.path.exists(os.path.join(workdir, preemption.MARKER)):
         return False
     return saved[-1] >= steps
 
@@ -251,19 +246,13 @@ def run(
             print(f"== training {row['name']} ({budget})", flush=True)
             if row.get("resume") and not _saved_steps(workdir):
                 _copy_checkpoints(os.path.join(runs, row["resume"]), workdir)
-            marker = os.path.join(workdir, PREEMPTED)
-            try:
+            try:  # a preempted training leaves preemption.MARKER in workdir
                 train.train_and_evaluate(config, workdir, raise_on_preemption=True)
             except train.Preempted as stopped:
-                os.makedirs(workdir, exist_ok=True)
-                with open(marker, "w") as f:
-                    f.write(f"{stopped}\n")
                 raise SystemExit(
                     f"== {row['name']} {stopped}: the table stops here (nothing "
                     "is evaluated); run the same command again to go on"
                 ) from None
-            if os.path.exists(marker):
-                os.remove(marker)
         if row["row"] not in COLUMNS:
             continue  # a starting point, not a column
         path = os.path.join(workdir, "eval", "results.json")

@@ -489,7 +489,7 @@ def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
     import numpy as np
 
     from experiments import stage2_shapes
-    from imagen_jax import checkpointing, train
+    from imagen_jax import checkpointing, preemption, train
     from imagen_jax.evaluation import sweep
 
     rows = [r for r in stage2_shapes.table() if r["row"] == "c"]
@@ -511,7 +511,9 @@ def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
     def preempted(config, workdir, raise_on_preemption=False):
         assert raise_on_preemption  # the table must not take it for trained
         trainings.append(workdir)
-        raise train.Preempted(5, "preempted (SIGTERM)")
+        stopped = train.Preempted(5, "preempted (SIGTERM)")
+        preemption.mark(workdir, str(stopped))  # as train_and_evaluate does
+        raise stopped
 
     checkpointing.save_config(workdir, config)
     mngr = checkpointing.manager(os.path.join(workdir, "checkpoints"))
@@ -531,15 +533,15 @@ def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
             table.run(stage2_shapes.get_config, again, runs, train_missing=True)
     assert trainings == [workdir] * 3 and evaluated == []
     # Short of its step budget, a run is not finished even without the marker.
-    os.remove(os.path.join(workdir, table.PREEMPTED))
+    os.remove(os.path.join(workdir, preemption.MARKER))
     with pytest.raises(FileNotFoundError, match="holds no finished training"):
         table.run(stage2_shapes.get_config, rows, runs)
-    # A training that ends takes the marker away.
-    open(os.path.join(workdir, table.PREEMPTED), "w").close()
-    monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: None)
+    # A training that ends (and takes the marker away) is evaluated.
+    open(os.path.join(workdir, preemption.MARKER), "w").close()
+    finished = lambda _, workdir, **k: preemption.mark(workdir, None)  # noqa: E731
+    monkeypatch.setattr(train, "train_and_evaluate", finished)
     os.makedirs(os.path.join(workdir, "eval"))
     table.run(stage2_shapes.get_config, rows, runs, train_missing=True)
-    assert not os.path.exists(os.path.join(workdir, table.PREEMPTED))
     assert evaluated == [workdir]
     shutil.rmtree(workdir)
     evaluated.clear()
