@@ -1080,7 +1080,16 @@ def _role_transfer(rng: np.random.Generator, w: World, templates) -> Built:
         )
         for marker in ("[ref#1]", "[ref#2]")
     )
-    meta = {**_transfer_meta(scene, content, template), "content_ref": content_ref}
+    # What the target would be with the roles the other way round (scored as
+    # `swapped`): the style scene's objects on the content's background.
+    swapped = _transfer_meta(
+        Scene(style_scene.objects, content.background), content, ""
+    )
+    meta = {
+        **_transfer_meta(scene, content, template),
+        "content_ref": content_ref,
+        "swapped": swapped["conditions"],
+    }
     instruction = MultiModalInstruction(text, context)
     return instruction, shapes_world.render(scene, w.resolution), meta
 

@@ -711,6 +711,14 @@ def test_role_transfer_gives_the_roles_by_the_instruction_alone():
         assert scene.objects == content.objects
         assert scene.background != content.background
         np.testing.assert_array_equal(ex.target, shapes_world.render(scene, R))
+        # Read the other way round: the style image's objects on the content's
+        # background (scored as `swapped`).
+        swap = ex.meta["swapped"]
+        assert swap["style"].background == content.background
+        style_scene = shapes_world.Scene(swap["content"].objects, scene.background)
+        np.testing.assert_array_equal(
+            items[style_ref].image, shapes_world.render(style_scene, R)
+        )
         # The raw baseline sees the same images and a text without roles.
         assert raw.instruction.text == "[ref#1] [ref#2]"
         for r, c in zip(raw.instruction.context, ex.instruction.context, strict=True):

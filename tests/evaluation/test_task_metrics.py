@@ -316,6 +316,23 @@ def test_wrong_style_and_missing_objects(scene_parse):
     assert tm.score_example(empty, ex)["per_condition"]["text"] == 0.0
 
 
+def test_role_transfer_scores_the_roles_read_the_other_way_round(scene_parse):
+    # `swapped` is 1 where the sample took the style scene's objects and the
+    # content's background, and the SC goes under the content's marker.
+    for index in range(8):
+        ex = tasks.make_example("role_transfer", index, 0, R, world="simple")
+        meta = ex.meta
+        own = f"sc/content_{meta['content_ref'][1:-1].replace('#', '')}"
+        other = ({"sc/content_ref1", "sc/content_ref2"} - {own}).pop()
+        right = tm.score_example(scene_parse(meta["scene"]), ex)
+        assert (right["sc"], right["swapped"], right[own]) == (1.0, 0.0, 1.0)
+        assert other not in right
+        swap = meta["swapped"]
+        reversed_scene = Scene(swap["content"].objects, swap["style"].background)
+        wrong = tm.score_example(scene_parse(reversed_scene), ex)
+        assert (wrong["sc"], wrong["swapped"], wrong[own]) == (0.0, 1.0, 0.0)
+
+
 def test_edit_left_undone_fails_the_edit_condition(scene_parse):
     ex = tasks.make_example("edit", 0, 0, R)
     image = scene_parse(ex.meta["input_scene"])  # The input, unedited.
