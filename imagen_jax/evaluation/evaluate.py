@@ -218,20 +218,25 @@ def _task_rows(name, examples, images, suffix=""):
 
 
 def _task_grid(examples, images, path: str, count: int = 8) -> None:
-    """(condition, sample, target) triplets of the first `count` examples: the
-    condition is the input image, else the first context image, else blank."""
-    cells = []
-    for example, image in list(zip(examples, images, strict=True))[:count]:
+    """Of the first `count` examples, two a row: the conditions, the sample,
+    the target. The conditions are the input image, else the first two
+    context images (both references of a transfer), blank where an example
+    has fewer than the task's most, or none."""
+
+    def conditions(example):
         ins = example.instruction
-        shown = ins.input_image
-        if shown is None and ins.context:
-            shown = ins.context[0].image
-        cells += [
-            np.zeros_like(image) if shown is None else shown,
-            image,
-            example.target,
-        ]
-    grids.save_grid(np.stack(cells), path, cols=6)
+        if ins.input_image is not None:
+            return [ins.input_image]
+        return [c.image for c in ins.context[:2]]
+
+    picked = list(zip(examples, images, strict=True))[:count]
+    width = max(1, *(len(conditions(e)) for e, _ in picked))
+    cells = []
+    for example, image in picked:
+        shown = conditions(example)
+        shown += [np.zeros_like(image)] * (width - len(shown))
+        cells += [*shown, image, example.target]
+    grids.save_grid(np.stack(cells), path, cols=2 * (width + 2))
 
 
 def _figure(metric: str, value: float) -> str:

@@ -81,6 +81,36 @@ def test_task_rows_report_conditions_and_attributes():
     assert values["text/position"] == 0.0 and values["o"] == 0.0
 
 
+@pytest.mark.parametrize(
+    "task, shown", [("role_transfer", 2), ("style_transfer", 1), ("text_to_image", 1)]
+)
+def test_task_grid_shows_each_examples_conditions_sample_and_target(
+    task, shown, monkeypatch
+):
+    # Both references of a role transfer (no input image); the input image
+    # of a style transfer; a blank for text to image.
+    examples = [tasks.make_example(task, i, 0, 32, world="simple") for i in range(3)]
+    samples = [np.full_like(e.target, 7) for e in examples]
+    saved = {}
+    monkeypatch.setattr(
+        evaluate.grids, "save_grid", lambda cells, path, cols: saved.update(locals())
+    )
+    evaluate._task_grid(examples, samples, "grid.png")
+    cells, width = saved["cells"], shown + 2
+    assert saved["cols"] == 2 * width and len(cells) == 3 * width
+    for i, example in enumerate(examples):
+        row = cells[i * width : (i + 1) * width]
+        ins = example.instruction
+        wanted = (
+            [ins.input_image]
+            if ins.input_image is not None
+            else [c.image for c in ins.context] or [np.zeros_like(example.target)]
+        )
+        np.testing.assert_array_equal(row[:shown], np.stack(wanted))
+        np.testing.assert_array_equal(row[shown], samples[i])
+        np.testing.assert_array_equal(row[shown + 1], example.target)
+
+
 def test_summary_averages_by_kind():
     def row(task, metric, value):
         return {
