@@ -1035,14 +1035,19 @@ def _transfer_scenes(rng: np.random.Generator, w: World) -> tuple[Scene, Scene, 
     return content, style_scene, Scene(content.objects, style_scene.background)
 
 
+def _transfer_conditions(scene: Scene) -> dict[str, Condition]:
+    """A transfer's conditions: `scene`'s objects on its background."""
+    return {
+        "content": Condition("objects", objects=scene.objects, exclusive=True),
+        "style": Condition("style", background=scene.background),
+    }
+
+
 def _transfer_meta(scene: Scene, content: Scene, template: str) -> dict:
     return {
         "scene": scene,
         "input_scene": content,
-        "conditions": {
-            "content": Condition("objects", objects=scene.objects, exclusive=True),
-            "style": Condition("style", background=scene.background),
-        },
+        "conditions": _transfer_conditions(scene),
         "template": template,
     }
 
@@ -1082,13 +1087,11 @@ def _role_transfer(rng: np.random.Generator, w: World, templates) -> Built:
     )
     # What the target would be with the roles the other way round (scored as
     # `swapped`): the style scene's objects on the content's background.
-    swapped = _transfer_meta(
-        Scene(style_scene.objects, content.background), content, ""
-    )
+    swapped = _transfer_conditions(Scene(style_scene.objects, content.background))
     meta = {
         **_transfer_meta(scene, content, template),
         "content_ref": content_ref,
-        "swapped": swapped["conditions"],
+        "swapped": swapped,
     }
     instruction = MultiModalInstruction(text, context)
     return instruction, shapes_world.render(scene, w.resolution), meta

@@ -230,12 +230,12 @@ def _task_grid(examples, images, path: str, count: int = 8) -> None:
         return [c.image for c in ins.context[:2]]
 
     picked = list(zip(examples, images, strict=True))[:count]
-    width = max(1, *(len(conditions(e)) for e, _ in picked))
+    shown = [conditions(example) for example, _ in picked]
+    width = max(1, *map(len, shown))
     cells = []
-    for example, image in picked:
-        shown = conditions(example)
-        shown += [np.zeros_like(image)] * (width - len(shown))
-        cells += [*shown, image, example.target]
+    for (example, image), conds in zip(picked, shown, strict=True):
+        blanks = [np.zeros_like(image)] * (width - len(conds))
+        cells += [*conds, *blanks, image, example.target]
     grids.save_grid(np.stack(cells), path, cols=2 * (width + 2))
 
 
