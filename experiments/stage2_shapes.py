@@ -251,6 +251,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Each context item's pooled text added to its memory tokens
     # (`UNetConfig.context_item_text`).
     c.model.context_item_text = False
+    # Each context item encoded with the instruction after its own text
+    # (`UNetConfig.context_instruction`).
+    c.model.context_instruction = False
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
     if opts.words:

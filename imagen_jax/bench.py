@@ -385,6 +385,7 @@ def prepare_denoise(
             batch["ctx_tokens"],
             batch["ctx_text_mask"],
             batch["ctx_mask"],
+            instruction=(batch["text_tokens"], batch["text_mask"]),
             method=Imagen.encode_memory,
         )
     )

@@ -88,17 +88,20 @@ RULES = ("chain", "interleaved")
 
 
 def _keep_only(
-    cond: dict, text: bool, context: bool, image: bool, textless_input=None
+    cond: dict, text: bool, context: bool, image: bool, textless=None
 ) -> dict:
     """Encoded conditions with the text, the context items' memory and the
     input image kept or masked off.
 
     A masked condition's encoding is never read (cross-attention and pooling
-    ignore masked tokens; the input image is zeroed, as in training). An
-    input image encoded with the instruction (`UNetConfig.input_text`) is
-    replaced where the text is off by `textless_input`, its encoding without
-    text, as training encodes it when the text is dropped.
+    ignore masked tokens; the input image is zeroed, as in training). Items
+    encoded with the instruction (`UNetConfig.input_text`,
+    `UNetConfig.context_instruction`) are replaced where the text is off by
+    their encodings without it in `textless` (`_textless`), as training
+    encodes them when the text is dropped.
     """
+    if textless is not None and not text:
+        cond = dict(cond, **textless)
     out = dict(cond, text_mask=cond["text_mask"] & text)
     if "memory" in cond:
         out["memory"] = cond["memory"].replace(mask=cond["memory"].mask & context)
@@ -106,10 +109,34 @@ def _keep_only(
         out["cond_image"] = cond["cond_image"] * image
     if "input_memory" in cond:  # the input image read as a context item
         memory = cond["input_memory"]
-        if textless_input is not None and not text:
-            memory = textless_input
         out["input_memory"] = memory.replace(mask=memory.mask & image)
     return out
+
+
+def _textless(model: Imagen, variables, batch, cond, masks) -> dict | None:
+    """The encodings that read the instruction, encoded without it (the text
+    off): `memory` with `UNetConfig.context_instruction`, `input_memory` with
+    `UNetConfig.input_text`; None when no encoding reads it."""
+    unet, off = model.unet_config, jnp.zeros_like(cond["text_mask"])
+    out = {}
+    if "memory" in cond and unet.context_instruction:
+        out["memory"] = model.apply(
+            variables,
+            *(batch[k] for k in ("ctx_images", "ctx_tokens", "ctx_text_mask")),
+            masks["ctx_mask"],
+            instruction=(batch["text_tokens"], off),
+            method=Imagen.encode_memory,
+        )
+    if "input_memory" in cond and unet.input_text:
+        out["input_memory"] = model.apply(
+            variables,
+            cond["cond_image"],
+            masks["cond_keep"],
+            cond["text"],
+            off,
+            method=Imagen.encode_input,
+        )
+    return out or None
 
 
 def _branches(kind: conditioning_lib.Conditioning, rule: str) -> list[dict]:
@@ -195,20 +222,11 @@ def guided_denoiser(
         batch, kind, text=keep, context=keep, image=keep
     )
     cond = model.apply(variables, batch, masks, method=Imagen.condition)
-    textless = None
-    if "input_memory" in cond and model.unet_config.input_text:
-        textless = model.apply(
-            variables,
-            cond["cond_image"],
-            masks["cond_keep"],
-            cond["text"],
-            jnp.zeros_like(cond["text_mask"]),
-            method=Imagen.encode_input,
-        )
+    textless = _textless(model, variables, batch, cond, masks)
     branches = _branches(kind, rule)
     stacked = jax.tree.map(
         lambda *xs: jnp.concatenate(xs),
-        *[_keep_only(cond, **b, textless_input=textless) for b in branches],
+        *[_keep_only(cond, **b, textless=textless) for b in branches],
     )
     n = len(branches)
     chain = kind.guidance_chain

@@ -86,6 +86,12 @@ def input_text():
     return _instruction(input_memory=True, input_text=True)
 
 
+@pytest.fixture(scope="module")
+def context_instruction():
+    """As `instruction`, each context item encoded with the instruction."""
+    return _instruction(context_instruction=True)
+
+
 def _instruction(**model_fields):
     cfg = t2i_shapes.get_config("smoke")
     cfg.model.conditioning = "instruction"
@@ -134,7 +140,9 @@ def _inline_denoiser(model, param, params, batch, s_text, s_image):
 
 
 @pytest.mark.parametrize("step_index", [0, 1])
-@pytest.mark.parametrize("fixture", ["instruction", "input_memory", "input_text"])
+@pytest.mark.parametrize(
+    "fixture", ["instruction", "input_memory", "input_text", "context_instruction"]
+)
 def test_precomputed_memory_denoiser_equals_the_inline_one(
     request, fixture, step_index
 ):
@@ -214,6 +222,55 @@ def test_input_text_makes_the_input_encoding_read_the_instruction(request, fixtu
         assert moved == 0.0
 
 
+@pytest.mark.parametrize("fixture", ["instruction", "context_instruction"])
+def test_context_instruction_makes_the_items_encoding_read_the_instruction(
+    request, fixture
+):
+    cfg, model, params, batch = request.getfixturevalue(fixture)
+    on = np.ones(B, bool)
+    other = dict(batch, text_tokens=(batch["text_tokens"] % 150) + 7)
+
+    def memory(b, text):
+        masks = conditioning.condition_masks(
+            b, model.conditioning, text=on & text, context=on, image=on
+        )
+        cond = model.apply({"params": params}, b, masks, method=Imagen.condition)
+        return cond["memory"].tokens
+
+    moved = float(jnp.abs(memory(batch, True) - memory(other, True)).max())
+    # A dropped text is not read: the items' encodings are those of no text.
+    unread = float(jnp.abs(memory(batch, False) - memory(other, False)).max())
+    assert unread == 0.0
+    if model.unet_config.context_instruction:
+        assert moved > 1e-3
+        # ... and the text's presence itself moves them.
+        assert float(jnp.abs(memory(batch, True) - memory(batch, False)).max()) > 1e-3
+    else:
+        assert moved == 0.0
+
+
+def test_context_instruction_needs_the_instruction(context_instruction):
+    cfg, model, params, batch = context_instruction
+    with pytest.raises(ValueError, match="pass instruction="):
+        model.apply(
+            {"params": params},
+            *(batch[k] for k in ("ctx_images", "ctx_tokens", "ctx_text_mask")),
+            batch["ctx_mask"],
+            method=Imagen.encode_memory,
+        )
+    on = np.ones(B, bool)
+    # Text embeddings stored by a frozen encoder, without their tokens.
+    no_tokens = {k: v for k, v in batch.items() if k != "text_tokens"}
+    no_tokens["text_embeddings"] = np.zeros(
+        batch["text_mask"].shape + (cfg.text.d_model,), np.float32
+    )
+    masks = conditioning.condition_masks(
+        batch, model.conditioning, text=on, context=on, image=on
+    )
+    with pytest.raises(ValueError, match="needs the instruction's text_tokens"):
+        model.apply({"params": params}, no_tokens, masks, method=Imagen.condition)
+
+
 def test_input_text_needs_input_memory():
     with pytest.raises(ValueError, match="input_text needs input_memory"):
         UNetConfig(input_text=True)
@@ -238,8 +295,9 @@ def _branch_x0(model, param, params, batch, z, logsnr, text, context, image):
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_interleaved_guidance_guides_on_text_or_on_context(instruction, eta):
-    cfg, model, params, batch = instruction
+@pytest.mark.parametrize("fixture", ["instruction", "context_instruction"])
+def test_interleaved_guidance_guides_on_text_or_on_context(request, fixture, eta):
+    cfg, model, params, batch = request.getfixturevalue(fixture)
     param = cfg.diffusion.param
     z = jax.random.normal(jax.random.PRNGKey(3), (B, 32, 32, 3))
     logsnr = jnp.array([1.0, -2.0])

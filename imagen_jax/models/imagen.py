@@ -50,9 +50,30 @@ class Imagen(nn.Module):
         text_mask: jax.Array,
         mask: jax.Array,
         train: bool = False,
+        instruction: tuple[jax.Array, jax.Array] | None = None,
     ) -> Memory:
         """Context items (uint8 or [-1, 1] images [B,K,H,W,3], tokens [B,K,Lc],
-        their text mask [B,K,Lc], item mask [B,K]) -> the UNet's memory."""
+        their text mask [B,K,Lc], item mask [B,K]) -> the UNet's memory.
+
+        With `UNetConfig.context_instruction`, `instruction` (its tokens [B,L]
+        and mask [B,L], off where the text is dropped) follows each item's
+        text: item k reads [B,K,Lc+L].
+        """
+        if self.unet_config.context_instruction:
+            if instruction is None:
+                raise ValueError(
+                    "context_instruction: the context items are encoded with "
+                    "the instruction; pass instruction=(tokens, mask)"
+                )
+            k = tokens.shape[1]
+            extra, extra_mask = (
+                jnp.broadcast_to(x[:, None], x.shape[:1] + (k,) + x.shape[1:])
+                for x in instruction
+            )
+            tokens = jnp.concatenate([tokens, extra.astype(tokens.dtype)], axis=-1)
+            text_mask = jnp.concatenate(
+                [text_mask.astype(bool), extra_mask.astype(bool)], axis=-1
+            )
         if images.dtype == jnp.uint8:
             images = images.astype(jnp.float32) / 127.5 - 1.0
         context = Context(
@@ -78,12 +99,22 @@ class Imagen(nn.Module):
             text = self.encode_text(batch["text_tokens"], masks["text_mask"])
         cond = {"text": text, "text_mask": masks["text_mask"]}
         if self.conditioning.instruction:
+            instruction = None
+            if self.unet_config.context_instruction:
+                if "text_tokens" not in batch:
+                    raise ValueError(
+                        "context_instruction needs the instruction's text_tokens "
+                        "in the batch (precomputed text embeddings alone do not "
+                        "give the context items the instruction to read)"
+                    )
+                instruction = (batch["text_tokens"], masks["text_mask"])
             cond["memory"] = self.encode_memory(
                 batch["ctx_images"],
                 batch["ctx_tokens"],
                 batch["ctx_text_mask"],
                 masks["ctx_mask"],
                 train,
+                instruction,
             )
             image = batch["cond_image"].astype(jnp.float32) / 127.5 - 1.0
             cond["cond_image"] = image * masks["cond_keep"][:, None, None, None]
@@ -222,6 +253,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         input_memory=m.get("input_memory", False),
         input_text=m.get("input_text", False),
         context_item_text=m.get("context_item_text", False),
+        context_instruction=m.get("context_instruction", False),
         # Resolved now, after JAX has started: the model records its choice.
         kernels=layers.resolve_kernels(m.get("kernels", "auto")),
     )

@@ -86,6 +86,15 @@ class UNetConfig:
         style image, a subject's name, a control map, the instruction of the
         input image) as well as by their pixels; without it an item's text
         reaches its tokens only through the encoder's FiLM and attention.
+      context_instruction: each context item is encoded with the instruction
+        after its own text ("<marker> <text>" then the instruction, one
+        sequence through the text encoder), as `input_text` encodes the input
+        image. The role the instruction gives a marker ("the objects of
+        [ref#2]") is then found by the text encoder, where the item's marker
+        and the same marker in the instruction are one token, and reaches the
+        item's tokens through the encoder's FiLM and attention; without it
+        the denoiser must match the instruction's marker to the item's tokens
+        itself. Implemented by `Imagen.encode_memory`.
       kernels: the forms of the Dense products and of attention
         (`layers.KERNELS`): "cpu" (shaped for XLA:CPU), "stock" (plain, for
         accelerators) or "auto" (by the backend). Parameters are the same.
@@ -111,6 +120,7 @@ class UNetConfig:
     input_memory: bool = False
     input_text: bool = False
     context_item_text: bool = False
+    context_instruction: bool = False
     kernels: str = "auto"
 
     def __post_init__(self):
