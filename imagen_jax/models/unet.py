@@ -94,7 +94,9 @@ class UNetConfig:
         and the same marker in the instruction are one token, and reaches the
         item's tokens through the encoder's FiLM and attention; without it
         the denoiser must match the instruction's marker to the item's tokens
-        itself. Implemented by `Imagen.encode_memory`.
+        itself. Implemented by `Imagen.encode_memory`. A sampler then encodes
+        the items twice per request, with the text and without it (for the
+        guidance branches with the text off), both before its loop.
       kernels: the forms of the Dense products and of attention
         (`layers.KERNELS`): "cpu" (shaped for XLA:CPU), "stock" (plain, for
         accelerators) or "auto" (by the backend). Parameters are the same.
