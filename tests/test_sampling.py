@@ -377,6 +377,29 @@ def test_context_is_encoded_once_per_request_outside_the_sampler_loop(instructio
     assert (B * K, True) not in convs
 
 
+def test_items_read_the_instruction_are_encoded_twice_outside_the_loop(
+    context_instruction,
+):
+    cfg, model, params, batch = context_instruction
+    memory_of = jax.make_jaxpr(
+        lambda p: model.apply(
+            {"params": p},
+            *(batch[k] for k in ("ctx_images", "ctx_tokens", "ctx_text_mask")),
+            batch["ctx_mask"],
+            instruction=(batch["text_tokens"], batch["text_mask"]),
+            method=Imagen.encode_memory,
+        )
+    )
+    encoder = _conv_batches(memory_of(params).jaxpr)
+    assert encoder and set(encoder) == {(B * K, False)}
+    generate = sampling.make_generate_fn(model, cfg, "ddim")
+    convs = _conv_batches(jax.make_jaxpr(generate)(params, batch, KEY, 3, 3.0).jaxpr)
+    # With and without the text: two encoder passes over the B*K items, both
+    # before the loop; the loop runs the denoiser only.
+    assert convs.count((B * K, False)) == 2 * len(encoder)
+    assert {b for b, in_loop in convs if in_loop} == {3 * B}
+
+
 def test_interleaved_sampling_runs_three_branches_and_traces_eta(instruction):
     cfg, model, params, batch = instruction
     generate = sampling.make_generate_fn(model, cfg, "ddim", "interleaved")
