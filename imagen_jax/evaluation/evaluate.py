@@ -315,6 +315,74 @@ def _x0_error_rows(loaded, error_fn, name, examples, batch, repeats=4) -> list[d
     ]
 
 
+def make_memory_fn(loaded) -> Callable:
+    """Jitted `(params, batch)` -> the context items' pooled memory [B, K, C]:
+    each item's memory tokens (`Imagen.condition`, every condition kept)
+    averaged over its positions."""
+    from imagen_jax import conditioning as conditioning_lib
+    from imagen_jax.models.imagen import Imagen
+
+    model = loaded.model
+
+    @jax.jit
+    def fn(params, batch):
+        yes = jnp.ones(batch["text_mask"].shape[:1], bool)
+        masks = conditioning_lib.condition_masks(
+            batch, model.conditioning, text=yes, context=yes, image=yes
+        )
+        cond = model.apply({"params": params}, batch, masks, method=Imagen.condition)
+        tokens = cond["memory"].tokens.astype(jnp.float32)  # [B, K*h*w, C]
+        b, k = batch["ctx_mask"].shape
+        return tokens.reshape(b, k, -1, tokens.shape[-1]).mean(axis=2)
+
+    return fn
+
+
+def paired_role_probe(pooled: np.ndarray, first_is_content: np.ndarray) -> list[bool]:
+    """Leave-one-out reading of which of two items an instruction makes the
+    content, from the items' encodings alone.
+
+    `pooled` [N, 2, C] holds each example's two items; `first_is_content` [N]
+    bool. The direction is the mean of (content - style) over the other
+    examples; example i is read right when its (item 1 - item 2) falls on the
+    side its roles say. Subtracting the pair removes what both items share
+    (the instruction, the template), and item order is independent of the
+    role, so an encoding blind to the roles reads at chance (0.5).
+    """
+    n = len(pooled)
+    if n < 2:
+        raise ValueError(f"the role probe needs at least 2 examples, got {n}")
+    sign = np.where(first_is_content, 1.0, -1.0)
+    gap = pooled[:, 0] - pooled[:, 1]  # item 1 - item 2
+    d = gap * sign[:, None]  # content - style
+    total = d.sum(axis=0)
+    right = []
+    for i in range(n):
+        w = (total - d[i]) / (n - 1)
+        right.append(bool(np.dot(w, gap[i]) * sign[i] > 0))
+    return right
+
+
+def _role_probe_rows(loaded, count: int = 192, batch_size: int = 48) -> list[dict]:
+    """`role_probe`: how often the paired probe reads role_transfer's roles
+    from its items' encodings (chance 0.5), over `count` examples."""
+    ((_, examples, batch),) = _task_batches(loaded, ["role_transfer"], count, False)
+    memory = make_memory_fn(loaded)
+    pooled = np.concatenate(
+        [
+            np.asarray(
+                memory(
+                    loaded.params, {k: v[i : i + batch_size] for k, v in batch.items()}
+                )
+            )
+            for i in range(0, count, batch_size)
+        ]
+    )[:, :2]
+    first = np.array([e.meta["content_ref"] == "[ref#1]" for e in examples])
+    right = [float(r) for r in paired_role_probe(pooled, first)]
+    return _mean_rows("role_transfer", {"role_probe": right})
+
+
 def _has_conditions(task) -> bool:
     """Whether a task's instructions carry context items or an input image."""
     return task.name != "text_to_image"
@@ -411,6 +479,10 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
             shown = [k for k in ("o", "sc", "pq", "score") if k in head]
             shown += sorted(k for k in head if k.startswith(("sc/", "x0_error")))
             print(f"  {label}: " + "  ".join(_figure(k, head[k]) for k in shown))
+    if "role_transfer" in (eval_cfg.get("names") or ()):
+        probe = _role_probe_rows(loaded)
+        print(f"  role_transfer: {_figure('role_probe', probe[0]['value'])}")
+        rows += probe
     grids.save_grid(np.stack(grid), os.path.join(out_dir, "tasks.png"), cols=8)
     if samples is not None and pooled[0]:
         samples.append(("tasks", np.concatenate(pooled[0]), np.concatenate(pooled[1])))
