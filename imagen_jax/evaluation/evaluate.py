@@ -343,23 +343,25 @@ def paired_role_probe(pooled: np.ndarray, first_is_content: np.ndarray) -> list[
     content, from the items' encodings alone.
 
     `pooled` [N, 2, C] holds each example's two items; `first_is_content` [N]
-    bool. The direction is the mean of (content - style) over the other
-    examples; example i is read right when its (item 1 - item 2) falls on the
-    side its roles say. Subtracting the pair removes what both items share
-    (the instruction, the template), and item order is independent of the
-    role, so an encoding blind to the roles reads at chance (0.5).
+    bool. Each example's gap is item 1 - item 2, which removes what both
+    items share (the instruction, the template). Over the other examples the
+    gaps are centred on their mean (what tells item 1 from item 2 whatever
+    their roles, such as the marker) and the direction is the mean of the
+    centred (content - style). Example i is read right when its centred gap
+    falls on the side its roles say. Item order is drawn apart from the
+    roles, so an encoding blind to them reads at chance (0.5).
     """
     n = len(pooled)
-    if n < 2:
-        raise ValueError(f"the role probe needs at least 2 examples, got {n}")
+    if n < 3:
+        raise ValueError(f"the role probe needs at least 3 examples, got {n}")
     sign = np.where(first_is_content, 1.0, -1.0)
-    gap = pooled[:, 0] - pooled[:, 1]  # item 1 - item 2
-    d = gap * sign[:, None]  # content - style
-    total = d.sum(axis=0)
+    gap = (pooled[:, 0] - pooled[:, 1]).astype(np.float64)
     right = []
     for i in range(n):
-        w = (total - d[i]) / (n - 1)
-        right.append(bool(np.dot(w, gap[i]) * sign[i] > 0))
+        others = np.arange(n) != i
+        mean = gap[others].mean(axis=0)
+        w = ((gap[others] - mean) * sign[others, None]).mean(axis=0)
+        right.append(bool(np.dot(w, gap[i] - mean) * sign[i] > 0))
     return right
 
 

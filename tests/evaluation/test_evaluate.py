@@ -217,11 +217,14 @@ def test_role_probe_reads_a_role_the_encoding_carries():
 
 def test_role_probe_is_at_chance_on_an_encoding_of_item_order():
     pooled, first = _pairs()
-    pooled[:, 0] += 1.0  # item 1 looks different from item 2, whatever its role
+    # Item 1 looks far from item 2 whatever its role (as a marker makes it).
+    # Uncentred, the left-out example's own label would tip the direction
+    # against it: with balanced labels it is read wrong almost always.
+    pooled[:, 0] += 10.0
     accuracy = np.mean(evaluate.paired_role_probe(pooled, first))
     assert abs(accuracy - 0.5) < 0.1  # 0.5 +- 0.035 (one standard error)
-    with pytest.raises(ValueError, match="at least 2 examples"):
-        evaluate.paired_role_probe(pooled[:1], first[:1])
+    with pytest.raises(ValueError, match="at least 3 examples"):
+        evaluate.paired_role_probe(pooled[:2], first[:2])
 
 
 def test_role_probe_row_of_a_model_that_encodes_the_items_with_the_instruction():
