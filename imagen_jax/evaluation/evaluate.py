@@ -315,10 +315,11 @@ def _x0_error_rows(loaded, error_fn, name, examples, batch, repeats=4) -> list[d
     ]
 
 
-def make_memory_fn(loaded) -> Callable:
-    """Jitted `(params, batch)` -> the context items' pooled memory [B, K, C]:
-    each item's memory tokens (`Imagen.condition`, every condition kept)
-    averaged over its positions."""
+def make_item_encodings_fn(loaded) -> Callable:
+    """Jitted `(params, batch)` -> each context item's encodings, every
+    condition kept: `memory` [B, K, C], its memory tokens (`Imagen.condition`)
+    averaged over their positions, and `text` [B, K, D], its text as the
+    memory reads it (`Imagen.encode_items_text`) averaged over its tokens."""
     from imagen_jax import conditioning as conditioning_lib
     from imagen_jax.models.imagen import Imagen
 
@@ -326,14 +327,29 @@ def make_memory_fn(loaded) -> Callable:
 
     @jax.jit
     def fn(params, batch):
+        variables = {"params": params}
         yes = jnp.ones(batch["text_mask"].shape[:1], bool)
         masks = conditioning_lib.condition_masks(
             batch, model.conditioning, text=yes, context=yes, image=yes
         )
-        cond = model.apply({"params": params}, batch, masks, method=Imagen.condition)
+        cond = model.apply(variables, batch, masks, method=Imagen.condition)
         tokens = cond["memory"].tokens.astype(jnp.float32)  # [B, K*h*w, C]
         b, k = batch["ctx_mask"].shape
-        return tokens.reshape(b, k, -1, tokens.shape[-1]).mean(axis=2)
+        instruction = None
+        if model.unet_config.context_instruction:
+            instruction = (batch["text_tokens"], masks["text_mask"])
+        text, text_mask = model.apply(
+            variables,
+            batch["ctx_tokens"],
+            batch["ctx_text_mask"],
+            instruction,
+            method=Imagen.encode_items_text,
+        )
+        weight = text_mask.astype(jnp.float32)[..., None]  # [B, K, L, 1]
+        return {
+            "memory": tokens.reshape(b, k, -1, tokens.shape[-1]).mean(axis=2),
+            "text": (text * weight).sum(2) / jnp.maximum(weight.sum(2), 1.0),
+        }
 
     return fn
 
@@ -366,23 +382,23 @@ def paired_role_probe(pooled: np.ndarray, first_is_content: np.ndarray) -> list[
 
 
 def _role_probe_rows(loaded, count: int = 192, batch_size: int = 48) -> list[dict]:
-    """`role_probe`: how often the paired probe reads role_transfer's roles
-    from its items' encodings (chance 0.5), over `count` examples."""
+    """How often the paired probe reads role_transfer's roles (chance 0.5),
+    over `count` examples: `role_probe` from the items' memory, and
+    `role_probe/text` from their texts as the memory reads them (with
+    `model.context_instruction` the instruction among them), which tells a
+    text encoder blind to the roles from a memory that loses them."""
     ((_, examples, batch),) = _task_batches(loaded, ["role_transfer"], count, False)
-    memory = make_memory_fn(loaded)
-    pooled = np.concatenate(
-        [
-            np.asarray(
-                memory(
-                    loaded.params, {k: v[i : i + batch_size] for k, v in batch.items()}
-                )
-            )
-            for i in range(0, count, batch_size)
-        ]
-    )[:, :2]
+    encodings = make_item_encodings_fn(loaded)
+    chunks = [
+        encodings(loaded.params, {k: v[i : i + batch_size] for k, v in batch.items()})
+        for i in range(0, count, batch_size)
+    ]
     first = np.array([e.meta["content_ref"] == "[ref#1]" for e in examples])
-    right = [float(r) for r in paired_role_probe(pooled, first)]
-    return _mean_rows("role_transfer", {"role_probe": right})
+    values = {}
+    for metric, key in (("role_probe", "memory"), ("role_probe/text", "text")):
+        pooled = np.concatenate([np.asarray(c[key]) for c in chunks])[:, :2]
+        values[metric] = [float(r) for r in paired_role_probe(pooled, first)]
+    return _mean_rows("role_transfer", values)
 
 
 def _has_conditions(task) -> bool:
@@ -483,7 +499,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
             print(f"  {label}: " + "  ".join(_figure(k, head[k]) for k in shown))
     if "role_transfer" in (eval_cfg.get("names") or ()):
         probe = _role_probe_rows(loaded)
-        print(f"  role_transfer: {_figure('role_probe', probe[0]['value'])}")
+        shown = "  ".join(_figure(r["metric"], r["value"]) for r in probe)
+        print(f"  role_transfer: {shown}")
         rows += probe
     grids.save_grid(np.stack(grid), os.path.join(out_dir, "tasks.png"), cols=8)
     if samples is not None and pooled[0]:

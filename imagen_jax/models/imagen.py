@@ -43,17 +43,14 @@ class Imagen(nn.Module):
         out = self.text_encoder(flat, mask.reshape(flat.shape)).astype(jnp.float32)
         return out.reshape(lead + out.shape[-2:])
 
-    def encode_memory(
+    def encode_items_text(
         self,
-        images: jax.Array,
         tokens: jax.Array,
         text_mask: jax.Array,
-        mask: jax.Array,
-        train: bool = False,
         instruction: tuple[jax.Array, jax.Array] | None = None,
-    ) -> Memory:
-        """Context items (uint8 or [-1, 1] images [B,K,H,W,3], tokens [B,K,Lc],
-        their text mask [B,K,Lc], item mask [B,K]) -> the UNet's memory.
+    ) -> tuple[jax.Array, jax.Array]:
+        """The context items' texts (tokens and mask [B,K,Lc]) encoded as the
+        memory reads them: [B,K,Lc',D] and the mask [B,K,Lc'].
 
         With `UNetConfig.context_instruction`, `instruction` (its tokens [B,L]
         and mask [B,L], off where the text is dropped) follows each item's
@@ -74,14 +71,24 @@ class Imagen(nn.Module):
             text_mask = jnp.concatenate(
                 [text_mask.astype(bool), extra_mask.astype(bool)], axis=-1
             )
+        return self.encode_text(tokens, text_mask), text_mask
+
+    def encode_memory(
+        self,
+        images: jax.Array,
+        tokens: jax.Array,
+        text_mask: jax.Array,
+        mask: jax.Array,
+        train: bool = False,
+        instruction: tuple[jax.Array, jax.Array] | None = None,
+    ) -> Memory:
+        """Context items (uint8 or [-1, 1] images [B,K,H,W,3], tokens [B,K,Lc],
+        their text mask [B,K,Lc], item mask [B,K]) -> the UNet's memory; each
+        item's text as `encode_items_text` encodes it."""
+        text, text_mask = self.encode_items_text(tokens, text_mask, instruction)
         if images.dtype == jnp.uint8:
             images = images.astype(jnp.float32) / 127.5 - 1.0
-        context = Context(
-            images=images,
-            text=self.encode_text(tokens, text_mask),
-            text_mask=text_mask,
-            mask=mask,
-        )
+        context = Context(images=images, text=text, text_mask=text_mask, mask=mask)
         return self.unet.encode_context(context, train)
 
     def condition(self, batch: dict, masks: dict, train: bool = False) -> dict:

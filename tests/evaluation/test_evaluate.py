@@ -244,6 +244,9 @@ def test_role_probe_row_of_a_model_that_encodes_the_items_with_the_instruction()
         lambda: train_state.init_params(model, cfg), mesh, train_state.mesh_rules(cfg)
     )
     loaded = inference.Loaded(cfg, tok, model, perturbed(params), step=0)
-    (row,) = evaluate._role_probe_rows(loaded, count=8, batch_size=4)
-    assert (row["task"], row["metric"], row["n"]) == ("role_transfer", "role_probe", 8)
-    assert 0.0 <= row["value"] <= 1.0 and "se" in row
+    rows = evaluate._role_probe_rows(loaded, count=8, batch_size=4)
+    assert [(r["task"], r["metric"], r["n"]) for r in rows] == [
+        ("role_transfer", "role_probe", 8),
+        ("role_transfer", "role_probe/text", 8),
+    ]
+    assert all(0.0 <= r["value"] <= 1.0 and "se" in r for r in rows)
