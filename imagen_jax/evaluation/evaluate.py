@@ -318,8 +318,9 @@ def _x0_error_rows(loaded, error_fn, name, examples, batch, repeats=4) -> list[d
 def make_item_encodings_fn(loaded) -> Callable:
     """Jitted `(params, batch)` -> each context item's encodings, every
     condition kept: `memory` [B, K, C], its memory tokens (`Imagen.condition`)
-    averaged over their positions, and `text` [B, K, D], its text as the
-    memory reads it (`Imagen.encode_items_text`) averaged over its tokens."""
+    averaged over their positions, `text` [B, K, D], its text as the memory
+    reads it (`Imagen.encode_items_text`) averaged over its tokens, and
+    `instruction` [B, L, D], the instruction's encoding."""
     from imagen_jax import conditioning as conditioning_lib
     from imagen_jax.models.imagen import Imagen
 
@@ -349,6 +350,12 @@ def make_item_encodings_fn(loaded) -> Callable:
         return {
             "memory": tokens.reshape(b, k, -1, tokens.shape[-1]).mean(axis=2),
             "text": (text * weight).sum(2) / jnp.maximum(weight.sum(2), 1.0),
+            "instruction": model.apply(
+                variables,
+                batch["text_tokens"],
+                masks["text_mask"],
+                method=Imagen.encode_text,
+            ),
         }
 
     return fn
@@ -383,10 +390,13 @@ def paired_role_probe(pooled: np.ndarray, first_is_content: np.ndarray) -> list[
 
 def _role_probe_rows(loaded, count: int = 192, batch_size: int = 48) -> list[dict]:
     """How often the paired probe reads role_transfer's roles (chance 0.5),
-    over `count` examples: `role_probe` from the items' memory, and
+    over `count` examples: `role_probe` from the items' memory,
     `role_probe/text` from their texts as the memory reads them (with
     `model.context_instruction` the instruction among them), which tells a
-    text encoder blind to the roles from a memory that loses them."""
+    text encoder blind to the roles from a memory that loses them, and
+    `role_probe/instruction` from the instruction's own encoding at its two
+    markers, which tells an encoder that never finds the roles from one that
+    finds them in the instruction and does not bind them to the items."""
     ((_, examples, batch),) = _task_batches(loaded, ["role_transfer"], count, False)
     encodings = make_item_encodings_fn(loaded)
     chunks = [
@@ -394,10 +404,27 @@ def _role_probe_rows(loaded, count: int = 192, batch_size: int = 48) -> list[dic
         for i in range(0, count, batch_size)
     ]
     first = np.array([e.meta["content_ref"] == "[ref#1]" for e in examples])
+    pooled = {
+        key: np.concatenate([np.asarray(c[key]) for c in chunks])
+        for key in ("memory", "text", "instruction")
+    }
+    # The instruction's encoding at each marker (averaged where it recurs).
+    ids = [loaded.tokenizer.extra_token_id(m) for m in ("[ref#1]", "[ref#2]")]
+    at = [batch["text_tokens"] == i for i in ids]  # [N, L] each
+    if not all(a.any(axis=1).all() for a in at):
+        raise ValueError("a role_transfer instruction lacks one of its markers")
+    pooled["instruction"] = np.stack(
+        [(pooled["instruction"] * a[..., None]).sum(1) / a.sum(1)[:, None] for a in at],
+        axis=1,
+    )
     values = {}
-    for metric, key in (("role_probe", "memory"), ("role_probe/text", "text")):
-        pooled = np.concatenate([np.asarray(c[key]) for c in chunks])[:, :2]
-        values[metric] = [float(r) for r in paired_role_probe(pooled, first)]
+    for metric, key in (
+        ("role_probe", "memory"),
+        ("role_probe/text", "text"),
+        ("role_probe/instruction", "instruction"),
+    ):
+        right = paired_role_probe(pooled[key][:, :2], first)
+        values[metric] = [float(r) for r in right]
     return _mean_rows("role_transfer", values)
 
 

@@ -248,5 +248,6 @@ def test_role_probe_row_of_a_model_that_encodes_the_items_with_the_instruction()
     assert [(r["task"], r["metric"], r["n"]) for r in rows] == [
         ("role_transfer", "role_probe", 8),
         ("role_transfer", "role_probe/text", 8),
+        ("role_transfer", "role_probe/instruction", 8),
     ]
     assert all(0.0 <= r["value"] <= 1.0 and "se" in r for r in rows)
