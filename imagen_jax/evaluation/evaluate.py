@@ -524,7 +524,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
             shown = [k for k in ("o", "sc", "pq", "score") if k in head]
             shown += sorted(k for k in head if k.startswith(("sc/", "x0_error")))
             print(f"  {label}: " + "  ".join(_figure(k, head[k]) for k in shown))
-    if "role_transfer" in (eval_cfg.get("names") or ()):
+    named = "role_transfer" in (eval_cfg.get("names") or ())
+    if named and loaded.model.conditioning.instruction:  # items to probe
         probe = _role_probe_rows(loaded)
         shown = "  ".join(_figure(r["metric"], r["value"]) for r in probe)
         print(f"  role_transfer: {shown}")
