@@ -320,7 +320,8 @@ def make_item_encodings_fn(loaded) -> Callable:
     condition kept: `memory` [B, K, C], its memory tokens (`Imagen.condition`)
     averaged over their positions, `text` [B, K, D], its text as the memory
     reads it (`Imagen.encode_items_text`) averaged over its tokens, and
-    `instruction` [B, L, D], the instruction's encoding."""
+    `instruction` [B, L, D], the instruction's encoding (`Imagen.condition`'s
+    `text`)."""
     from imagen_jax import conditioning as conditioning_lib
     from imagen_jax.models.imagen import Imagen
 
@@ -350,12 +351,7 @@ def make_item_encodings_fn(loaded) -> Callable:
         return {
             "memory": tokens.reshape(b, k, -1, tokens.shape[-1]).mean(axis=2),
             "text": (text * weight).sum(2) / jnp.maximum(weight.sum(2), 1.0),
-            "instruction": model.apply(
-                variables,
-                batch["text_tokens"],
-                masks["text_mask"],
-                method=Imagen.encode_text,
-            ),
+            "instruction": cond["text"],  # what the denoiser reads
         }
 
     return fn
