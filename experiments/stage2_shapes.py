@@ -254,6 +254,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Each context item encoded with the instruction after its own text
     # (`UNetConfig.context_instruction`).
     c.model.context_instruction = False
+    # ... or each item's text followed by the instruction's encoding at the
+    # item's marker (`UNetConfig.context_marker`).
+    c.model.context_marker = False
     c.data.max_text_len = 96
     c.data.ctx_text_len = 24
     if opts.words:

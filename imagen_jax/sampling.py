@@ -96,9 +96,10 @@ def _keep_only(
     A masked condition's encoding is never read (cross-attention and pooling
     ignore masked tokens; the input image is zeroed, as in training). Items
     encoded with the instruction (`UNetConfig.input_text`,
-    `UNetConfig.context_instruction`) are replaced where the text is off by
-    their encodings without it in `textless` (`_textless`), as training
-    encodes them when the text is dropped.
+    `UNetConfig.context_instruction`, `UNetConfig.context_marker`) are
+    replaced where the text is off by their encodings without it in
+    `textless` (`_textless`), as training encodes them when the text is
+    dropped.
     """
     if textless is not None and not text:
         cond = dict(cond, **textless)
@@ -115,16 +116,17 @@ def _keep_only(
 
 def _textless(model: Imagen, variables, batch, cond, masks) -> dict | None:
     """The encodings that read the instruction, encoded without it (the text
-    off): `memory` with `UNetConfig.context_instruction`, `input_memory` with
-    `UNetConfig.input_text`; None when no encoding reads it."""
+    off): `memory` with `UNetConfig.context_instruction` or `context_marker`,
+    `input_memory` with `UNetConfig.input_text`; None when no encoding reads
+    it."""
     unet, off = model.unet_config, jnp.zeros_like(cond["text_mask"])
     out = {}
-    if "memory" in cond and unet.context_instruction:
+    if "memory" in cond and (unet.context_instruction or unet.context_marker):
         out["memory"] = model.apply(
             variables,
             *(batch[k] for k in ("ctx_images", "ctx_tokens", "ctx_text_mask")),
             masks["ctx_mask"],
-            instruction=(batch["text_tokens"], off),
+            instruction=(batch["text_tokens"], off, cond["text"]),
             method=Imagen.encode_memory,
         )
     if "input_memory" in cond and unet.input_text:

@@ -92,6 +92,20 @@ def context_instruction():
     return _instruction(context_instruction=True)
 
 
+@pytest.fixture(scope="module")
+def context_marker():
+    """As `instruction`, each context item followed by the instruction at its
+    marker; the instruction names the first example's items 1 and 3 (item 3
+    twice) and none of the second's."""
+    cfg, model, params, batch = _instruction(context_marker=True)
+    tokens = batch["text_tokens"].copy()
+    markers = batch["ctx_tokens"][:, :, 0]
+    for i in range(B):
+        tokens[i][np.isin(tokens[i], markers[i])] = 1
+    tokens[0, [2, 5, 7]] = markers[0, [0, 2, 2]]
+    return cfg, model, params, dict(batch, text_tokens=tokens)
+
+
 def _instruction(**model_fields):
     cfg = t2i_shapes.get_config("smoke")
     cfg.model.conditioning = "instruction"
@@ -141,7 +155,14 @@ def _inline_denoiser(model, param, params, batch, s_text, s_image):
 
 @pytest.mark.parametrize("step_index", [0, 1])
 @pytest.mark.parametrize(
-    "fixture", ["instruction", "input_memory", "input_text", "context_instruction"]
+    "fixture",
+    [
+        "instruction",
+        "input_memory",
+        "input_text",
+        "context_instruction",
+        "context_marker",
+    ],
 )
 def test_precomputed_memory_denoiser_equals_the_inline_one(
     request, fixture, step_index
@@ -222,7 +243,9 @@ def test_input_text_makes_the_input_encoding_read_the_instruction(request, fixtu
         assert moved == 0.0
 
 
-@pytest.mark.parametrize("fixture", ["instruction", "context_instruction"])
+@pytest.mark.parametrize(
+    "fixture", ["instruction", "context_instruction", "context_marker"]
+)
 def test_context_instruction_makes_the_items_encoding_read_the_instruction(
     request, fixture
 ):
@@ -241,7 +264,7 @@ def test_context_instruction_makes_the_items_encoding_read_the_instruction(
     # A dropped text is not read: the items' encodings are those of no text.
     unread = float(jnp.abs(memory(batch, False) - memory(other, False)).max())
     assert unread == 0.0
-    if model.unet_config.context_instruction:
+    if model.unet_config.context_instruction or model.unet_config.context_marker:
         assert moved > 1e-3
         # ... and the text's presence itself moves them.
         assert float(jnp.abs(memory(batch, True) - memory(batch, False)).max()) > 1e-3
@@ -269,6 +292,55 @@ def test_context_instruction_needs_the_instruction(context_instruction):
     )
     with pytest.raises(ValueError, match="needs the instruction's text_tokens"):
         model.apply({"params": params}, no_tokens, masks, method=Imagen.condition)
+
+
+def test_context_marker_reads_the_instruction_at_each_items_marker(context_marker):
+    cfg, model, params, batch = context_marker
+    variables = {"params": params}
+    mask = batch["text_mask"]
+    encoding = model.apply(
+        variables, batch["text_tokens"], mask, method=Imagen.encode_text
+    )
+
+    def items_text(instruction):
+        return model.apply(
+            variables,
+            batch["ctx_tokens"],
+            batch["ctx_text_mask"],
+            instruction,
+            method=Imagen.encode_items_text,
+        )
+
+    text, text_mask = items_text((batch["text_tokens"], mask, encoding))
+    own = model.apply(
+        variables,
+        batch["ctx_tokens"],
+        batch["ctx_text_mask"],
+        method=Imagen.encode_text,
+    )
+    # Each item's own text, then one token: the instruction at its marker.
+    assert text.shape == (B, K, 8 + 1, cfg.text.d_model)
+    np.testing.assert_array_equal(text[..., :8, :], own)
+    np.testing.assert_array_equal(text_mask[..., :8], batch["ctx_text_mask"])
+    # Named: the first example's items 1 (at 2) and 3 (at 5 and 7); no other.
+    np.testing.assert_array_equal(
+        text_mask[..., 8], [[True, False, True, False], [False] * K]
+    )
+    # Averaged over f32 values of O(1): a few ulps.
+    np.testing.assert_allclose(text[0, 0, 8], encoding[0, 2], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        text[0, 2, 8], (encoding[0, 5] + encoding[0, 7]) / 2, rtol=0, atol=1e-6
+    )
+    # A dropped text is not read.
+    _, dropped = items_text((batch["text_tokens"], mask & False, encoding))
+    assert not dropped[..., 8].any()
+    with pytest.raises(ValueError, match="pass instruction=\\(tokens, mask, enc"):
+        items_text((batch["text_tokens"], mask))
+
+
+def test_context_marker_and_context_instruction_exclude_each_other():
+    with pytest.raises(ValueError, match="set one"):
+        UNetConfig(context_instruction=True, context_marker=True)
 
 
 def test_input_text_needs_input_memory():

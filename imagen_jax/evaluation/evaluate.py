@@ -338,8 +338,8 @@ def make_item_encodings_fn(loaded) -> Callable:
         tokens = cond["memory"].tokens.astype(jnp.float32)  # [B, K*h*w, C]
         b, k = batch["ctx_mask"].shape
         instruction = None
-        if model.unet_config.context_instruction:
-            instruction = (batch["text_tokens"], masks["text_mask"])
+        if model.unet_config.context_instruction or model.unet_config.context_marker:
+            instruction = (batch["text_tokens"], masks["text_mask"], cond["text"])
         text, text_mask = model.apply(
             variables,
             batch["ctx_tokens"],
@@ -388,7 +388,8 @@ def _role_probe_rows(loaded, count: int = 192, batch_size: int = 48) -> list[dic
     """How often the paired probe reads role_transfer's roles (chance 0.5),
     over `count` examples: `role_probe` from the items' memory,
     `role_probe/text` from their texts as the memory reads them (with
-    `model.context_instruction` the instruction among them), which tells a
+    `context_instruction` the instruction among them, with `context_marker`
+    the instruction's encoding at the item's marker), which tells a
     text encoder blind to the roles from a memory that loses them, and
     `role_probe/instruction` from the instruction's own encoding at its two
     markers, which tells an encoder that never finds the roles from one that

@@ -47,31 +47,60 @@ class Imagen(nn.Module):
         self,
         tokens: jax.Array,
         text_mask: jax.Array,
-        instruction: tuple[jax.Array, jax.Array] | None = None,
+        instruction: tuple[jax.Array, ...] | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """The context items' texts (tokens and mask [B,K,Lc]) encoded as the
         memory reads them: [B,K,Lc',D] and the mask [B,K,Lc'].
 
-        With `UNetConfig.context_instruction`, `instruction` (its tokens [B,L]
-        and mask [B,L], off where the text is dropped) follows each item's
-        text: item k reads [B,K,Lc+L].
+        `instruction` is the instruction's tokens [B,L] and mask [B,L] (off
+        where the text is dropped) and, for `context_marker`, its encoding
+        [B,L,D]. With `UNetConfig.context_instruction` the instruction follows
+        each item's text: item k reads [B,K,Lc+L]. With
+        `UNetConfig.context_marker` item k's text is followed by one token:
+        the instruction's encoding at item k's marker (its first token),
+        averaged over the marker's occurrences and masked where it has none.
         """
-        if self.unet_config.context_instruction:
-            if instruction is None:
+        cfg = self.unet_config
+        if (cfg.context_instruction or cfg.context_marker) and instruction is None:
+            raise ValueError(
+                "context_instruction / context_marker: the context items are "
+                "encoded with the instruction; pass instruction=(tokens, mask"
+                + (", encoding)" if cfg.context_marker else ")")
+            )
+        if cfg.context_marker:
+            if len(instruction) != 3:
                 raise ValueError(
-                    "context_instruction: the context items are encoded with "
-                    "the instruction; pass instruction=(tokens, mask)"
+                    "context_marker reads the instruction's encoding; pass "
+                    "instruction=(tokens, mask, encoding)"
                 )
+            return self._items_text_with_markers(tokens, text_mask, *instruction)
+        if cfg.context_instruction:
             k = tokens.shape[1]
             extra, extra_mask = (
                 jnp.broadcast_to(x[:, None], x.shape[:1] + (k,) + x.shape[1:])
-                for x in instruction
+                for x in instruction[:2]
             )
             tokens = jnp.concatenate([tokens, extra.astype(tokens.dtype)], axis=-1)
             text_mask = jnp.concatenate(
                 [text_mask.astype(bool), extra_mask.astype(bool)], axis=-1
             )
         return self.encode_text(tokens, text_mask), text_mask
+
+    def _items_text_with_markers(
+        self, tokens, text_mask, instr_tokens, instr_mask, instr_text
+    ) -> tuple[jax.Array, jax.Array]:
+        """`encode_items_text` for `UNetConfig.context_marker`."""
+        text = self.encode_text(tokens, text_mask)  # [B,K,Lc,D]
+        marker = tokens[:, :, :1]  # "<marker> <text>": [B,K,1]
+        at = (instr_tokens[:, None, :] == marker) & instr_mask[:, None, :].astype(
+            bool
+        )  # [B,K,L]
+        count = at.sum(-1, keepdims=True)  # [B,K,1]
+        weight = at.astype(jnp.float32) / jnp.maximum(count, 1)
+        read = jnp.einsum("bkl,bld->bkd", weight, instr_text.astype(jnp.float32))
+        text = jnp.concatenate([text, read[:, :, None]], axis=2)
+        mask = jnp.concatenate([text_mask.astype(bool), count > 0], axis=-1)
+        return text, mask
 
     def encode_memory(
         self,
@@ -107,14 +136,15 @@ class Imagen(nn.Module):
         cond = {"text": text, "text_mask": masks["text_mask"]}
         if self.conditioning.instruction:
             instruction = None
-            if self.unet_config.context_instruction:
+            if self.unet_config.context_instruction or self.unet_config.context_marker:
                 if "text_tokens" not in batch:
                     raise ValueError(
-                        "context_instruction needs the instruction's text_tokens "
-                        "in the batch (precomputed text embeddings alone do not "
-                        "give the context items the instruction to read)"
+                        "context_instruction / context_marker needs the "
+                        "instruction's text_tokens in the batch (precomputed "
+                        "text embeddings alone do not give the context items "
+                        "the instruction to read)"
                     )
-                instruction = (batch["text_tokens"], masks["text_mask"])
+                instruction = (batch["text_tokens"], masks["text_mask"], text)
             cond["memory"] = self.encode_memory(
                 batch["ctx_images"],
                 batch["ctx_tokens"],
@@ -261,6 +291,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Imagen:
         input_text=m.get("input_text", False),
         context_item_text=m.get("context_item_text", False),
         context_instruction=m.get("context_instruction", False),
+        context_marker=m.get("context_marker", False),
         # Resolved now, after JAX has started: the model records its choice.
         kernels=layers.resolve_kernels(m.get("kernels", "auto")),
     )

@@ -97,6 +97,15 @@ class UNetConfig:
         itself. Implemented by `Imagen.encode_memory`. A sampler then encodes
         the items twice per request, with the text and without it (for the
         guidance branches with the text off), both before its loop.
+      context_marker: each context item's text is followed by one token: the
+        instruction's encoding at the item's marker ("... the objects of
+        [ref#2] ..." read at [ref#2]), from the instruction's one encoding.
+        The role the wording around a marker gives it then reaches the
+        item's tokens (through the encoder's FiLM and attention) without the
+        text encoder having to match the item's marker to the instruction's;
+        the instruction is encoded once, not once per item. Exclusive with
+        `context_instruction`. A sampler encodes the items twice per request,
+        as with `context_instruction`.
       kernels: the forms of the Dense products and of attention
         (`layers.KERNELS`): "cpu" (shaped for XLA:CPU), "stock" (plain, for
         accelerators) or "auto" (by the backend). Parameters are the same.
@@ -123,6 +132,7 @@ class UNetConfig:
     input_text: bool = False
     context_item_text: bool = False
     context_instruction: bool = False
+    context_marker: bool = False
     kernels: str = "auto"
 
     def __post_init__(self):
@@ -137,6 +147,11 @@ class UNetConfig:
         if self.kernels not in layers.KERNELS:
             raise ValueError(
                 f"kernels must be one of {layers.KERNELS}, got {self.kernels!r}"
+            )
+        if self.context_instruction and self.context_marker:
+            raise ValueError(
+                "context_instruction and context_marker are two ways to give the "
+                "items the instruction; set one"
             )
         if self.input_text and not self.input_memory:
             raise ValueError(
