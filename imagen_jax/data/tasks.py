@@ -22,6 +22,10 @@ Tasks (DESIGN §1b):
   gives the objects and which the background, drawn at random per example.
   No input image. The raw baseline's text names the markers in order, so no
   condition but the instruction tells the roles apart.
+- role_transfer_told (opt-in): role_transfer with the items' texts saying
+  their roles (style transfer's "content image", "style image", ...): an
+  oracle of the roles, which tells whether a model that is given them can
+  use them.
 - edit: recolour / move / remove one object of the input image.
 - segmentation, detection, depth_estimation, classification (InstructCV):
   the input image goes through `input_image`; targets from `controls`.
@@ -1065,10 +1069,13 @@ def _style_transfer(rng: np.random.Generator, w: World, templates) -> Built:
     return instruction, shapes_world.render(scene, w.resolution), meta
 
 
-def _role_transfer(rng: np.random.Generator, w: World, templates) -> Built:
+def _role_transfer(
+    rng: np.random.Generator, w: World, templates, told: bool = False
+) -> Built:
     """Style transfer with the roles given by the instruction alone: the
     content and the style scene go under [ref#1] / [ref#2] in a random order,
-    both with a neutral item text and no input image."""
+    both with a neutral item text and no input image. `told`: the items'
+    texts say their roles too (style transfer's), an oracle of the roles."""
     content, style_scene, scene = _transfer_scenes(rng, w)
     content_ref, style_ref = ("[ref#1]", "[ref#2]")[:: 1 if rng.integers(2) else -1]
     text, template = _pick(rng, templates, content_ref=content_ref, style_ref=style_ref)
@@ -1077,10 +1084,13 @@ def _role_transfer(rng: np.random.Generator, w: World, templates) -> Built:
         # the order of its fields would say the roles.
         text = "[ref#1] [ref#2]"
     images = {content_ref: content, style_ref: style_scene}
+    item_texts = dict.fromkeys(images, _NEUTRAL_TEXTS)
+    if told:
+        item_texts = {content_ref: _CONTENT_TEXTS, style_ref: _STYLE_TEXTS}
     context = tuple(
         ContextItem(
             marker,
-            _choice(rng, _NEUTRAL_TEXTS),
+            _choice(rng, item_texts[marker]),
             shapes_world.render(images[marker], w.resolution),
         )
         for marker in ("[ref#1]", "[ref#2]")
@@ -1471,6 +1481,13 @@ def _tasks() -> dict[str, Task]:
         Task(
             "role_transfer",
             _role_transfer,
+            _ROLE_TRANSFER,
+            _ROLE_TRANSFER_UNSEEN,
+            opt_in=True,
+        ),
+        Task(
+            "role_transfer_told",
+            functools.partial(_role_transfer, told=True),
             _ROLE_TRANSFER,
             _ROLE_TRANSFER_UNSEEN,
             opt_in=True,

@@ -39,6 +39,7 @@ def test_catalogue_names():
         "style_generation",
         "style_transfer",
         "role_transfer",
+        "role_transfer_told",
         "edit",
         "segmentation",
         "detection",
@@ -57,7 +58,8 @@ def test_catalogue_names():
     }
     assert not set(tasks.TRAIN_TASKS) & set(tasks.ZERO_SHOT_TASKS)
     assert set(tasks.TRAIN_TASKS) | set(tasks.ZERO_SHOT_TASKS) == set(ALL) - {
-        "role_transfer"  # opt-in: trained and scored only when named
+        "role_transfer",  # opt-in: trained and scored only when named
+        "role_transfer_told",
     }
 
 
@@ -683,7 +685,7 @@ def test_background_weight_tasks_weigh_the_background_of_their_examples():
 def test_role_transfer_gives_the_roles_by_the_instruction_alone():
     from imagen_jax.evaluation import evaluate
 
-    assert tasks.OPT_IN_TASKS == ("role_transfer",)
+    assert tasks.OPT_IN_TASKS == ("role_transfer", "role_transfer_told")
     assert "role_transfer" not in tasks.TRAIN_TASKS + tuple(tasks.MIXTURE)
     roles, texts = set(), set()
     for i in range(16):
@@ -728,6 +730,20 @@ def test_role_transfer_gives_the_roles_by_the_instruction_alone():
         )
     assert roles == {"[ref#1]", "[ref#2]"}  # either order occurs
     assert texts <= set(tasks._NEUTRAL_TEXTS)
+    # The oracle: the items' texts say their roles as well.
+    told_roles = set()
+    for i in range(16):
+        told = tasks.make_example("role_transfer_told", i, 0, R, world="simple")
+        content_ref = told.meta["content_ref"]
+        told_roles.add(content_ref)
+        for item in told.instruction.context:
+            if item.marker == content_ref:
+                assert item.text in tasks._CONTENT_TEXTS
+                content = shapes_world.render(told.meta["input_scene"], R)
+                np.testing.assert_array_equal(item.image, content)
+            else:
+                assert item.text in tasks._STYLE_TEXTS
+    assert told_roles == {"[ref#1]", "[ref#2]"}
     # Scored only when named.
     import ml_collections
 
