@@ -227,7 +227,10 @@ def test_role_probe_is_at_chance_on_an_encoding_of_item_order():
         evaluate.paired_role_probe(pooled[:2], first[:2])
 
 
-def test_role_probe_row_of_a_model_that_encodes_the_items_with_the_instruction():
+@pytest.mark.parametrize("option", ["context_instruction", "context_marker"])
+def test_role_probe_row_of_a_model_that_encodes_the_items_with_the_instruction(
+    option,
+):
     from experiments import stage2_shapes
     from imagen_jax import inference, sharding, train_state
     from imagen_jax.models.imagen import build_model
@@ -235,7 +238,7 @@ def test_role_probe_row_of_a_model_that_encodes_the_items_with_the_instruction()
     from tests.params import perturbed
 
     cfg = stage2_shapes.get_config("smoke,simple,task=role_transfer/subject")
-    cfg.model.context_instruction = True
+    cfg.model[option] = True
     cfg = inference.with_conditioning(cfg)
     tok = make_tokenizer(cfg)
     model = build_model(cfg, tok.vocab_size)
