@@ -121,7 +121,7 @@ def _textless(model: Imagen, variables, batch, cond, masks) -> dict | None:
     it."""
     unet, off = model.unet_config, jnp.zeros_like(cond["text_mask"])
     out = {}
-    if "memory" in cond and (unet.context_instruction or unet.context_marker):
+    if "memory" in cond and unet.items_read_instruction:
         out["memory"] = model.apply(
             variables,
             *(batch[k] for k in ("ctx_images", "ctx_tokens", "ctx_text_mask")),

@@ -264,7 +264,7 @@ def test_context_instruction_makes_the_items_encoding_read_the_instruction(
     # A dropped text is not read: the items' encodings are those of no text.
     unread = float(jnp.abs(memory(batch, False) - memory(other, False)).max())
     assert unread == 0.0
-    if model.unet_config.context_instruction or model.unet_config.context_marker:
+    if model.unet_config.items_read_instruction:
         assert moved > 1e-3
         # ... and the text's presence itself moves them.
         assert float(jnp.abs(memory(batch, True) - memory(batch, False)).max()) > 1e-3

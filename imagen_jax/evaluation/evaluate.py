@@ -338,7 +338,7 @@ def make_item_encodings_fn(loaded) -> Callable:
         tokens = cond["memory"].tokens.astype(jnp.float32)  # [B, K*h*w, C]
         b, k = batch["ctx_mask"].shape
         instruction = None
-        if model.unet_config.context_instruction or model.unet_config.context_marker:
+        if model.unet_config.items_read_instruction:
             instruction = (batch["text_tokens"], masks["text_mask"], cond["text"])
         text, text_mask = model.apply(
             variables,

@@ -61,7 +61,7 @@ class Imagen(nn.Module):
         averaged over the marker's occurrences and masked where it has none.
         """
         cfg = self.unet_config
-        if (cfg.context_instruction or cfg.context_marker) and instruction is None:
+        if cfg.items_read_instruction and instruction is None:
             raise ValueError(
                 "context_instruction / context_marker: the context items are "
                 "encoded with the instruction; pass instruction=(tokens, mask"
@@ -92,9 +92,8 @@ class Imagen(nn.Module):
         """`encode_items_text` for `UNetConfig.context_marker`."""
         text = self.encode_text(tokens, text_mask)  # [B,K,Lc,D]
         marker = tokens[:, :, :1]  # "<marker> <text>": [B,K,1]
-        at = (instr_tokens[:, None, :] == marker) & instr_mask[:, None, :].astype(
-            bool
-        )  # [B,K,L]
+        named = instr_tokens[:, None, :] == marker  # [B,K,L]
+        at = named & instr_mask[:, None, :].astype(bool)
         count = at.sum(-1, keepdims=True)  # [B,K,1]
         weight = at.astype(jnp.float32) / jnp.maximum(count, 1)
         read = jnp.einsum("bkl,bld->bkd", weight, instr_text.astype(jnp.float32))
@@ -136,7 +135,7 @@ class Imagen(nn.Module):
         cond = {"text": text, "text_mask": masks["text_mask"]}
         if self.conditioning.instruction:
             instruction = None
-            if self.unet_config.context_instruction or self.unet_config.context_marker:
+            if self.unet_config.items_read_instruction:
                 if "text_tokens" not in batch:
                     raise ValueError(
                         "context_instruction / context_marker needs the "

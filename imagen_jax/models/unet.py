@@ -170,6 +170,12 @@ class UNetConfig:
             )
 
     @property
+    def items_read_instruction(self) -> bool:
+        """Whether the context items are encoded with the instruction
+        (`context_instruction` or `context_marker`)."""
+        return self.context_instruction or self.context_marker
+
+    @property
     def memory_level(self) -> int:
         """The index (>= 0) of the encoder level named by `context_level`."""
         return self.context_level % len(self.channel_mults)
