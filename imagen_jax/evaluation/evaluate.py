@@ -324,6 +324,7 @@ def make_item_encodings_fn(loaded) -> Callable:
     `text`)."""
     from imagen_jax import conditioning as conditioning_lib
     from imagen_jax.models.imagen import Imagen
+    from imagen_jax.models.unet import masked_mean
 
     model = loaded.model
 
@@ -347,10 +348,12 @@ def make_item_encodings_fn(loaded) -> Callable:
             instruction,
             method=Imagen.encode_items_text,
         )
-        weight = text_mask.astype(jnp.float32)[..., None]  # [B, K, L, 1]
+        pooled_text = masked_mean(
+            text.reshape((b * k,) + text.shape[2:]), text_mask.reshape(b * k, -1)
+        )
         return {
             "memory": tokens.reshape(b, k, -1, tokens.shape[-1]).mean(axis=2),
-            "text": (text * weight).sum(2) / jnp.maximum(weight.sum(2), 1.0),
+            "text": pooled_text.reshape(b, k, -1),
             "instruction": cond["text"],  # what the denoiser reads
         }
 
@@ -394,6 +397,8 @@ def _role_probe_rows(loaded, count: int = 192, batch_size: int = 48) -> list[dic
     `role_probe/instruction` from the instruction's own encoding at its two
     markers, which tells an encoder that never finds the roles from one that
     finds them in the instruction and does not bind them to the items."""
+    from imagen_jax.models.imagen import encoding_at
+
     ((_, examples, batch),) = _task_batches(loaded, ["role_transfer"], count, False)
     encodings = make_item_encodings_fn(loaded)
     chunks = [
@@ -407,13 +412,15 @@ def _role_probe_rows(loaded, count: int = 192, batch_size: int = 48) -> list[dic
     }
     # The instruction's encoding at each marker (averaged where it recurs).
     ids = [loaded.tokenizer.extra_token_id(m) for m in ("[ref#1]", "[ref#2]")]
-    at = [batch["text_tokens"] == i for i in ids]  # [N, L] each
-    if not all(a.any(axis=1).all() for a in at):
-        raise ValueError("a role_transfer instruction lacks one of its markers")
-    pooled["instruction"] = np.stack(
-        [(pooled["instruction"] * a[..., None]).sum(1) / a.sum(1)[:, None] for a in at],
-        axis=1,
+    read, count = encoding_at(
+        batch["text_tokens"],
+        batch["text_mask"],
+        pooled["instruction"],
+        np.broadcast_to(np.array(ids), (len(examples), 2)),
     )
+    if not np.all(np.asarray(count)):
+        raise ValueError("a role_transfer instruction lacks one of its markers")
+    pooled["instruction"] = np.asarray(read)
     values = {}
     for metric, key in (
         ("role_probe", "memory"),

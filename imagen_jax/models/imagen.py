@@ -21,6 +21,17 @@ from imagen_jax.models.unet import Context, Memory, UNet, UNetConfig
 Dtype = Any
 
 
+def encoding_at(tokens, mask, encoding, wanted) -> tuple[jax.Array, jax.Array]:
+    """A text's encoding [B,L,D] (tokens and mask [B,L]) averaged over the
+    unmasked positions of each wanted token id (`wanted` [B,K]): [B,K,D]
+    (zeros where it does not occur) and the occurrences [B,K]."""
+    at = (tokens[:, None, :] == wanted[:, :, None]) & mask[:, None, :].astype(bool)
+    count = at.sum(-1)  # [B,K]
+    weight = at.astype(jnp.float32) / jnp.maximum(count, 1)[..., None]
+    read = jnp.einsum("bkl,bld->bkd", weight, encoding.astype(jnp.float32))
+    return read, count
+
+
 class Imagen(nn.Module):
     """Text encoder + UNet; what it is conditioned on is `conditioning`."""
 
@@ -91,14 +102,12 @@ class Imagen(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """`encode_items_text` for `UNetConfig.context_marker`."""
         text = self.encode_text(tokens, text_mask)  # [B,K,Lc,D]
-        marker = tokens[:, :, :1]  # "<marker> <text>": [B,K,1]
-        named = instr_tokens[:, None, :] == marker  # [B,K,L]
-        at = named & instr_mask[:, None, :].astype(bool)
-        count = at.sum(-1, keepdims=True)  # [B,K,1]
-        weight = at.astype(jnp.float32) / jnp.maximum(count, 1)
-        read = jnp.einsum("bkl,bld->bkd", weight, instr_text.astype(jnp.float32))
+        marker = tokens[:, :, 0]  # "<marker> <text>": [B,K]
+        read, count = encoding_at(instr_tokens, instr_mask, instr_text, marker)
         text = jnp.concatenate([text, read[:, :, None]], axis=2)
-        mask = jnp.concatenate([text_mask.astype(bool), count > 0], axis=-1)
+        mask = jnp.concatenate(
+            [text_mask.astype(bool), (count > 0)[..., None]], axis=-1
+        )
         return text, mask
 
     def encode_memory(
