@@ -78,6 +78,10 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.text.feed_forward_proj = "gated-gelu"
     c.text.relative_attention_num_buckets = 32
     c.text.relative_attention_max_distance = 128
+    # The relative position bias's initial std as a multiple of T5's
+    # (d_model ** -0.5; a pretrained encoder's weights replace it). At 1 the
+    # small encoder trained with the UNet stays blind to word order.
+    c.text.relative_attention_init_scale = 1.0
     c.text.layer_norm_epsilon = 1e-6
 
     c.model = ml_collections.ConfigDict()

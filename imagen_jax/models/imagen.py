@@ -265,6 +265,7 @@ def text_encoder_config(
         relative_attention_max_distance=text.get(
             "relative_attention_max_distance", 128
         ),
+        relative_attention_init_scale=text.get("relative_attention_init_scale", 1.0),
         layer_norm_epsilon=text.get("layer_norm_epsilon", 1e-6),
         dtype=dtype,
     )

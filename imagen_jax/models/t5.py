@@ -60,6 +60,11 @@ class T5Config:
       relative_attention_num_buckets: Buckets of the relative position bias.
       relative_attention_max_distance: Distance beyond which all relative
         positions share a bucket.
+      relative_attention_init_scale: The relative position bias's initial
+        standard deviation as a multiple of T5's (d_model ** -0.5). At T5's,
+        attention starts nearly blind to word order, and a small encoder
+        trained from scratch by a diffusion loss stays so (it reads a bag of
+        words); a larger scale gives it word order from the start.
       dropout_rate: Dropout rate (active only when `deterministic=False`).
       layer_norm_epsilon: Epsilon of the RMS norms.
       feed_forward_proj: One of `FEED_FORWARD_PROJS`: "gated-gelu"
@@ -77,6 +82,7 @@ class T5Config:
     num_heads: int
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
+    relative_attention_init_scale: float = 1.0
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"
@@ -101,6 +107,11 @@ class T5Config:
             raise ValueError(
                 "T5Config.relative_attention_num_buckets must be >= 4, got "
                 f"{self.relative_attention_num_buckets}"
+            )
+        if not self.relative_attention_init_scale >= 0.0:
+            raise ValueError(
+                "T5Config.relative_attention_init_scale must be >= 0, got "
+                f"{self.relative_attention_init_scale}"
             )
         if self.feed_forward_proj not in FEED_FORWARD_PROJS:
             raise ValueError(
@@ -244,7 +255,10 @@ class RelativePositionBias(nn.Module):
         cfg = self.config
         rel_embedding = self.param(
             "rel_embedding",
-            _normal(cfg.d_model**-0.5, ("heads", "relpos_buckets")),
+            _normal(
+                cfg.relative_attention_init_scale * cfg.d_model**-0.5,
+                ("heads", "relpos_buckets"),
+            ),
             (cfg.num_heads, cfg.relative_attention_num_buckets),
             cfg.param_dtype,
         )
