@@ -183,3 +183,35 @@ def test_relu_feed_forward_has_one_input_projection():
     mlp = nn.unbox(params)["params"]["layers_0"]["mlp"]
     assert set(mlp) == {"wi", "wo"}
     chex.assert_shape(mlp["wi"]["kernel"], (config.d_model, config.d_ff))
+
+
+def _swap_gap(scale: float, swap=(2, 8)) -> float:
+    """How far the encodings of a text with two of its tokens swapped are
+    from the original's at those tokens (each token compared with itself)."""
+    config = t5.T5Config.tiny(vocab_size=300, relative_attention_init_scale=scale)
+    tokens, mask = _inputs(batch=1)
+    i, j = swap
+    swapped = tokens.at[0, i].set(tokens[0, j]).at[0, j].set(tokens[0, i])
+    model = t5.T5Encoder(config)
+    variables = model.init(jax.random.key(0), tokens, mask)
+    out, out_swapped = (
+        np.asarray(model.apply(variables, t, mask)) for t in (tokens, swapped)
+    )
+    moved = out_swapped[0, [j, i]] - out[0, [i, j]]
+    return float(np.abs(moved).max() / np.abs(out[0, [i, j]]).max())
+
+
+def test_relative_attention_init_scale_sets_how_much_word_order_counts():
+    config = t5.T5Config.tiny(vocab_size=300, relative_attention_init_scale=10.0)
+    tokens, mask = _inputs()
+    params = nn.unbox(t5.T5Encoder(config).init(jax.random.key(0), tokens, mask))
+    bias = np.asarray(params["params"]["relpos_bias"]["rel_embedding"])
+    # 128 draws: the sample std is within 25% of the set one (about 4 sigma).
+    np.testing.assert_allclose(bias.std(), 10.0 * config.d_model**-0.5, rtol=0.25)
+    # Without a position bias the encoder reads a bag of words: swapping two
+    # tokens swaps their encodings and nothing else (up to float rounding).
+    assert _swap_gap(0.0) < 1e-5
+    # At T5's scale word order barely counts; ten times it, it counts.
+    assert _swap_gap(10.0) > 3 * _swap_gap(1.0) > 0
+    with pytest.raises(ValueError, match="relative_attention_init_scale"):
+        t5.T5Config.tiny(relative_attention_init_scale=-1.0)
