@@ -59,8 +59,9 @@ def _examples(loaded, count, seed, unseen):
     return arrays["text_tokens"], arrays["text_mask"], first.astype(np.float32)
 
 
-def fit(loaded, scale: float, log) -> list[dict]:
-    """The supervised fit at one position-bias scale: one row per evaluation."""
+def fit(loaded, scale: float, held: dict, log) -> list[dict]:
+    """The supervised fit at one position-bias scale, scored on `held` (set
+    name -> examples): one row per evaluation."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -103,10 +104,6 @@ def fit(loaded, scale: float, log) -> list[dict]:
     def accuracy(p, tokens, mask, first):
         return jnp.mean((logits(p, tokens, mask) > 0) == (first > 0.5))
 
-    held = {
-        name: _examples(loaded, FLAGS.eval_examples, seed, unseen)
-        for name, seed, unseen in (("seen", 10**6, False), ("unseen", 10**6, True))
-    }
     rows, start = [], time.time()
     for i in range(FLAGS.steps + 1):
         if i % FLAGS.eval_every == 0:
@@ -130,7 +127,12 @@ def main(argv):
     def log(row):
         print(json.dumps(row), flush=True)
 
-    rows = [r for s in FLAGS.scales for r in fit(loaded, float(s), log)]
+    # The held-out examples, built once for every scale.
+    held = {
+        name: _examples(loaded, FLAGS.eval_examples, 10**6, unseen)
+        for name, unseen in (("seen", False), ("unseen", True))
+    }
+    rows = [r for s in FLAGS.scales for r in fit(loaded, float(s), held, log)]
     record = {
         "workdir": FLAGS.workdir,
         "step": int(loaded.step),
