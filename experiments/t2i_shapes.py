@@ -82,6 +82,10 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # (d_model ** -0.5; a pretrained encoder's weights replace it). At 1 the
     # small encoder trained with the UNet stays blind to word order.
     c.text.relative_attention_init_scale = 1.0
+    # Weight of `imagen.marker_text_loss` (instruction models): the
+    # instruction's encoding at each context item's marker predicts the item's
+    # text, a text-only objective standing in for T5's pretraining. 0 = off.
+    c.text.marker_text_loss = 0.0
     c.text.layer_norm_epsilon = 1e-6
 
     c.model = ml_collections.ConfigDict()

@@ -159,6 +159,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     share = config.diffusion.get("low_snr_share", 0.0)
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"config.diffusion.low_snr_share={share!r} must be in [0, 1]")
+    marker = config.text.get("marker_text_loss", 0.0)
+    if marker:
+        if not marker > 0:
+            raise ValueError(f"config.text.marker_text_loss={marker!r} must be >= 0")
+        if not conditioning.get(config.model.conditioning).instruction:
+            raise ValueError(
+                "config.text.marker_text_loss needs context items: set "
+                "config.model.conditioning='instruction' or the loss to 0"
+            )
+        if config.text.frozen or config.text.precomputed:
+            raise ValueError(
+                "config.text.marker_text_loss trains the text encoder; it "
+                "cannot be frozen (config.text.frozen) or precomputed "
+                "(config.text.precomputed)"
+            )
     if conditioning.get(config.model.conditioning).instruction:
         for field in INSTRUCTION_POSITIVE:
             if not _get(config, field) > 0:

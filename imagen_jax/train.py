@@ -31,7 +31,7 @@ from imagen_jax import (
 from imagen_jax import conditioning as conditioning_lib
 from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
-from imagen_jax.models.imagen import Imagen, build_model
+from imagen_jax.models.imagen import Imagen, build_model, marker_text_loss
 from imagen_jax.text import pretrained
 from imagen_jax.text.tokenizers import make_tokenizer
 from imagen_jax.train_state import TrainState
@@ -133,7 +133,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
                 **cond,
             )
 
-        return losses.diffusion_loss(
+        loss, _ = losses.diffusion_loss(
             apply_fn,
             x,
             loss_rng,
@@ -141,8 +141,23 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
             low_snr_mask=batch.get("low_snr"),  # data.low_snr_tasks' examples
             **loss_options(config),
         )
+        extra = {}
+        if marker_weight:
+            extra["diffusion_loss"] = loss
+            extra["marker_text_loss"] = marker_text_loss(
+                params["text_encoder"]["token_embedder"]["embedding"],
+                batch["text_tokens"],
+                masks["text_mask"],
+                text,
+                batch["ctx_tokens"],
+                batch["ctx_text_mask"],
+                masks["ctx_mask"],
+            )
+            loss = loss + marker_weight * extra["marker_text_loss"]
+        return loss, extra
 
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    marker_weight = config.text.get("marker_text_loss", 0.0)
+    (loss, extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(state.step, config.optim.ema_decay)
@@ -159,6 +174,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
         "param_norm": optax.global_norm(params),
         "update_norm": optax.global_norm(updates),
         "ema_decay": decay,
+        **extra,
     }
     new_state = TrainState(
         step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state

@@ -32,6 +32,51 @@ def encoding_at(tokens, mask, encoding, wanted) -> tuple[jax.Array, jax.Array]:
     return read, count
 
 
+def marker_text_loss(
+    embedding: jax.Array,
+    tokens: jax.Array,
+    mask: jax.Array,
+    encoding: jax.Array,
+    ctx_tokens: jax.Array,
+    ctx_text_mask: jax.Array,
+    ctx_mask: jax.Array,
+) -> jax.Array:
+    """How well the instruction's encoding at each context item's marker
+    names the item's own text: the mean cross-entropy of the item's text
+    tokens under logits (encoding at the marker) . (token embeddings) / sqrt(D).
+
+    A text-only objective standing in for what a pretrained T5 brings: where
+    an item's text says its role ("the content", "style image"), the marker's
+    encoding must read that role from the instruction's wording around it.
+    The embeddings are only read (no gradient); items whose marker is absent
+    from the (possibly dropped) instruction, or that are masked out, add
+    nothing.
+
+    Args:
+      embedding: the text encoder's token embeddings [V, D].
+      tokens, mask: the instruction [B, L] (mask off where it is dropped).
+      encoding: its encoding [B, L, D].
+      ctx_tokens, ctx_text_mask: the items' "<marker> <text>" tokens and
+        mask [B, K, Lc].
+      ctx_mask: [B, K], True at items kept.
+
+    Returns:
+      The scalar loss (0 where no item counts).
+    """
+    read, count = encoding_at(tokens, mask, encoding, ctx_tokens[:, :, 0])
+    table = jax.lax.stop_gradient(embedding).astype(jnp.float32)
+    logits = jnp.einsum("bkd,vd->bkv", read, table) * table.shape[-1] ** -0.5
+    logp = jax.nn.log_softmax(logits)  # [B,K,V]
+    target = ctx_tokens[:, :, 1:]
+    weight = (
+        ctx_text_mask[:, :, 1:].astype(bool)
+        & ctx_mask.astype(bool)[..., None]
+        & (count > 0)[..., None]
+    ).astype(jnp.float32)
+    picked = jnp.take_along_axis(logp, target.astype(jnp.int32), axis=-1)
+    return -(picked * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+
+
 class Imagen(nn.Module):
     """Text encoder + UNet; what it is conditioned on is `conditioning`."""
 
