@@ -257,6 +257,12 @@ def _check_markers(instr: MultiModalInstruction) -> None:
                 f"context item {i} has marker {item.marker!r}; expected one of "
                 f"{MARKERS}"
             )
+        named = parse_markers(item.text)
+        if named:
+            raise ValueError(
+                f"context item {i} ({item.marker}) names {named[0]} in its text "
+                f"{item.text!r}; an item's text names no marker"
+            )
     item_markers = {item.marker for item in instr.context}
     missing = [m for m in text_markers if m not in item_markers]
     if missing:

@@ -64,6 +64,17 @@ def test_validate_names_the_bad_value():
         config_utils.validate(c)
     del c.model["text_pool"]  # optional field: absent is fine
     config_utils.validate(c)
+    c = t2i_shapes.get_config("smoke")
+    c.text.marker_text_loss = 1.0  # a text-to-image model has no items
+    with pytest.raises(ValueError, match="marker_text_loss needs context items"):
+        config_utils.validate(c)
+    c.model.conditioning = "instruction"
+    c.text.marker_text_loss = -1.0
+    with pytest.raises(ValueError, match="marker_text_loss=-1.0 must be >= 0"):
+        config_utils.validate(c)
+    c.text.marker_text_loss, c.text.frozen = 1.0, True
+    with pytest.raises(ValueError, match="cannot be frozen"):
+        config_utils.validate(c)
 
 
 def test_allowed_values_come_from_the_registries():

@@ -338,3 +338,40 @@ def test_loss_options_carry_the_low_snr_share():
     config.diffusion.low_snr_share, config.diffusion.low_snr_shift = 0.3, -7.0
     options = train.loss_options(config)
     assert (options["low_snr_share"], options["low_snr_shift"]) == (0.3, -7.0)
+
+
+def test_marker_text_loss_adds_to_the_diffusion_loss():
+    from imagen_jax import instructions
+    from imagen_jax.data import tasks
+
+    weight = 0.5
+    cfg, tok, mesh, rules, state, step_fn, bs = _setup(
+        **{
+            "model.conditioning": "instruction",
+            "model.context_marker": True,
+            "text.marker_text_loss": weight,
+        }
+    )
+    d = cfg.data
+    examples = [tasks.make_example("style_transfer", i, 0, 32) for i in range(8)]
+    rows = [
+        instructions.to_arrays(
+            e.instruction,
+            tok,
+            max_context=d.max_context,
+            text_len=d.max_text_len,
+            ctx_text_len=d.ctx_text_len,
+            resolution=32,
+        )
+        for e in examples
+    ]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    batch["image"] = np.stack([e.target for e in examples])
+    with mesh, nn.logical_axis_rules(rules):
+        _, metrics = step_fn(state, sharding.global_batch(batch, bs))
+    marker = float(metrics["marker_text_loss"])
+    # Style transfer's instructions name both items: their texts are scored.
+    assert marker > 0.0
+    assert float(metrics["loss"]) == pytest.approx(
+        float(metrics["diffusion_loss"]) + weight * marker, rel=1e-5
+    )

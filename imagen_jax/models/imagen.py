@@ -32,6 +32,18 @@ def encoding_at(tokens, mask, encoding, wanted) -> tuple[jax.Array, jax.Array]:
     return read, count
 
 
+def item_markers(tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """Each context item's marker id from its "<marker> <text>" tokens and mask
+    [..., Lc]: [...], -1 where the item has no token.
+
+    The marker is the item's highest id: tokenizers place the extra tokens
+    after the base vocabulary, and an item's text names no marker but its own
+    (`instructions.validate`). It is not always the first token: sentencepiece
+    writes the space before it as a `▁` piece of its own.
+    """
+    return jnp.max(jnp.where(mask.astype(bool), tokens, -1), axis=-1)
+
+
 def marker_text_loss(
     embedding: jax.Array,
     tokens: jax.Array,
@@ -57,23 +69,24 @@ def marker_text_loss(
       tokens, mask: the instruction [B, L] (mask off where it is dropped).
       encoding: its encoding [B, L, D].
       ctx_tokens, ctx_text_mask: the items' "<marker> <text>" tokens and
-        mask [B, K, Lc].
+        mask [B, K, Lc]; the marker itself is not scored.
       ctx_mask: [B, K], True at items kept.
 
     Returns:
       The scalar loss (0 where no item counts).
     """
-    read, count = encoding_at(tokens, mask, encoding, ctx_tokens[:, :, 0])
+    marker = item_markers(ctx_tokens, ctx_text_mask)  # [B,K]
+    read, count = encoding_at(tokens, mask, encoding, marker)
     table = jax.lax.stop_gradient(embedding).astype(jnp.float32)
     logits = jnp.einsum("bkd,vd->bkv", read, table) * table.shape[-1] ** -0.5
     logp = jax.nn.log_softmax(logits)  # [B,K,V]
-    target = ctx_tokens[:, :, 1:]
     weight = (
-        ctx_text_mask[:, :, 1:].astype(bool)
+        ctx_text_mask.astype(bool)
+        & (ctx_tokens != marker[..., None])
         & ctx_mask.astype(bool)[..., None]
         & (count > 0)[..., None]
     ).astype(jnp.float32)
-    picked = jnp.take_along_axis(logp, target.astype(jnp.int32), axis=-1)
+    picked = jnp.take_along_axis(logp, ctx_tokens.astype(jnp.int32), axis=-1)
     return -(picked * weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
 
@@ -113,7 +126,7 @@ class Imagen(nn.Module):
         [B,L,D]. With `UNetConfig.context_instruction` the instruction follows
         each item's text: item k reads [B,K,Lc+L]. With
         `UNetConfig.context_marker` item k's text is followed by one token:
-        the instruction's encoding at item k's marker (its first token),
+        the instruction's encoding at item k's marker (`item_markers`),
         averaged over the marker's occurrences and masked where it has none.
         """
         cfg = self.unet_config
@@ -147,7 +160,7 @@ class Imagen(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """`encode_items_text` for `UNetConfig.context_marker`."""
         text = self.encode_text(tokens, text_mask)  # [B,K,Lc,D]
-        marker = tokens[:, :, 0]  # "<marker> <text>": [B,K]
+        marker = item_markers(tokens, text_mask)  # [B,K]
         read, count = encoding_at(instr_tokens, instr_mask, instr_text, marker)
         text = jnp.concatenate([text, read[:, :, None]], axis=2)
         mask = jnp.concatenate(
