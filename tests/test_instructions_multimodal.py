@@ -72,6 +72,16 @@ def test_validate_accepts_one_marker_covering_several_images():
         (_instr("[ref#1]", ["[ref#1]", "[ref#3]"]), r"context item 1 \(\[ref#3\]"),
         (_instr("no markers", ["[ref#1]"]), "is never named in the text"),
         (_instr("[ref#1]", ["ref1"]), "context item 0 has marker 'ref1'"),
+        (
+            MultiModalInstruction(
+                "[ref#1] and [ref#2]",
+                (
+                    ContextItem("[ref#1]", "like [ref#2]", _image()),
+                    ContextItem("[ref#2]", "item", _image()),
+                ),
+            ),
+            r"context item 0 \(\[ref#1\]\) names \[ref#2\] in its text",
+        ),
         (_instr("[ref#1", ["[ref#1]"]), "malformed marker"),
         (
             _instr("[ref#1]", ["[ref#1]"] * 3),

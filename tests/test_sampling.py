@@ -99,11 +99,14 @@ def context_marker():
     twice) and none of the second's."""
     cfg, model, params, batch = _instruction(context_marker=True)
     tokens = batch["text_tokens"].copy()
-    markers = batch["ctx_tokens"][:, :, 0]
+    # Item k's marker: its first and highest id (the other ids are below 200).
+    ctx_tokens = batch["ctx_tokens"].copy()
+    ctx_tokens[:, :, 0] = 200 + np.arange(K)
+    markers = ctx_tokens[:, :, 0]
     for i in range(B):
         tokens[i][np.isin(tokens[i], markers[i])] = 1
     tokens[0, [2, 5, 7]] = markers[0, [0, 2, 2]]
-    return cfg, model, params, dict(batch, text_tokens=tokens)
+    return cfg, model, params, dict(batch, text_tokens=tokens, ctx_tokens=ctx_tokens)
 
 
 def _instruction(**model_fields):
