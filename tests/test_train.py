@@ -350,6 +350,8 @@ def test_marker_text_loss_adds_to_the_diffusion_loss():
             "model.conditioning": "instruction",
             "model.context_marker": True,
             "text.marker_text_loss": weight,
+            "data.max_context": 2,
+            "data.ctx_text_len": 16,
         }
     )
     d = cfg.data
