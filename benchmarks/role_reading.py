@@ -14,6 +14,8 @@ examples of the training templates ("seen") and of the unseen phrasings
 ("unseen"); chance is 0.5. An encoder that cannot get there when told the
 answer cannot get there from a diffusion loss either. The head starts at a
 random direction, so the encoder receives gradients from the first step.
+With `--frozen` only the head is fitted: how linearly the encoder as
+trained already holds the roles (a larger `--learning_rate` suits it).
 Prints one JSON line per evaluation and the record.
 """
 
@@ -35,6 +37,7 @@ flags.DEFINE_integer("batch_size", 64, "Examples per step.")
 flags.DEFINE_integer("eval_every", 50, "Steps between evaluations.")
 flags.DEFINE_integer("eval_examples", 256, "Held-out examples per set.")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam's learning rate.")
+flags.DEFINE_bool("frozen", False, "Fit the linear head only, the encoder as trained.")
 flags.DEFINE_string("out", None, "Also write the JSON record to this file.")
 FLAGS = flags.FLAGS
 
@@ -77,7 +80,8 @@ def fit(loaded, scale: float, held: dict, log) -> list[dict]:
     text["relpos_bias"] = {"rel_embedding": relpos["rel_embedding"] * scale}
 
     def logits(p, tokens, mask):
-        params = {**loaded.params, "text_encoder": p["text"]}
+        encoder = jax.lax.stop_gradient(p["text"]) if FLAGS.frozen else p["text"]
+        params = {**loaded.params, "text_encoder": encoder}
         encoding = loaded.model.apply(
             {"params": params}, tokens, mask, method=Imagen.encode_text
         )
@@ -140,6 +144,7 @@ def main(argv):
         "steps": FLAGS.steps,
         "batch_size": FLAGS.batch_size,
         "learning_rate": FLAGS.learning_rate,
+        "frozen": FLAGS.frozen,
         "eval_examples": FLAGS.eval_examples,
         "rows": rows,
     }
