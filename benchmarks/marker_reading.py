@@ -16,10 +16,9 @@ has learnt what items' texts say in general, not which item has which role.
 
 from __future__ import annotations
 
-import json
-
 from absl import app, flags
 
+import benchmarks
 from imagen_jax import xla_flags
 
 xla_flags.apply_defaults()
@@ -89,10 +88,7 @@ def main(argv):
             for name, unseen in (("seen", False), ("unseen", True))
         },
     }
-    print(json.dumps(record))
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump(record, f, indent=1)
+    benchmarks.emit(record, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 
 from absl import app, flags
 
+import benchmarks
 from imagen_jax import xla_flags
 
 xla_flags.apply_defaults()
@@ -148,10 +149,7 @@ def main(argv):
         "eval_examples": FLAGS.eval_examples,
         "rows": rows,
     }
-    print(json.dumps(record))
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump(record, f, indent=1)
+    benchmarks.emit(record, FLAGS.out)
 
 
 if __name__ == "__main__":
