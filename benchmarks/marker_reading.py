@@ -37,7 +37,12 @@ def score(loaded, unseen: bool, count: int) -> dict:
 
     from imagen_jax.data import tasks
     from imagen_jax.evaluation import evaluate
-    from imagen_jax.models.imagen import Imagen, encoding_at, item_markers
+    from imagen_jax.models.imagen import (
+        Imagen,
+        encoding_at,
+        item_markers,
+        marker_log_probs,
+    )
 
     d, params = loaded.config.data, loaded.params
     examples = [
@@ -54,10 +59,9 @@ def score(loaded, unseen: bool, count: int) -> dict:
     mask = jnp.asarray(a["ctx_text_mask"][:, :2]).astype(bool)
     marker = item_markers(tokens, mask)  # [B,2]
     read, _ = encoding_at(a["text_tokens"], a["text_mask"], encoding, marker)
-    table = jnp.asarray(params["text_encoder"]["token_embedder"]["embedding"])
-    logp = jax.nn.log_softmax(
-        jnp.einsum("bkd,vd->bkv", read, table) * table.shape[-1] ** -0.5
-    )
+    logp = marker_log_probs(
+        params["text_encoder"]["token_embedder"]["embedding"], read
+    )  # [B,2,V]
 
     def cross_entropy(reader: int, item: int) -> jax.Array:
         scored = mask[:, item] & (tokens[:, item] != marker[:, item, None])

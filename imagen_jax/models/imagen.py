@@ -44,6 +44,14 @@ def item_markers(tokens: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(mask.astype(bool), tokens, -1), axis=-1)
 
 
+def marker_log_probs(embedding: jax.Array, read: jax.Array) -> jax.Array:
+    """Log-probabilities [..., V] of every token given encodings `read` [..., D]:
+    logits read . (token embeddings [V, D], no gradient) / sqrt(D)."""
+    table = jax.lax.stop_gradient(embedding).astype(jnp.float32)
+    logits = jnp.einsum("...d,vd->...v", read, table) * table.shape[-1] ** -0.5
+    return jax.nn.log_softmax(logits)
+
+
 def marker_text_loss(
     embedding: jax.Array,
     tokens: jax.Array,
@@ -77,9 +85,7 @@ def marker_text_loss(
     """
     marker = item_markers(ctx_tokens, ctx_text_mask)  # [B,K]
     read, count = encoding_at(tokens, mask, encoding, marker)
-    table = jax.lax.stop_gradient(embedding).astype(jnp.float32)
-    logits = jnp.einsum("bkd,vd->bkv", read, table) * table.shape[-1] ** -0.5
-    logp = jax.nn.log_softmax(logits)  # [B,K,V]
+    logp = marker_log_probs(embedding, read)  # [B,K,V]
     weight = (
         ctx_text_mask.astype(bool)
         & (ctx_tokens != marker[..., None])
