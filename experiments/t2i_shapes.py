@@ -86,6 +86,10 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # instruction's encoding at each context item's marker predicts the item's
     # text, a text-only objective standing in for T5's pretraining. 0 = off.
     c.text.marker_text_loss = 0.0
+    # Its form (`imagen.MARKER_LOSS_FORMS`): "text", the cross-entropy of the
+    # item's text; "contrast", each marker picking its own item's text among
+    # the example's items, so that only what tells the items apart counts.
+    c.text.marker_loss_form = "text"
     c.text.layer_norm_epsilon = 1e-6
 
     c.model = ml_collections.ConfigDict()
@@ -153,6 +157,10 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.99
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 1.0
+    # The text encoder's learning rate as a multiple of optim.lr. A small
+    # encoder reads the roles of an instruction's markers when fitted at
+    # 1e-4 to 3e-4 and not at 1e-3 (benchmarks/role_reading, session 54).
+    c.optim.text_lr_scale = 1.0
     # EMA decay; warmed up as min(decay, (1 + step) / (10 + step)).
     c.optim.ema_decay = 0.999
 

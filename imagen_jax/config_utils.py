@@ -91,6 +91,7 @@ def choices() -> dict[str, tuple]:
         # Checked when present (older configs and bench configs may lack them).
         "model.text_pool?": unet.TEXT_POOLS,
         "model.attn_blocks?": unet.ATTN_BLOCKS,
+        "text.marker_loss_form?": imagen.MARKER_LOSS_FORMS,
     }
 
 
@@ -174,6 +175,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "cannot be frozen (config.text.frozen) or precomputed "
                 "(config.text.precomputed)"
             )
+    text_lr = config.optim.get("text_lr_scale", 1.0)
+    if not text_lr > 0:
+        raise ValueError(
+            f"config.optim.text_lr_scale={text_lr!r} must be > 0 (a text encoder "
+            "that does not learn is config.text.frozen=True)"
+        )
+    if text_lr != 1.0 and (config.text.frozen or config.text.precomputed):
+        raise ValueError(
+            f"config.optim.text_lr_scale={text_lr!r} scales the text encoder's "
+            "updates; it has none when frozen (config.text.frozen) or "
+            "precomputed (config.text.precomputed)"
+        )
     if conditioning.get(config.model.conditioning).instruction:
         for field in INSTRUCTION_POSITIVE:
             if not _get(config, field) > 0:

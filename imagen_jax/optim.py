@@ -110,22 +110,30 @@ def set_horizon(opt_state, horizon: int, replan: bool = False):
     return optax.tree_utils.tree_set(opt_state, **fields)
 
 
-def frozen_leaves(config, params) -> Any:
-    """Per-leaf flag of `params`: True where the parameter is frozen (the text
-    encoder, with `config.text.frozen`)."""
-    frozen = bool(config.text.frozen)
+def text_leaves(params) -> Any:
+    """Per-leaf flag of `params`: True in the text encoder."""
 
     def flag(path, _):
-        in_text = bool(path) and getattr(path[0], "key", None) == "text_encoder"
-        return frozen and in_text
+        return bool(path) and getattr(path[0], "key", None) == "text_encoder"
 
     return jax.tree_util.tree_map_with_path(flag, params)
 
 
+def frozen_leaves(config, params) -> Any:
+    """Per-leaf flag of `params`: True where the parameter is frozen (the text
+    encoder, with `config.text.frozen`)."""
+    frozen = bool(config.text.frozen)
+    return jax.tree.map(lambda t: frozen and t, text_leaves(params))
+
+
 def build_optimizer(config):
-    """The optimizer; a frozen text encoder gets zero updates (and no state)."""
+    """The optimizer; a frozen text encoder gets zero updates (and no state),
+    a trained one its updates times `optim.text_lr_scale`."""
     opt, lr = make_optimizer(config.optim, config.train.num_steps)
+    text_lr = config.optim.get("text_lr_scale", 1.0)
     if not config.text.frozen:
+        if text_lr != 1.0:  # the state of the default optimizer is unchanged
+            opt = optax.chain(opt, optax.masked(optax.scale(text_lr), text_leaves))
         return opt, lr
     frozen = functools.partial(frozen_leaves, config)
 

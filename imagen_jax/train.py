@@ -152,6 +152,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
                 batch["ctx_tokens"],
                 batch["ctx_text_mask"],
                 masks["ctx_mask"],
+                form=config.text.get("marker_loss_form", "text"),
             )
             loss = loss + marker_weight * extra["marker_text_loss"]
         return loss, extra

@@ -75,6 +75,17 @@ def test_validate_names_the_bad_value():
     c.text.marker_text_loss, c.text.frozen = 1.0, True
     with pytest.raises(ValueError, match="cannot be frozen"):
         config_utils.validate(c)
+    c = t2i_shapes.get_config("smoke")
+    c.text.marker_loss_form = "infonce"
+    with pytest.raises(ValueError, match="config.text.marker_loss_form='infonce'"):
+        config_utils.validate(c)
+    c = t2i_shapes.get_config("smoke")
+    c.optim.text_lr_scale = 0.0
+    with pytest.raises(ValueError, match="text_lr_scale=0.0 must be > 0"):
+        config_utils.validate(c)
+    c.optim.text_lr_scale, c.text.frozen = 0.1, True
+    with pytest.raises(ValueError, match="it has none when frozen"):
+        config_utils.validate(c)
 
 
 def test_allowed_values_come_from_the_registries():

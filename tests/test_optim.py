@@ -49,3 +49,24 @@ def test_frozen_text_encoder_gets_zero_updates_and_no_state():
     mu = optax.tree_utils.tree_get(state, "mu")
     assert jax.tree.leaves(mu["text_encoder"]) == []  # MaskedNodes only
     assert jax.tree.structure(mu["unet"]) == jax.tree.structure(params["unet"])
+
+
+def test_text_lr_scale_scales_the_text_encoders_updates_only():
+    params = {"text_encoder": {"a": jnp.ones(2)}, "unet": {"b": jnp.ones(3)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def updates(scale):
+        cfg = t2i_shapes.get_config("smoke")
+        cfg.optim.text_lr_scale = scale
+        tx, _ = optim.build_optimizer(cfg)
+        state = tx.init(params)
+        for _ in range(3):  # the warm-up's LR is 0 at the first step
+            out, state = tx.update(grads, state, params)
+        return out
+
+    base, scaled = updates(1.0), updates(0.25)
+    assert np.all(np.asarray(base["text_encoder"]["a"]) != 0.0)
+    np.testing.assert_allclose(
+        scaled["text_encoder"]["a"], 0.25 * base["text_encoder"]["a"], rtol=1e-6
+    )
+    np.testing.assert_array_equal(scaled["unet"]["b"], base["unet"]["b"])

@@ -52,6 +52,27 @@ def marker_log_probs(embedding: jax.Array, read: jax.Array) -> jax.Array:
     return jax.nn.log_softmax(logits)
 
 
+# The forms of `marker_text_loss` (config.text.marker_loss_form).
+MARKER_LOSS_FORMS = ("text", "contrast")
+
+
+def _marker_reading(
+    embedding, tokens, mask, encoding, ctx_tokens, ctx_text_mask, ctx_mask
+):
+    """Log-probabilities [B,K,V] of tokens at each item's marker in the
+    instruction, and the weight [B,K,Lc] of each item text token that counts:
+    the item kept, its marker present, the marker itself not scored."""
+    marker = item_markers(ctx_tokens, ctx_text_mask)  # [B,K]
+    read, count = encoding_at(tokens, mask, encoding, marker)
+    weight = (
+        ctx_text_mask.astype(bool)
+        & (ctx_tokens != marker[..., None])
+        & ctx_mask.astype(bool)[..., None]
+        & (count > 0)[..., None]
+    ).astype(jnp.float32)
+    return marker_log_probs(embedding, read), weight
+
+
 def marker_text_loss(
     embedding: jax.Array,
     tokens: jax.Array,
@@ -60,17 +81,27 @@ def marker_text_loss(
     ctx_tokens: jax.Array,
     ctx_text_mask: jax.Array,
     ctx_mask: jax.Array,
+    form: str = "text",
 ) -> jax.Array:
     """How well the instruction's encoding at each context item's marker
-    names the item's own text: the mean cross-entropy of the item's text
-    tokens under logits (encoding at the marker) . (token embeddings) / sqrt(D).
+    names the item's own text.
 
     A text-only objective standing in for what a pretrained T5 brings: where
     an item's text says its role ("the content", "style image"), the marker's
     encoding must read that role from the instruction's wording around it.
-    The embeddings are only read (no gradient); items whose marker is absent
-    from the (possibly dropped) instruction, or that are masked out, add
-    nothing.
+    Tokens are scored by logits (encoding at the marker) . (token embeddings)
+    / sqrt(D); the embeddings are only read (no gradient). Items whose marker
+    is absent from the (possibly dropped) instruction, or that are masked
+    out, add nothing.
+
+    `form`:
+      "text": the mean cross-entropy of the items' text tokens. Most of it
+        is what items' texts say in general, the same at every marker.
+      "contrast": each marker picks its own item's text among the example's
+        items (softmax over items of the summed log-probabilities of their
+        tokens; cross-entropy). Tokens the items share cancel, so only what
+        tells the items apart counts. Examples with fewer than two items
+        counted add nothing.
 
     Args:
       embedding: the text encoder's token embeddings [V, D].
@@ -83,17 +114,27 @@ def marker_text_loss(
     Returns:
       The scalar loss (0 where no item counts).
     """
-    marker = item_markers(ctx_tokens, ctx_text_mask)  # [B,K]
-    read, count = encoding_at(tokens, mask, encoding, marker)
-    logp = marker_log_probs(embedding, read)  # [B,K,V]
-    weight = (
-        ctx_text_mask.astype(bool)
-        & (ctx_tokens != marker[..., None])
-        & ctx_mask.astype(bool)[..., None]
-        & (count > 0)[..., None]
-    ).astype(jnp.float32)
-    picked = jnp.take_along_axis(logp, ctx_tokens.astype(jnp.int32), axis=-1)
-    return -(picked * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+    logp, weight = _marker_reading(
+        embedding, tokens, mask, encoding, ctx_tokens, ctx_text_mask, ctx_mask
+    )
+    ids = ctx_tokens.astype(jnp.int32)
+    if form == "text":
+        picked = jnp.take_along_axis(logp, ids, axis=-1)
+        return -(picked * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+    if form != "contrast":
+        raise ValueError(f"unknown marker loss form {form!r}; use 'text' or 'contrast'")
+    B, K, Lc = ids.shape
+    # score[b, k, j]: item j's text summed under marker k's reading.
+    every = jnp.broadcast_to(ids[:, None], (B, K, K, Lc)).reshape(B, K, K * Lc)
+    lp = jnp.take_along_axis(logp, every, axis=-1).reshape(B, K, K, Lc)
+    score = (lp * weight[:, None]).sum(-1)
+    counted = weight.sum(-1) > 0  # [B,K]
+    score = jnp.where(counted[:, None, :], score, -1e9)
+    rows = counted & (counted.sum(-1, keepdims=True) > 1)
+    own = jnp.diagonal(
+        jax.nn.log_softmax(jnp.where(rows[..., None], score, 0.0)), 0, 1, 2
+    )
+    return -(own * rows).sum() / jnp.maximum(rows.sum(), 1.0)
 
 
 class Imagen(nn.Module):

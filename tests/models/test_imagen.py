@@ -67,6 +67,72 @@ def test_marker_text_loss_skips_absent_markers_and_leaves_the_embeddings():
     assert float(jnp.abs(grads[1][0, 3]).max()) == 0.0
 
 
+def _log_probs(embedding, enc):
+    logits = embedding @ np.asarray(enc) / np.sqrt(D)
+    return logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+
+
+def test_marker_contrast_picks_each_items_text_among_the_examples_items():
+    embedding = np.eye(V, D) * 3.0
+    reads = (jnp.asarray(embedding[3]), jnp.asarray(embedding[4] + embedding[5]))
+    keep = jnp.array([[True, True]])
+    got = float(marker_text_loss(embedding, *_case(*reads), keep, form="contrast"))
+    # Written out: marker k scores item j by the summed log-probabilities of
+    # j's tokens; cross-entropy of its own item under a softmax over items.
+    items = ([3], [4, 5])
+    want = 0.0
+    for k, enc in enumerate(reads):
+        lp = _log_probs(embedding, enc)
+        score = np.array([lp[t].sum() for t in items])
+        want -= score[k] - np.log(np.exp(score - score.max()).sum()) - score.max()
+    np.testing.assert_allclose(got, want / 2, rtol=1e-5)
+    # The roles the other way round score worse.
+    swapped = float(
+        marker_text_loss(embedding, *_case(*reads[::-1]), keep, form="contrast")
+    )
+    assert swapped > got + 1.0
+    # One item counted is nothing to tell apart.
+    one = marker_text_loss(
+        embedding, *_case(*reads), jnp.array([[True, False]]), form="contrast"
+    )
+    assert float(one) == 0.0
+
+
+def test_marker_contrast_ignores_what_the_items_texts_share():
+    embedding = jnp.asarray(np.random.default_rng(1).normal(size=(V, D)))
+    tokens, mask, encoding, ctx_tokens, ctx_text_mask = _case(jnp.ones(D), -jnp.ones(D))
+    keep = jnp.array([[True, True]])
+    # Both items "<marker> 4 5": the same text under every marker, log 2
+    # whatever the encoding, and no gradient to it.
+    same = ctx_tokens.at[0, 0].set(jnp.array([M1, 4, 5]))
+    both = jnp.ones_like(ctx_text_mask)
+
+    def loss(encoding):
+        return marker_text_loss(
+            embedding, tokens, mask, encoding, same, both, keep, form="contrast"
+        )
+
+    np.testing.assert_allclose(float(loss(encoding)), np.log(2.0), rtol=1e-6)
+    assert float(jnp.abs(jax.grad(loss)(encoding)).max()) < 1e-6
+    # A shared token added to both items changes nothing.
+    plain = marker_text_loss(
+        embedding,
+        tokens,
+        mask,
+        encoding,
+        ctx_tokens,
+        ctx_text_mask,
+        keep,
+        form="contrast",
+    )
+    three = jnp.array([[[M1, 3, 2, 0], [M2, 4, 5, 2]]])
+    three_mask = jnp.array([[[True, True, True, False], [True, True, True, True]]])
+    padded = marker_text_loss(
+        embedding, tokens, mask, encoding, three, three_mask, keep, form="contrast"
+    )
+    np.testing.assert_allclose(float(padded), float(plain), rtol=1e-5)
+
+
 def test_item_markers_find_the_marker_wherever_the_tokenizer_puts_it():
     from imagen_jax.instructions import MARKERS
     from imagen_jax.text import tokenizers
