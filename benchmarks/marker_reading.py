@@ -37,6 +37,7 @@ def score(loaded, unseen: bool, count: int) -> dict:
 
     from imagen_jax.data import tasks
     from imagen_jax.evaluation import evaluate
+    from imagen_jax.models import t5
     from imagen_jax.models.imagen import (
         Imagen,
         encoding_at,
@@ -59,9 +60,7 @@ def score(loaded, unseen: bool, count: int) -> dict:
     mask = jnp.asarray(a["ctx_text_mask"][:, :2]).astype(bool)
     marker = item_markers(tokens, mask)  # [B,2]
     read, _ = encoding_at(a["text_tokens"], a["text_mask"], encoding, marker)
-    logp = marker_log_probs(
-        params["text_encoder"]["token_embedder"]["embedding"], read
-    )  # [B,2,V]
+    logp = marker_log_probs(t5.token_embedding(params["text_encoder"]), read)  # [B,2,V]
 
     def cross_entropy(reader: int, item: int) -> jax.Array:
         scored = mask[:, item] & (tokens[:, item] != marker[:, item, None])

@@ -31,6 +31,7 @@ from imagen_jax import (
 from imagen_jax import conditioning as conditioning_lib
 from imagen_jax.data import pipeline
 from imagen_jax.diffusion import losses, schedules
+from imagen_jax.models import t5
 from imagen_jax.models.imagen import Imagen, build_model, marker_text_loss
 from imagen_jax.text import pretrained
 from imagen_jax.text.tokenizers import make_tokenizer
@@ -145,7 +146,7 @@ def train_step(state: TrainState, batch: dict, *, model: Imagen, tx, config) -> 
         if marker_weight:
             extra["diffusion_loss"] = loss
             extra["marker_text_loss"] = marker_text_loss(
-                params["text_encoder"]["token_embedder"]["embedding"],
+                t5.token_embedding(params["text_encoder"]),
                 batch["text_tokens"],
                 masks["text_mask"],
                 text,

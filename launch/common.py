@@ -80,12 +80,26 @@ def initialize() -> None:
     )
 
 
+def dangling_link(path: str) -> str | None:
+    """The first component of `path` that is a symbolic link to nothing
+    ("data" -> a directory since deleted), as "LINK -> TARGET"; None if none."""
+    parts = os.path.normpath(path).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        head = os.sep.join(parts[:i]) or os.sep
+        if os.path.islink(head) and not os.path.exists(head):
+            return f"{head} -> {os.readlink(head)}"
+    return None
+
+
 def run_main(fn: Callable[[], None]) -> None:
     """Runs `fn`; a user error exits with status 2 and one line naming it."""
     try:
         fn()
     except USER_ERRORS as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        link = isinstance(e, FileNotFoundError) and dangling_link(e.filename or "")
+        if link:  # mkdir's "No such file" does not say which part is missing
+            msg += f" ({link} points to nothing)"
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
 

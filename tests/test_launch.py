@@ -88,6 +88,27 @@ def test_missing_dataset_is_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_directory_under_a_dangling_link_names_the_link(
+    tmp_path, monkeypatch, capsys
+):
+    from launch import common
+
+    (tmp_path / "data").symlink_to(tmp_path / "gone")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        common.run_main(lambda: os.makedirs("data/vocab", exist_ok=True))
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and f"(data -> {tmp_path / 'gone'} points to nothing)" in lines[0]
+    )
+    # Any other missing file is reported as it was.
+    with pytest.raises(SystemExit):
+        common.run_main(lambda: open("absent.txt"))
+    assert "points to nothing" not in capsys.readouterr().err
+
+
 def test_library_info_lines_are_filtered_warnings_kept():
     import logging
 

@@ -410,6 +410,12 @@ class T5Encoder(nn.Module):
         return dropout(x, deterministic=deterministic)
 
 
+def token_embedding(params) -> jax.Array:
+    """The token embedding table [V, D] of a `T5Encoder`'s params (its own
+    or converted from a pretrained T5, which share the layout)."""
+    return params["token_embedder"]["embedding"]
+
+
 def pooled(embeddings: jax.Array, mask: jax.Array) -> jax.Array:
     """Masked mean over the sequence: [B, L, D], [B, L] -> [B, D].
 
