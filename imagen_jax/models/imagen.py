@@ -97,11 +97,13 @@ def marker_text_loss(
     `form`:
       "text": the mean cross-entropy of the items' text tokens. Most of it
         is what items' texts say in general, the same at every marker.
-      "contrast": each marker picks its own item's text among the example's
-        items (softmax over items of the summed log-probabilities of their
-        tokens; cross-entropy). Tokens the items share cancel, so only what
-        tells the items apart counts. Examples with fewer than two items
-        counted add nothing.
+      "contrast": for each pair of an example's items, the items' texts
+        under their own markers against under each other's (the summed
+        log-probabilities of their tokens; logistic loss on right minus
+        swapped). What the items' texts share, and how long or likely each
+        is, cancels: only what tells the two items apart, read at the right
+        marker, lowers it. Examples with fewer than two items counted add
+        nothing.
 
     Args:
       embedding: the text encoder's token embeddings [V, D].
@@ -128,13 +130,15 @@ def marker_text_loss(
     every = jnp.broadcast_to(ids[:, None], (B, K, K, Lc)).reshape(B, K, K * Lc)
     lp = jnp.take_along_axis(logp, every, axis=-1).reshape(B, K, K, Lc)
     score = (lp * weight[:, None]).sum(-1)
+    own = jnp.diagonal(score, 0, 1, 2)  # [B,K]
+    # margin[b, k, j]: items k and j at their own markers, minus swapped.
+    margin = own[:, :, None] + own[:, None, :] - score - jnp.swapaxes(score, 1, 2)
     counted = weight.sum(-1) > 0  # [B,K]
-    score = jnp.where(counted[:, None, :], score, -1e9)
-    rows = counted & (counted.sum(-1, keepdims=True) > 1)
-    own = jnp.diagonal(
-        jax.nn.log_softmax(jnp.where(rows[..., None], score, 0.0)), 0, 1, 2
+    pairs = (
+        counted[:, :, None] & counted[:, None, :] & jnp.triu(jnp.ones((K, K), bool), 1)
     )
-    return -(own * rows).sum() / jnp.maximum(rows.sum(), 1.0)
+    loss = jax.nn.softplus(-margin)
+    return (loss * pairs).sum() / jnp.maximum(pairs.sum(), 1.0)
 
 
 class Imagen(nn.Module):

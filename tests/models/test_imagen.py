@@ -72,25 +72,21 @@ def _log_probs(embedding, enc):
     return logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
 
 
-def test_marker_contrast_picks_each_items_text_among_the_examples_items():
+def test_marker_contrast_is_the_items_at_their_markers_against_swapped():
     embedding = np.eye(V, D) * 3.0
     reads = (jnp.asarray(embedding[3]), jnp.asarray(embedding[4] + embedding[5]))
     keep = jnp.array([[True, True]])
     got = float(marker_text_loss(embedding, *_case(*reads), keep, form="contrast"))
-    # Written out: marker k scores item j by the summed log-probabilities of
-    # j's tokens; cross-entropy of its own item under a softmax over items.
+    # Written out: s[k][j] is item j's tokens' summed log-probabilities under
+    # marker k's reading; the logistic loss of s11 + s22 - s12 - s21.
     items = ([3], [4, 5])
-    want = 0.0
-    for k, enc in enumerate(reads):
-        lp = _log_probs(embedding, enc)
-        score = np.array([lp[t].sum() for t in items])
-        want -= score[k] - np.log(np.exp(score - score.max()).sum()) - score.max()
-    np.testing.assert_allclose(got, want / 2, rtol=1e-5)
-    # The roles the other way round score worse.
-    swapped = float(
-        marker_text_loss(embedding, *_case(*reads[::-1]), keep, form="contrast")
-    )
-    assert swapped > got + 1.0
+    s = [[_log_probs(embedding, enc)[t].sum() for t in items] for enc in reads]
+    margin = s[0][0] + s[1][1] - s[0][1] - s[1][0]
+    np.testing.assert_allclose(got, np.log1p(np.exp(-margin)), rtol=1e-5)
+    assert margin > 1.0
+    # The roles the other way round: the margin's sign flips.
+    swapped = marker_text_loss(embedding, *_case(*reads[::-1]), keep, form="contrast")
+    np.testing.assert_allclose(float(swapped), np.log1p(np.exp(margin)), rtol=1e-5)
     # One item counted is nothing to tell apart.
     one = marker_text_loss(
         embedding, *_case(*reads), jnp.array([[True, False]]), form="contrast"
