@@ -38,12 +38,7 @@ def score(loaded, unseen: bool, count: int) -> dict:
     from imagen_jax.data import tasks
     from imagen_jax.evaluation import evaluate
     from imagen_jax.models import t5
-    from imagen_jax.models.imagen import (
-        Imagen,
-        encoding_at,
-        item_markers,
-        marker_log_probs,
-    )
+    from imagen_jax.models.imagen import Imagen, marker_reading
 
     d, params = loaded.config.data, loaded.params
     examples = [
@@ -57,15 +52,22 @@ def score(loaded, unseen: bool, count: int) -> dict:
         {"params": params}, a["text_tokens"], a["text_mask"], method=Imagen.encode_text
     )
     tokens = jnp.asarray(a["ctx_tokens"][:, :2]).astype(jnp.int32)  # [B,2,Lc]
-    mask = jnp.asarray(a["ctx_text_mask"][:, :2]).astype(bool)
-    marker = item_markers(tokens, mask)  # [B,2]
-    read, _ = encoding_at(a["text_tokens"], a["text_mask"], encoding, marker)
-    logp = marker_log_probs(t5.token_embedding(params["text_encoder"]), read)  # [B,2,V]
+    # The loss's own reading: log-probabilities at each marker [B,2,V] and
+    # the item tokens scored [B,2,Lc].
+    logp, scored = marker_reading(
+        t5.token_embedding(params["text_encoder"]),
+        a["text_tokens"],
+        a["text_mask"],
+        encoding,
+        tokens,
+        a["ctx_text_mask"][:, :2],
+        np.ones(tokens.shape[:2], bool),
+    )
 
     def cross_entropy(reader: int, item: int) -> jax.Array:
-        scored = mask[:, item] & (tokens[:, item] != marker[:, item, None])
         picked = jnp.take_along_axis(logp[:, reader], tokens[:, item], axis=-1)
-        return -(picked * scored).sum(-1) / np.maximum(scored.sum(-1), 1)
+        weight = scored[:, item]
+        return -(picked * weight).sum(-1) / jnp.maximum(weight.sum(-1), 1)
 
     right = (cross_entropy(0, 0) + cross_entropy(1, 1)) / 2
     wrong = (cross_entropy(0, 1) + cross_entropy(1, 0)) / 2

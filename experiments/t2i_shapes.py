@@ -87,8 +87,8 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # text, a text-only objective standing in for T5's pretraining. 0 = off.
     c.text.marker_text_loss = 0.0
     # Its form (`imagen.MARKER_LOSS_FORMS`): "text", the cross-entropy of the
-    # item's text; "contrast", each marker picking its own item's text among
-    # the example's items, so that only what tells the items apart counts.
+    # item's text; "contrast", each pair of items read at their own markers
+    # against swapped, so that only what tells the items apart counts.
     c.text.marker_loss_form = "text"
     c.text.layer_norm_epsilon = 1e-6
 

@@ -56,7 +56,7 @@ def marker_log_probs(embedding: jax.Array, read: jax.Array) -> jax.Array:
 MARKER_LOSS_FORMS = ("text", "contrast")
 
 
-def _marker_reading(
+def marker_reading(
     embedding, tokens, mask, encoding, ctx_tokens, ctx_text_mask, ctx_mask
 ):
     """Log-probabilities [B,K,V] of tokens at each item's marker in the
@@ -116,7 +116,7 @@ def marker_text_loss(
     Returns:
       The scalar loss (0 where no item counts).
     """
-    logp, weight = _marker_reading(
+    logp, weight = marker_reading(
         embedding, tokens, mask, encoding, ctx_tokens, ctx_text_mask, ctx_mask
     )
     ids = ctx_tokens.astype(jnp.int32)
