@@ -437,10 +437,12 @@ def _has_conditions(task) -> bool:
     return task.name != "text_to_image"
 
 
-def _runs(eval_cfg, tasks) -> list[tuple[list[str], bool, str, bool]]:
+def _runs(eval_cfg, tasks, trained=()) -> list[tuple[list[str], bool, str, bool]]:
     """(task names, unseen phrasing, row suffix, text only) of each pass.
 
-    The text-only pass samples the same examples with their context items and
+    The opt-in tasks are scored when `eval_cfg.names` names them or, with no
+    names, when they are among the `trained` ones (the model's mixture). The
+    text-only pass samples the same examples with their context items and
     input image dropped: the baseline a task's SC must beat.
     """
     wanted = set(eval_cfg.get("names") or ())
@@ -449,7 +451,7 @@ def _runs(eval_cfg, tasks) -> list[tuple[list[str], bool, str, bool]]:
         raise ValueError(f"evals.tasks.names has unknown tasks {unknown}")
     keep = lambda names: [n for n in names if not wanted or n in wanted]  # noqa: E731
     train, zero = keep(tasks.TRAIN_TASKS), keep(tasks.ZERO_SHOT_TASKS)
-    train += [n for n in tasks.OPT_IN_TASKS if n in wanted]  # scored when named
+    train += [n for n in tasks.OPT_IN_TASKS if n in (wanted or set(trained))]
     runs = [(train, False, "", False), (zero, False, "", False)]
     if eval_cfg.robustness:
         runs.append((train, True, "/unseen_paraphrase", False))
@@ -499,7 +501,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
     os.makedirs(os.path.join(out_dir, "tasks"), exist_ok=True)
     rows, grid = [], []
     per_task = _examples_per_task(eval_cfg, tasks)
-    for names, unseen, suffix, text_only in _runs(eval_cfg, tasks):
+    trained = loaded.config.data.get("mixture") or ()
+    for names, unseen, suffix, text_only in _runs(eval_cfg, tasks, trained):
         for name, examples, batch in _task_batches(loaded, names, per_task, unseen):
             label = name + suffix
             images = _generate_tasks(

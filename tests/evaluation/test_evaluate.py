@@ -40,6 +40,17 @@ def test_runs_of_named_tasks_only():
         evaluate._runs(_cfg(names=["subjekt"]), tasks)
 
 
+def test_opt_in_tasks_are_scored_when_trained_or_named():
+    first = lambda runs: runs[0][0]  # noqa: E731
+    assert "role_transfer" not in first(evaluate._runs(_cfg(), tasks))
+    trained = {"subject": 0.5, "role_transfer": 0.3, "role_transfer_told": 0.2}
+    scored = first(evaluate._runs(_cfg(), tasks, trained))
+    assert scored == [*tasks.TRAIN_TASKS, "role_transfer", "role_transfer_told"]
+    # Names given: those alone, whatever the mixture.
+    named = evaluate._runs(_cfg(names=["subject"]), tasks, trained)
+    assert first(named) == ["subject"]
+
+
 def test_zero_shot_tasks_can_take_more_examples():
     counts = evaluate._examples_per_task(_cfg(per_task=24), tasks)
     assert set(counts) == set(tasks.TASKS) and set(counts.values()) == {24}
