@@ -387,6 +387,26 @@ A_STEPS = 4518
 # 361. Until session 38 they were matched to the (a) of session 23, on
 # "even" (2909 steps; records in docs/results/table_2026-12-02).
 MATCHED_MIXTURE, MATCHED_STEPS = MIXTURE, A_STEPS
+# The text start with word order (session 51): the small T5's relative
+# position bias ten times T5's scale, without which its encoder reads the
+# instruction nearly as a bag of words and role transfer's two marker orders
+# as one text.
+POSITION = {"text.relative_attention_init_scale": 10.0}
+# (a) and (c) on "roles" (columns "a_roles", "c_roles"): RECIPE, that start,
+# each context item given the instruction's encoding at its marker, and the
+# text encoder at a tenth of the LR with the pairwise marker objective, with
+# which the role mixture read the roles from the wording (session 54).
+ROLES_RECIPE = {
+    **RECIPE,
+    **POSITION,
+    "model.context_marker": True,
+    "optim.text_lr_scale": 0.1,
+    "text.marker_text_loss": 1.0,
+    "text.marker_loss_form": "contrast",
+    # the table's samples: no text-only baseline pass (item 2's, not the table's)
+    "evals.tasks.text_only": False,
+}
+ROLES_MINUTES = 78
 
 
 def table() -> list[dict]:
@@ -436,6 +456,30 @@ def table() -> list[dict]:
             "steps": A_STEPS,
             **start,
         },
+        # (a) and (c) on the mixture with role transfer, whose roles only the
+        # instruction gives, from the start with word order; trained side by
+        # side in session 55, so each had about half the machine.
+        {
+            "row": "t2i",
+            "name": "cpu_t2i_pos",
+            "arg": T2I_ARG,
+            "minutes": T2I_MINUTES,
+            "config": POSITION,
+        },
+        *(
+            {
+                "row": f"{row}_roles",
+                "name": f"cpu_roles_{row}",
+                "arg": arg,
+                "minutes": ROLES_MINUTES,
+                "init_from": "cpu_t2i_pos",
+                "config": ROLES_RECIPE,
+            }
+            for row, arg in (
+                ("a", "simple,mix=roles,words"),
+                ("c", "simple,mix=roles,words,plain"),
+            )
+        ),
         {
             "row": "stage1",
             "name": "cpu_stage1",

@@ -45,6 +45,8 @@ COLUMNS = {
     "b_steps": "(b) single-task, (a)'s steps per task",
     "c": "(c) multi-task, no instructions",
     "c_raw": "(c) multi-task, no instructions, items without their texts",
+    "a_roles": "(a) with role transfer",
+    "c_roles": "(c) with role transfer, no instructions",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

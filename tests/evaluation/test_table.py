@@ -166,7 +166,8 @@ def test_the_readme_command_trains_row_a():
     path = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "instruct.sh")
     with open(path) as f:
         script = f.read()
-    rows = {row["row"]: row for row in stage2_shapes.table()}
+    by_name = {row["name"]: row for row in stage2_shapes.table()}
+    rows = {"t2i": by_name["cpu_t2i"], "a": by_name["cpu_instruct"]}
     for var, row in (("T2I_MINUTES", "t2i"), ("STAGE2_MINUTES", "a")):
         default = re.search(rf'{var}="\$\{{{var}:-(\d+)\}}"', script)
         assert default and int(default.group(1)) == rows[row]["minutes"], var
@@ -189,6 +190,31 @@ def test_the_readme_command_trains_row_a():
     assert '"${RECIPE[@]}"' in trained[: trained.index("launch.eval")]
     assert 'RECIPE=("${MODEL[@]}"' in script
     assert '"${MODEL[@]}"' in script[script.index("launch.eval") :]
+
+
+def test_the_role_columns_differ_in_the_instructions_only():
+    """(a) and (c) on "roles": same start, fields and minutes; (c) plain; both
+    score role transfer, which only a model trained on it is asked."""
+    from experiments import stage2_shapes
+    from imagen_jax.data import tasks
+    from imagen_jax.evaluation import evaluate
+
+    rows = {row["name"]: row for row in stage2_shapes.table()}
+    a, c = rows["cpu_roles_a"], rows["cpu_roles_c"]
+    assert c["arg"] == a["arg"] + ",plain"
+    assert (a["config"], a["minutes"], a["init_from"]) == (
+        c["config"],
+        c["minutes"],
+        c["init_from"],
+    )
+    start = rows[a["init_from"]]
+    assert start["row"] == "t2i" and start["config"].items() <= a["config"].items()
+    for row in (a, c):
+        config = table._config(stage2_shapes.get_config, row, "runs")
+        assert config.text.relative_attention_init_scale == 10.0
+        assert config.optim.text_lr_scale == 0.1 and config.model.context_marker
+        scored = evaluate._runs(config.evals.tasks, tasks, config.data.mixture)[0][0]
+        assert {"role_transfer", "role_transfer_told"} <= set(scored)
 
 
 def test_each_column_states_its_training_compute():
