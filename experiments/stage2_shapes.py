@@ -407,6 +407,10 @@ ROLES_RECIPE = {
     "evals.tasks.text_only": False,
 }
 ROLES_MINUTES = 78
+# The steps those 78 minutes gave (a) side by side with (c) in session 55
+# (AMD EPYC, 2 cores; (c) 2709): the columns "a_roles_long" and
+# "c_roles_long" continue both to twice that.
+ROLES_STEPS = 2717
 
 
 def table() -> list[dict]:
@@ -473,6 +477,21 @@ def table() -> list[dict]:
                 "arg": arg,
                 "minutes": ROLES_MINUTES,
                 "init_from": "cpu_t2i_pos",
+                "config": ROLES_RECIPE,
+            }
+            for row, arg in (
+                ("a", "simple,mix=roles,words"),
+                ("c", "simple,mix=roles,words,plain"),
+            )
+        ),
+        *(
+            {
+                "row": f"{row}_roles_long",
+                "name": f"cpu_roles_{row}_long",
+                "arg": arg,
+                "minutes": 0,
+                "steps": 2 * ROLES_STEPS,
+                "resume": f"cpu_roles_{row}",
                 "config": ROLES_RECIPE,
             }
             for row, arg in (

@@ -47,6 +47,8 @@ COLUMNS = {
     "c_raw": "(c) multi-task, no instructions, items without their texts",
     "a_roles": "(a) with role transfer",
     "c_roles": "(c) with role transfer, no instructions",
+    "a_roles_long": "(a) with role transfer, twice the steps",
+    "c_roles_long": "(c) with role transfer, no instructions, twice the steps",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

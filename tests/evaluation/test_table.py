@@ -207,6 +207,14 @@ def test_the_role_columns_differ_in_the_instructions_only():
         c["minutes"],
         c["init_from"],
     )
+    for row in (a, c):  # continued to twice the steps on their own data
+        long = rows[row["name"] + "_long"]
+        assert (long["resume"], long["arg"], long["config"]) == (
+            row["name"],
+            row["arg"],
+            row["config"],
+        )
+        assert long["steps"] == 2 * stage2_shapes.ROLES_STEPS
     start = rows[a["init_from"]]
     assert start["row"] == "t2i" and start["config"].items() <= a["config"].items()
     for row in (a, c):
