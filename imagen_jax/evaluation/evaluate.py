@@ -502,7 +502,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
     rows, grid = [], []
     per_task = _examples_per_task(eval_cfg, tasks)
     trained = loaded.config.data.get("mixture") or ()
-    for names, unseen, suffix, text_only in _runs(eval_cfg, tasks, trained):
+    runs = _runs(eval_cfg, tasks, trained)
+    for names, unseen, suffix, text_only in runs:
         for name, examples, batch in _task_batches(loaded, names, per_task, unseen):
             label = name + suffix
             images = _generate_tasks(
@@ -531,8 +532,8 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
             shown = [k for k in ("o", "sc", "pq", "score") if k in head]
             shown += sorted(k for k in head if k.startswith(("sc/", "x0_error")))
             print(f"  {label}: " + "  ".join(_figure(k, head[k]) for k in shown))
-    named = "role_transfer" in (eval_cfg.get("names") or ())
-    if named and loaded.model.conditioning.instruction:  # items to probe
+    scored = "role_transfer" in runs[0][0]  # named, or trained on
+    if scored and loaded.model.conditioning.instruction:  # items to probe
         probe = _role_probe_rows(loaded)
         shown = "  ".join(_figure(r["metric"], r["value"]) for r in probe)
         print(f"  role_transfer: {shown}")
