@@ -408,9 +408,11 @@ ROLES_RECIPE = {
 }
 ROLES_MINUTES = 78
 # The steps those 78 minutes gave (a) side by side with (c) in session 55
-# (AMD EPYC, 2 cores; (c) 2709): the columns "a_roles_long" and
+# (AMD EPYC, 2 cores; (c) 2705): the columns "a_roles_long" and
 # "c_roles_long" continue both to twice that.
 ROLES_STEPS = 2717
+# Their columns' options: (c) is (a)'s without the instruction words.
+ROLES_ARGS = (("a", "simple,mix=roles,words"), ("c", "simple,mix=roles,words,plain"))
 
 
 def table() -> list[dict]:
@@ -479,10 +481,7 @@ def table() -> list[dict]:
                 "init_from": "cpu_t2i_pos",
                 "config": ROLES_RECIPE,
             }
-            for row, arg in (
-                ("a", "simple,mix=roles,words"),
-                ("c", "simple,mix=roles,words,plain"),
-            )
+            for row, arg in ROLES_ARGS
         ),
         *(
             {
@@ -494,10 +493,7 @@ def table() -> list[dict]:
                 "resume": f"cpu_roles_{row}",
                 "config": ROLES_RECIPE,
             }
-            for row, arg in (
-                ("a", "simple,mix=roles,words"),
-                ("c", "simple,mix=roles,words,plain"),
-            )
+            for row, arg in ROLES_ARGS
         ),
         {
             "row": "stage1",
