@@ -195,8 +195,11 @@ def test_mix_option_selects_a_named_mixture_and_its_context_slots():
     assert dict(even.data.mixture) == stage2_shapes.MIXTURES["even"]
     # Fewer subject examples (two references each) -> fewer slots to encode.
     assert even.model.context_slots < paper.model.context_slots
-    for weights in stage2_shapes.MIXTURES.values():
-        assert set(weights) == set(tasks.TRAIN_TASKS)  # every task, no zero-shot
+    for weights in stage2_shapes.MIXTURES.values():  # every task, no zero-shot
+        assert set(tasks.TRAIN_TASKS) <= set(weights)
+        assert set(weights) <= set(tasks.TRAIN_TASKS + tasks.OPT_IN_TASKS)
+    roles = stage2_shapes.MIXTURES["roles"]
+    assert {"role_transfer", "role_transfer_told"} <= set(roles)
     with pytest.raises(ValueError, match="mix='uneven'"):
         stage2_shapes.get_config("simple,mix=uneven")
 
