@@ -49,6 +49,8 @@ COLUMNS = {
     "c_roles": "(c) with role transfer, no instructions",
     "a_roles_long": "(a) with role transfer, twice the steps",
     "c_roles_long": "(c) with role transfer, no instructions, twice the steps",
+    "a_roles03": "(a) with role transfer, text LR x0.3",
+    "c_roles03": "(c) with role transfer, no instructions, text LR x0.3",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

@@ -215,6 +215,14 @@ def test_the_role_columns_differ_in_the_instructions_only():
             row["config"],
         )
         assert long["steps"] == 2 * stage2_shapes.ROLES_STEPS
+        # the same from the start at three tenths of the text LR, step-matched
+        lr03 = rows[row["name"].replace("roles", "roles03")]
+        assert (lr03["arg"], lr03["init_from"], lr03["steps"]) == (
+            row["arg"],
+            row["init_from"],
+            stage2_shapes.ROLES_STEPS,
+        )
+        assert lr03["config"] == {**row["config"], "optim.text_lr_scale": 0.3}
     start = rows[a["init_from"]]
     assert start["row"] == "t2i" and start["config"].items() <= a["config"].items()
     for row in (a, c):
