@@ -480,25 +480,17 @@ def table() -> list[dict]:
         },
         *(
             {
-                "row": f"{row}_roles",
-                "name": f"cpu_roles_{row}",
+                "row": f"{row}_roles{suffix}",
+                "name": f"cpu_roles{suffix}_{row}",
                 "arg": arg,
-                "minutes": ROLES_MINUTES,
+                **budget,
                 "init_from": "cpu_t2i_pos",
-                "config": ROLES_RECIPE,
+                "config": recipe,
             }
-            for row, arg in ROLES_ARGS
-        ),
-        *(
-            {
-                "row": f"{row}_roles03",
-                "name": f"cpu_roles03_{row}",
-                "arg": arg,
-                "minutes": 0,
-                "steps": ROLES_STEPS,
-                "init_from": "cpu_t2i_pos",
-                "config": ROLES03_RECIPE,
-            }
+            for suffix, budget, recipe in (
+                ("", {"minutes": ROLES_MINUTES}, ROLES_RECIPE),
+                ("03", {"minutes": 0, "steps": ROLES_STEPS}, ROLES03_RECIPE),
+            )
             for row, arg in ROLES_ARGS
         ),
         *(
