@@ -417,7 +417,8 @@ ROLES_ARGS = (("a", "simple,mix=roles,words"), ("c", "simple,mix=roles,words,pla
 # task (in domain 0.68 against 0.76, session 56), where at the full text LR
 # on "classify" it was level: columns "a_roles03" and "c_roles03" give the
 # text encoder three tenths of the LR instead (with which session 54's role
-# mixture read the roles in 917 steps), for the steps of "a_roles".
+# mixture read the roles in 917 steps), for the steps of "a_roles", and
+# "a_roles03_long" and "c_roles03_long" continue them to twice that.
 ROLES03_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 0.3}
 
 
@@ -495,14 +496,15 @@ def table() -> list[dict]:
         ),
         *(
             {
-                "row": f"{row}_roles_long",
-                "name": f"cpu_roles_{row}_long",
+                "row": f"{row}_roles{suffix}_long",
+                "name": f"cpu_roles{suffix}_{row}_long",
                 "arg": arg,
                 "minutes": 0,
                 "steps": 2 * ROLES_STEPS,
-                "resume": f"cpu_roles_{row}",
-                "config": ROLES_RECIPE,
+                "resume": f"cpu_roles{suffix}_{row}",
+                "config": recipe,
             }
+            for suffix, recipe in (("", ROLES_RECIPE), ("03", ROLES03_RECIPE))
             for row, arg in ROLES_ARGS
         ),
         {

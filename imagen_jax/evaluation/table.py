@@ -51,6 +51,9 @@ COLUMNS = {
     "c_roles_long": "(c) with role transfer, no instructions, twice the steps",
     "a_roles03": "(a) with role transfer, text LR x0.3",
     "c_roles03": "(c) with role transfer, no instructions, text LR x0.3",
+    "a_roles03_long": "(a) with role transfer, text LR x0.3, twice the steps",
+    "c_roles03_long": "(c) with role transfer, no instructions, text LR x0.3, "
+    "twice the steps",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

@@ -223,6 +223,12 @@ def test_the_role_columns_differ_in_the_instructions_only():
             stage2_shapes.ROLES_STEPS,
         )
         assert lr03["config"] == {**row["config"], "optim.text_lr_scale": 0.3}
+        long03 = rows[lr03["name"] + "_long"]
+        assert (long03["resume"], long03["config"], long03["steps"]) == (
+            lr03["name"],
+            lr03["config"],
+            long["steps"],
+        )
     start = rows[a["init_from"]]
     assert start["row"] == "t2i" and start["config"].items() <= a["config"].items()
     for row in (a, c):
