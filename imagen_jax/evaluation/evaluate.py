@@ -293,10 +293,13 @@ def _x0_error_fn(loaded) -> Callable:
     return _X0_ERROR_FNS[key]
 
 
-def _x0_error_rows(loaded, error_fn, name, examples, batch, repeats=4) -> list[dict]:
-    """`x0_error` (every condition) and `x0_error/text_only` of a task's targets."""
+def _x0_error_rows(
+    loaded, error_fn, name, examples, batch, repeats=4, text_only=True
+) -> list[dict]:
+    """`x0_error` (every condition) and, with `text_only`, `x0_error/text_only`
+    of a task's targets."""
     x = np.stack([e.target for e in examples]).astype(np.float32) / 127.5 - 1.0
-    errors = {True: [], False: []}
+    errors = {True: [], False: []} if text_only else {True: []}
     for r in range(repeats):
         rng = jax.random.PRNGKey(1000 + r)
         for keep in errors:
@@ -312,6 +315,7 @@ def _x0_error_rows(loaded, error_fn, name, examples, batch, repeats=4) -> list[d
             "n": len(examples),
         }
         for metric, keep in (("x0_error", True), ("x0_error/text_only", False))
+        if keep in errors
     ]
 
 
