@@ -110,14 +110,13 @@ def test_x0_error_pairs_the_noise_and_drops_only_the_conditions(stage2_run):
 
 
 def test_task_fit_scores_the_trained_tasks_on_the_evaluators_noise(stage2_run):
-    from benchmarks import task_fit
     from imagen_jax import inference
 
     cfg, workdir, _ = stage2_run
     loaded = inference.load(workdir, cfg)
-    names = task_fit.trained_tasks(loaded)
+    names = evaluate.trained_tasks(loaded)
     assert set(names) == {n for n, w in cfg.data.mixture.items() if w > 0}
-    fit = task_fit.fit(loaded, names[:2], 2, 2)
+    fit = evaluate.task_fit(loaded, names[:2], 2, 2)
     assert list(fit) == names[:2] and all(v > 0 for v in fit.values())
     # the evaluator's own x0_error row of the same examples and noise
     error_fn = evaluate.make_x0_error_fn(loaded)

@@ -319,6 +319,28 @@ def _x0_error_rows(
     ]
 
 
+def trained_tasks(loaded) -> list[str]:
+    """The tasks of `loaded`'s training mixture, in the task table's order."""
+    from imagen_jax.data import tasks
+
+    mixture = loaded.config.data.get("mixture") or {}
+    return [name for name in tasks.TASKS if mixture.get(name, 0) > 0]
+
+
+def task_fit(loaded, names, examples: int, repeats: int) -> dict[str, float]:
+    """{task: mean x0 error, every condition kept} of `loaded` on `examples`
+    examples of each of `names` at `repeats` draws of the noise: the
+    evaluator's `x0_error` rows without sampling (`benchmarks.task_fit`)."""
+    error_fn = make_x0_error_fn(loaded)
+    out = {}
+    for name, batch_examples, batch in _task_batches(loaded, names, examples, False):
+        rows = _x0_error_rows(
+            loaded, error_fn, name, batch_examples, batch, repeats, text_only=False
+        )
+        out[name] = rows[0]["value"]
+    return out
+
+
 def make_item_encodings_fn(loaded) -> Callable:
     """Jitted `(params, batch)` -> each context item's encodings, every
     condition kept: `memory` [B, K, C], its memory tokens (`Imagen.condition`)
