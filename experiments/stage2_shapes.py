@@ -420,6 +420,12 @@ ROLES_ARGS = (("a", "simple,mix=roles,words"), ("c", "simple,mix=roles,words,pla
 # mixture read the roles in 917 steps), for the steps of "a_roles", and
 # "a_roles03_long" and "c_roles03_long" continue them to twice that.
 ROLES03_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 0.3}
+# (a) behind (c) at both, with its training loss higher on the vision tasks
+# (`benchmarks/task_fit`, session 57), where at the full text LR on
+# "classify" it was level: column "a_roles_sched" trains the text encoder at
+# the full LR for the first quarter of the long columns' steps, then at a
+# tenth of it for the roles (`optim.text_full_lr_steps`), from the start.
+ROLES_SCHED_RECIPE = {**ROLES_RECIPE, "optim.text_full_lr_steps": 1359}
 
 
 def table() -> list[dict]:
@@ -507,6 +513,15 @@ def table() -> list[dict]:
             for suffix, recipe in (("", ROLES_RECIPE), ("03", ROLES03_RECIPE))
             for row, arg in ROLES_ARGS
         ),
+        {
+            "row": "a_roles_sched",
+            "name": "cpu_roles_sched_a",
+            "arg": ROLES_ARGS[0][1],
+            "minutes": 0,
+            "steps": 2 * ROLES_STEPS,
+            "init_from": "cpu_t2i_pos",
+            "config": ROLES_SCHED_RECIPE,
+        },
         {
             "row": "stage1",
             "name": "cpu_stage1",

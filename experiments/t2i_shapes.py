@@ -161,6 +161,9 @@ def build(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # encoder reads the roles of an instruction's markers when fitted at
     # 1e-4 to 3e-4 and not at 1e-3 (benchmarks/role_reading, session 54).
     c.optim.text_lr_scale = 1.0
+    # Steps at the start that train the text encoder at the full LR before
+    # text_lr_scale applies (0: the scale from the first step).
+    c.optim.text_full_lr_steps = 0
     # EMA decay; warmed up as min(decay, (1 + step) / (10 + step)).
     c.optim.ema_decay = 0.999
 

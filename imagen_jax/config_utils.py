@@ -181,6 +181,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.optim.text_lr_scale={text_lr!r} must be > 0 (a text encoder "
             "that does not learn is config.text.frozen=True)"
         )
+    full_steps = config.optim.get("text_full_lr_steps", 0)
+    if not (isinstance(full_steps, int) and full_steps >= 0):
+        raise ValueError(
+            f"config.optim.text_full_lr_steps={full_steps!r} must be an int >= 0"
+        )
+    if full_steps and text_lr == 1.0:
+        raise ValueError(
+            f"config.optim.text_full_lr_steps={full_steps!r} delays "
+            "config.optim.text_lr_scale, which is 1.0: set the scale too"
+        )
     if text_lr != 1.0 and (config.text.frozen or config.text.precomputed):
         raise ValueError(
             f"config.optim.text_lr_scale={text_lr!r} scales the text encoder's "

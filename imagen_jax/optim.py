@@ -126,14 +126,27 @@ def frozen_leaves(config, params) -> Any:
     return jax.tree.map(lambda t: frozen and t, text_leaves(params))
 
 
+def text_lr_multiplier(scale: float, full_steps: int) -> optax.GradientTransformation:
+    """Multiplies updates by `scale`, or by 1 during the first `full_steps`
+    steps (the text encoder at the full LR, then at `scale` of it)."""
+    if not full_steps:
+        return optax.scale(scale)
+    return optax.scale_by_schedule(
+        lambda count: jnp.where(count < full_steps, 1.0, scale)
+    )
+
+
 def build_optimizer(config):
     """The optimizer; a frozen text encoder gets zero updates (and no state),
-    a trained one its updates times `optim.text_lr_scale`."""
+    a trained one its updates times `optim.text_lr_scale` (after the first
+    `optim.text_full_lr_steps` steps, which it trains at the full LR)."""
     opt, lr = make_optimizer(config.optim, config.train.num_steps)
     text_lr = config.optim.get("text_lr_scale", 1.0)
+    full_steps = config.optim.get("text_full_lr_steps", 0)
     if not config.text.frozen:
         if text_lr != 1.0:  # the state of the default optimizer is unchanged
-            opt = optax.chain(opt, optax.masked(optax.scale(text_lr), text_leaves))
+            multiplier = text_lr_multiplier(text_lr, full_steps)
+            opt = optax.chain(opt, optax.masked(multiplier, text_leaves))
         return opt, lr
     frozen = functools.partial(frozen_leaves, config)
 

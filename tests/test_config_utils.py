@@ -120,3 +120,18 @@ def test_load_experiment_names_a_missing_file():
     )
     with pytest.raises(FileNotFoundError, match="experiments/nope.py"):
         config_utils.load_experiment("experiments/nope.py")
+
+
+def test_text_full_lr_steps_needs_a_scale_and_a_count():
+    from experiments import t2i_shapes
+
+    c = t2i_shapes.get_config("smoke")
+    c.optim.text_full_lr_steps = 100
+    with pytest.raises(ValueError, match="text_full_lr_steps=100 delays"):
+        config_utils.validate(c)
+    c.optim.text_full_lr_steps = -1
+    c.optim.text_lr_scale = 0.1
+    with pytest.raises(ValueError, match="text_full_lr_steps=-1 must be an int"):
+        config_utils.validate(c)
+    c.optim.text_full_lr_steps = 100
+    config_utils.validate(c)

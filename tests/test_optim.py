@@ -70,3 +70,31 @@ def test_text_lr_scale_scales_the_text_encoders_updates_only():
         scaled["text_encoder"]["a"], 0.25 * base["text_encoder"]["a"], rtol=1e-6
     )
     np.testing.assert_array_equal(scaled["unet"]["b"], base["unet"]["b"])
+
+
+def test_text_full_lr_steps_delays_the_text_lr_scale():
+    params = {"text_encoder": {"a": jnp.ones(2)}, "unet": {"b": jnp.ones(3)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def updates(scale, full_steps):
+        cfg = t2i_shapes.get_config("smoke")
+        cfg.optim.text_lr_scale, cfg.optim.text_full_lr_steps = scale, full_steps
+        tx, _ = optim.build_optimizer(cfg)
+        state, out = tx.init(params), []
+        for _ in range(6):
+            step, state = tx.update(grads, state, params)
+            out.append(step)
+        return out
+
+    base, delayed = updates(1.0, 0), updates(0.25, 4)
+    for step in range(6):  # steps 0-3 at the full LR, then a quarter of it
+        factor = 1.0 if step < 4 else 0.25
+        np.testing.assert_allclose(
+            delayed[step]["text_encoder"]["a"],
+            factor * base[step]["text_encoder"]["a"],
+            rtol=1e-6,
+        )
+        np.testing.assert_array_equal(
+            delayed[step]["unet"]["b"], base[step]["unet"]["b"]
+        )
+    assert np.all(np.asarray(base[5]["text_encoder"]["a"]) != 0.0)

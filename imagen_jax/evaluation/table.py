@@ -54,6 +54,8 @@ COLUMNS = {
     "a_roles03_long": "(a) with role transfer, text LR x0.3, twice the steps",
     "c_roles03_long": "(c) with role transfer, no instructions, text LR x0.3, "
     "twice the steps",
+    "a_roles_sched": "(a) with role transfer, text LR x1 for 1359 steps then x0.1, "
+    "twice the steps",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",
