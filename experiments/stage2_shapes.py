@@ -424,7 +424,8 @@ ROLES03_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 0.3}
 # (`benchmarks/task_fit`, session 57), where at the full text LR on
 # "classify" it was level: column "a_roles_sched" trains the text encoder at
 # the full LR for the first quarter of the long columns' steps, then at a
-# tenth of it for the roles (`optim.text_full_lr_steps`), from the start.
+# tenth of it for the roles (`optim.text_full_lr_steps`), from the start,
+# and "c_roles_sched" (c) with the same schedule.
 ROLES_SCHED_RECIPE = {**ROLES_RECIPE, "optim.text_full_lr_steps": 1359}
 
 
@@ -513,15 +514,18 @@ def table() -> list[dict]:
             for suffix, recipe in (("", ROLES_RECIPE), ("03", ROLES03_RECIPE))
             for row, arg in ROLES_ARGS
         ),
-        {
-            "row": "a_roles_sched",
-            "name": "cpu_roles_sched_a",
-            "arg": ROLES_ARGS[0][1],
-            "minutes": 0,
-            "steps": 2 * ROLES_STEPS,
-            "init_from": "cpu_t2i_pos",
-            "config": ROLES_SCHED_RECIPE,
-        },
+        *(
+            {
+                "row": f"{row}_roles_sched",
+                "name": f"cpu_roles_sched_{row}",
+                "arg": arg,
+                "minutes": 0,
+                "steps": 2 * ROLES_STEPS,
+                "init_from": "cpu_t2i_pos",
+                "config": ROLES_SCHED_RECIPE,
+            }
+            for row, arg in ROLES_ARGS
+        ),
         {
             "row": "stage1",
             "name": "cpu_stage1",

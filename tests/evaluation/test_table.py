@@ -229,15 +229,16 @@ def test_the_role_columns_differ_in_the_instructions_only():
             lr03["config"],
             long["steps"],
         )
-    # (a) from the start, the text encoder at the full LR for a quarter of the
-    # long columns' steps, then as in "a_roles"
-    sched = rows["cpu_roles_sched_a"]
-    assert (sched["arg"], sched["init_from"], sched["steps"]) == (
-        a["arg"],
-        a["init_from"],
-        2 * stage2_shapes.ROLES_STEPS,
-    )
-    assert sched["config"] == {**a["config"], "optim.text_full_lr_steps": 1359}
+    # (a) and (c) from the start, the text encoder at the full LR for a
+    # quarter of the long columns' steps, then as in "a_roles" / "c_roles"
+    for row in (a, c):
+        sched = rows[row["name"].replace("roles", "roles_sched")]
+        assert (sched["arg"], sched["init_from"], sched["steps"]) == (
+            row["arg"],
+            row["init_from"],
+            2 * stage2_shapes.ROLES_STEPS,
+        )
+        assert sched["config"] == {**row["config"], "optim.text_full_lr_steps": 1359}
     start = rows[a["init_from"]]
     assert start["row"] == "t2i" and start["config"].items() <= a["config"].items()
     for row in (a, c):
