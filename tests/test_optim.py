@@ -51,20 +51,24 @@ def test_frozen_text_encoder_gets_zero_updates_and_no_state():
     assert jax.tree.structure(mu["unet"]) == jax.tree.structure(params["unet"])
 
 
-def test_text_lr_scale_scales_the_text_encoders_updates_only():
+def _text_updates(scale, full_steps=0, steps=3):
+    """The updates of `steps` optimizer steps on ones, with the text encoder's
+    LR scale and full-LR steps."""
     params = {"text_encoder": {"a": jnp.ones(2)}, "unet": {"b": jnp.ones(3)}}
     grads = jax.tree.map(jnp.ones_like, params)
+    cfg = t2i_shapes.get_config("smoke")
+    cfg.optim.text_lr_scale, cfg.optim.text_full_lr_steps = scale, full_steps
+    tx, _ = optim.build_optimizer(cfg)
+    state, out = tx.init(params), []
+    for _ in range(steps):
+        update, state = tx.update(grads, state, params)
+        out.append(update)
+    return out
 
-    def updates(scale):
-        cfg = t2i_shapes.get_config("smoke")
-        cfg.optim.text_lr_scale = scale
-        tx, _ = optim.build_optimizer(cfg)
-        state = tx.init(params)
-        for _ in range(3):  # the warm-up's LR is 0 at the first step
-            out, state = tx.update(grads, state, params)
-        return out
 
-    base, scaled = updates(1.0), updates(0.25)
+def test_text_lr_scale_scales_the_text_encoders_updates_only():
+    # the last of 3 steps: the warm-up's LR is 0 at the first step
+    base, scaled = _text_updates(1.0)[-1], _text_updates(0.25)[-1]
     assert np.all(np.asarray(base["text_encoder"]["a"]) != 0.0)
     np.testing.assert_allclose(
         scaled["text_encoder"]["a"], 0.25 * base["text_encoder"]["a"], rtol=1e-6
@@ -73,20 +77,7 @@ def test_text_lr_scale_scales_the_text_encoders_updates_only():
 
 
 def test_text_full_lr_steps_delays_the_text_lr_scale():
-    params = {"text_encoder": {"a": jnp.ones(2)}, "unet": {"b": jnp.ones(3)}}
-    grads = jax.tree.map(jnp.ones_like, params)
-
-    def updates(scale, full_steps):
-        cfg = t2i_shapes.get_config("smoke")
-        cfg.optim.text_lr_scale, cfg.optim.text_full_lr_steps = scale, full_steps
-        tx, _ = optim.build_optimizer(cfg)
-        state, out = tx.init(params), []
-        for _ in range(6):
-            step, state = tx.update(grads, state, params)
-            out.append(step)
-        return out
-
-    base, delayed = updates(1.0, 0), updates(0.25, 4)
+    base, delayed = _text_updates(1.0, steps=6), _text_updates(0.25, 4, steps=6)
     for step in range(6):  # steps 0-3 at the full LR, then a quarter of it
         factor = 1.0 if step < 4 else 0.25
         np.testing.assert_allclose(
