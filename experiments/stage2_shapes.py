@@ -427,6 +427,13 @@ ROLES03_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 0.3}
 # tenth of it for the roles (`optim.text_full_lr_steps`), from the start,
 # and "c_roles_sched" (c) with the same schedule.
 ROLES_SCHED_RECIPE = {**ROLES_RECIPE, "optim.text_full_lr_steps": 1359}
+# It kept up with (c) and did not read the roles (session 58). The reverse
+# order: "a_roles_rev" and "c_roles_rev" start from "a_roles" / "c_roles"
+# (x0.1, where (a) reads the roles) and train the text encoder at the full LR
+# for as many steps again, to ask whether the roles survive it. They start
+# anew from those models' weights (`init_from`; a new optimizer state, its
+# LR warmed up and decayed again), since a resumed state keeps its optimizer.
+ROLES_REV_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 1.0}
 
 
 def table() -> list[dict]:
@@ -523,6 +530,18 @@ def table() -> list[dict]:
                 "steps": 2 * ROLES_STEPS,
                 "init_from": "cpu_t2i_pos",
                 "config": ROLES_SCHED_RECIPE,
+            }
+            for row, arg in ROLES_ARGS
+        ),
+        *(
+            {
+                "row": f"{row}_roles_rev",
+                "name": f"cpu_roles_rev_{row}",
+                "arg": arg,
+                "minutes": 0,
+                "steps": ROLES_STEPS,
+                "init_from": f"cpu_roles_{row}",
+                "config": ROLES_REV_RECIPE,
             }
             for row, arg in ROLES_ARGS
         ),

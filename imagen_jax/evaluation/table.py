@@ -58,6 +58,10 @@ COLUMNS = {
     "twice the steps",
     "c_roles_sched": "(c) with role transfer, no instructions, text LR x1 for 1359 "
     "steps then x0.1, twice the steps",
+    "a_roles_rev": "(a) with role transfer, text LR x0.1, then from it x1 as "
+    "many steps again",
+    "c_roles_rev": "(c) with role transfer, no instructions, text LR x0.1, then "
+    "from it x1 as many steps again",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

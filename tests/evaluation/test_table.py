@@ -239,6 +239,15 @@ def test_the_role_columns_differ_in_the_instructions_only():
             2 * stage2_shapes.ROLES_STEPS,
         )
         assert sched["config"] == {**row["config"], "optim.text_full_lr_steps": 1359}
+        # and from the x0.1 model, the text encoder at the full LR for as many
+        # steps again (the reverse order), the rest of the recipe kept
+        rev = rows[row["name"].replace("roles", "roles_rev")]
+        assert (rev["arg"], rev["init_from"], rev["steps"]) == (
+            row["arg"],
+            row["name"],
+            stage2_shapes.ROLES_STEPS,
+        )
+        assert rev["config"] == {**row["config"], "optim.text_lr_scale": 1.0}
     start = rows[a["init_from"]]
     assert start["row"] == "t2i" and start["config"].items() <= a["config"].items()
     for row in (a, c):
