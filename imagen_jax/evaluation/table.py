@@ -105,6 +105,23 @@ def _minutes_after_start(rows: Sequence[dict], row: dict) -> float:
     return minutes
 
 
+def _steps_before(rows: Sequence[dict], row: dict, steps: dict) -> int | None:
+    """Training steps before `row`'s own count after the shared start: the
+    steps of the runs it starts anew from (`init_from`; a resumed run's count
+    already holds those of the run it continues), taken from `steps` (run
+    name -> the step it was trained to); None when one of them is unknown."""
+    by_name = {r["name"]: r for r in rows}
+    total = 0
+    while row is not None and row["row"] != "t2i":
+        parent = by_name.get(_parent(row))
+        if parent is not None and parent["row"] != "t2i" and not row.get("resume"):
+            if parent["name"] not in steps:
+                return None
+            total += steps[parent["name"]]
+        row = parent
+    return total
+
+
 def select(rows: Sequence[dict], only: Sequence[str]) -> list[dict]:
     """The rows named in `only` (by run name or column, e.g. "b") and the runs
     they start from, in table order; all rows when `only` is empty."""
@@ -233,7 +250,7 @@ def run(
     from imagen_jax.evaluation import sweep
 
     chosen = {r["name"] for r in select(rows, only)}
-    results = []
+    results, steps = [], {}  # steps: run name -> the step it was trained to
     for row in rows:
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
@@ -242,6 +259,11 @@ def run(
             _check_same_model(config, workdir, row)
         carried = None if trained else _carried(carry, row)
         if carried is not None:
+            found = [
+                r["checkpoint_step"] for r in carried["rows"] if "checkpoint_step" in r
+            ]
+            if found:
+                steps[row["name"]] = max(found)
             if row["row"] in COLUMNS:
                 results.extend(carried["rows"])
             continue
@@ -270,6 +292,7 @@ def run(
                     f"== {row['name']} {stopped}: the table stops here (nothing "
                     "is evaluated); run the same command again to go on"
                 ) from None
+        steps[row["name"]] = max(_saved_steps(workdir), default=0)
         if row["row"] not in COLUMNS:
             continue  # a starting point, not a column
         path = os.path.join(workdir, "eval", "results.json")
@@ -283,6 +306,9 @@ def run(
         step = max((r["checkpoint_step"] for r in scored), default=0)
         images = step * config.data.batch_size
         compute = {"minutes_after_start": _minutes_after_start(rows, row)}
+        before = _steps_before(rows, row, steps)
+        if before is not None:
+            compute["steps_after_start"] = step + before
         tags = {"model": row["name"], "row": row["row"], **compute}
         own = [{**r, **tags} for r in scored]
         results.extend(own)
@@ -418,13 +444,15 @@ def _table_row(task: str) -> bool:
 
 
 def _compute(results: Sequence[dict], column: str) -> str:
-    """The column's compute as text: minutes (steps), e.g. "55 (3144)" for one
+    """The column's compute as text: minutes (steps after the shared start,
+    those of the runs it started anew from included), e.g. "55 (3144)" for one
     model, "20 each (909-1117)" for several; "- each (147-529)" for models
     trained to a number of steps (minutes 0)."""
     models = {}
     for r in results:
         if r["row"] == column and "minutes_after_start" in r:
-            step = max(models.get(r["model"], (0, 0))[1], r["checkpoint_step"])
+            own = r.get("steps_after_start", r["checkpoint_step"])
+            step = max(models.get(r["model"], (0, 0))[1], own)
             models[r["model"]] = (r["minutes_after_start"], step)
     if not models:
         return ""

@@ -285,6 +285,18 @@ def test_each_column_states_its_training_compute():
     by_row = {r["row"]: r for r in rows}
     assert table._minutes_after_start(rows, by_row["a_stage1"]) == 55.0
     assert table._minutes_after_start(rows, by_row["t2i"]) == 0.0
+    # A model started anew from another (init_from) counts that one's steps
+    # too; a resumed one's count already holds them; the start's never count.
+    by_name = {r["name"]: r for r in rows}
+    steps = {"cpu_t2i_pos": 9000, "cpu_roles_a": 2717, "cpu_stage1": 500}
+    assert table._steps_before(rows, by_name["cpu_roles_rev_a"], steps) == 2717
+    assert table._steps_before(rows, by_name["cpu_roles_a_long"], steps) == 0
+    assert table._steps_before(rows, by_name["cpu_roles_a"], steps) == 0
+    assert table._steps_before(rows, by_row["a_stage1"], steps) == 500
+    assert table._steps_before(rows, by_name["cpu_roles_rev_c"], steps) is None
+    rev = {**trained("a_roles_rev", "cpu_roles_rev_a", 0.0, 2717)}
+    last = table.markdown([{**rev, "steps_after_start": 5434}]).splitlines()[-1]
+    assert last == "| training after the start: min (steps) | - (5434) |"
 
 
 def test_untrained_models_stop_the_table_or_are_left_out(tmp_path, capsys):
