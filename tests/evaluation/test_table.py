@@ -207,6 +207,10 @@ def test_the_role_columns_differ_in_the_instructions_only():
         c["minutes"],
         c["init_from"],
     )
+
+    def origin(row):  # what a column trains on, from which run, for how long
+        return row["arg"], row["init_from"], row["steps"]
+
     for row in (a, c):  # continued to twice the steps on their own data
         long = rows[row["name"] + "_long"]
         assert (long["resume"], long["arg"], long["config"]) == (
@@ -217,11 +221,7 @@ def test_the_role_columns_differ_in_the_instructions_only():
         assert long["steps"] == 2 * stage2_shapes.ROLES_STEPS
         # the same from the start at three tenths of the text LR, step-matched
         lr03 = rows[row["name"].replace("roles", "roles03")]
-        assert (lr03["arg"], lr03["init_from"], lr03["steps"]) == (
-            row["arg"],
-            row["init_from"],
-            stage2_shapes.ROLES_STEPS,
-        )
+        assert origin(lr03) == (row["arg"], row["init_from"], stage2_shapes.ROLES_STEPS)
         assert lr03["config"] == {**row["config"], "optim.text_lr_scale": 0.3}
         long03 = rows[lr03["name"] + "_long"]
         assert (long03["resume"], long03["config"], long03["steps"]) == (
@@ -233,7 +233,7 @@ def test_the_role_columns_differ_in_the_instructions_only():
     # quarter of the long columns' steps, then as in "a_roles" / "c_roles"
     for row in (a, c):
         sched = rows[row["name"].replace("roles", "roles_sched")]
-        assert (sched["arg"], sched["init_from"], sched["steps"]) == (
+        assert origin(sched) == (
             row["arg"],
             row["init_from"],
             2 * stage2_shapes.ROLES_STEPS,
@@ -242,11 +242,7 @@ def test_the_role_columns_differ_in_the_instructions_only():
         # and from the x0.1 model, the text encoder at the full LR for as many
         # steps again (the reverse order), the rest of the recipe kept
         rev = rows[row["name"].replace("roles", "roles_rev")]
-        assert (rev["arg"], rev["init_from"], rev["steps"]) == (
-            row["arg"],
-            row["name"],
-            stage2_shapes.ROLES_STEPS,
-        )
+        assert origin(rev) == (row["arg"], row["name"], stage2_shapes.ROLES_STEPS)
         assert rev["config"] == {**row["config"], "optim.text_lr_scale": 1.0}
     start = rows[a["init_from"]]
     assert start["row"] == "t2i" and start["config"].items() <= a["config"].items()
