@@ -426,7 +426,8 @@ ROLES03_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 0.3}
 # the full LR for the first quarter of the long columns' steps, then at a
 # tenth of it for the roles (`optim.text_full_lr_steps`), from the start,
 # and "c_roles_sched" (c) with the same schedule.
-ROLES_SCHED_RECIPE = {**ROLES_RECIPE, "optim.text_full_lr_steps": 1359}
+# A quarter of 2 * ROLES_STEPS, rounded up: 1359.
+ROLES_SCHED_RECIPE = {**ROLES_RECIPE, "optim.text_full_lr_steps": -(-ROLES_STEPS // 2)}
 # It kept up with (c) and did not read the roles (session 58). The reverse
 # order: "a_roles_rev" and "c_roles_rev" start from "a_roles" / "c_roles"
 # (x0.1, where (a) reads the roles) and train the text encoder at the full LR

@@ -54,10 +54,10 @@ COLUMNS = {
     "a_roles03_long": "(a) with role transfer, text LR x0.3, twice the steps",
     "c_roles03_long": "(c) with role transfer, no instructions, text LR x0.3, "
     "twice the steps",
-    "a_roles_sched": "(a) with role transfer, text LR x1 for 1359 steps then x0.1, "
-    "twice the steps",
-    "c_roles_sched": "(c) with role transfer, no instructions, text LR x1 for 1359 "
-    "steps then x0.1, twice the steps",
+    "a_roles_sched": "(a) with role transfer, text LR x1 for the first quarter "
+    "then x0.1, twice the steps",
+    "c_roles_sched": "(c) with role transfer, no instructions, text LR x1 for the "
+    "first quarter then x0.1, twice the steps",
     "a_roles_rev": "(a) with role transfer, text LR x0.1, then from it x1 as "
     "many steps again",
     "c_roles_rev": "(c) with role transfer, no instructions, text LR x0.1, then "
