@@ -435,6 +435,9 @@ ROLES_SCHED_RECIPE = {**ROLES_RECIPE, "optim.text_full_lr_steps": -(-ROLES_STEPS
 # anew from those models' weights (`init_from`; a new optimizer state, its
 # LR warmed up and decayed again), since a resumed state keeps its optimizer.
 ROLES_REV_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 1.0}
+# With its own control measured (session 60), the schedule's (a) leads (c)
+# on both averages (in domain by less than its noise): "a_roles_sched_long"
+# and "c_roles_sched_long" continue the pair to three times ROLES_STEPS.
 
 
 def table() -> list[dict]:
@@ -530,6 +533,19 @@ def table() -> list[dict]:
                 "minutes": 0,
                 "steps": 2 * ROLES_STEPS,
                 "init_from": "cpu_t2i_pos",
+                "config": ROLES_SCHED_RECIPE,
+            }
+            for row, arg in ROLES_ARGS
+        ),
+        # the schedule's pair continued to three times ROLES_STEPS
+        *(
+            {
+                "row": f"{row}_roles_sched_long",
+                "name": f"cpu_roles_sched_{row}_long",
+                "arg": arg,
+                "minutes": 0,
+                "steps": 3 * ROLES_STEPS,
+                "resume": f"cpu_roles_sched_{row}",
                 "config": ROLES_SCHED_RECIPE,
             }
             for row, arg in ROLES_ARGS

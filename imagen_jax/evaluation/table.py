@@ -58,6 +58,10 @@ COLUMNS = {
     "then x0.1, twice the steps",
     "c_roles_sched": "(c) with role transfer, no instructions, text LR x1 for the "
     "first quarter then x0.1, twice the steps",
+    "a_roles_sched_long": "(a) with role transfer, text LR x1 for the first "
+    "quarter then x0.1, three times the steps",
+    "c_roles_sched_long": "(c) with role transfer, no instructions, text LR x1 "
+    "for the first quarter then x0.1, three times the steps",
     "a_roles_rev": "(a) with role transfer, text LR x0.1, then from it x1 as "
     "many steps again",
     "c_roles_rev": "(c) with role transfer, no instructions, text LR x0.1, then "

@@ -210,7 +210,7 @@ def test_the_role_columns_differ_in_the_instructions_only():
     )
 
     def origin(row):  # what a column trains on, from which run, for how long
-        return row["arg"], row["init_from"], row["steps"]
+        return row["arg"], table._parent(row), row["steps"]
 
     for row in (a, c):  # continued to twice the steps on their own data
         long = rows[row["name"] + "_long"]
@@ -244,6 +244,15 @@ def test_the_role_columns_differ_in_the_instructions_only():
             **row["config"],
             "optim.text_full_lr_steps": quarter,
         }
+        # continued to three times the steps, the schedule unchanged
+        sched_long = rows[sched["name"] + "_long"]
+        assert origin(sched_long) == (
+            row["arg"],
+            sched["name"],
+            3 * stage2_shapes.ROLES_STEPS,
+        )
+        assert sched_long["resume"] == sched["name"]
+        assert sched_long["config"] == sched["config"]
         # and from the x0.1 model, the text encoder at the full LR for as many
         # steps again (the reverse order), the rest of the recipe kept
         rev = rows[row["name"].replace("roles", "roles_rev")]
