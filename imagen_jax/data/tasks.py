@@ -26,6 +26,14 @@ Tasks (DESIGN §1b):
   their roles (style transfer's "content image", "style image", ...): an
   oracle of the roles, which tells whether a model that is given them can
   use them.
+- reference_objects, reference_style (opt-in): one reference image (its
+  objects on its background, item text "an image") and a caption of another
+  scene that names its objects and its background; the instruction alone
+  says which part the reference gives: its objects, in the caption's setting
+  (reference_objects), or its style, the caption's objects on it
+  (reference_style). The two tasks' raw texts ("{caption} [ref#1]") and
+  items are alike in kind, so without the instruction words either target is
+  as likely; their templates tell them apart by words, not by word order.
 - edit: recolour / move / remove one object of the input image.
 - segmentation, detection, depth_estimation, classification (InstructCV):
   the input image goes through `input_image`; targets from `controls`.
@@ -312,6 +320,71 @@ _ROLE_TRANSFER, _ROLE_TRANSFER_UNSEEN = (
 )
 # Item texts that say nothing of an item's role.
 _NEUTRAL_TEXTS = ("an image", "the image", "image")
+
+# The reference's objects in the setting (background) of the captioned scene
+# (`_reference_part`). Their words ("objects", "shapes", "setting") are none
+# of reference_style's ("style"), so the words alone tell the two apart.
+_REFERENCE_OBJECTS = (
+    "Put the objects of [ref#1] into the setting of {caption}.",
+    "Place the shapes from [ref#1] in the setting of {caption}.",
+    "Move the objects of [ref#1] into the scene of {caption}.",
+    "Keep the objects of [ref#1]; take the setting from {caption}.",
+    "Draw the objects of [ref#1] in the setting of {caption}.",
+    "Transplant the objects of [ref#1] into {caption}.",
+    "Objects from [ref#1], setting from {caption}.",
+    "Use the shapes of [ref#1] in place of those in {caption}.",
+    "Replace the objects of {caption} with the objects of [ref#1].",
+    "Swap in the objects of [ref#1] for the ones in {caption}.",
+    "Generate the setting of {caption} holding the objects of [ref#1].",
+    "Show the objects of [ref#1] in the surroundings of {caption}.",
+    "Take the shapes of [ref#1], where they are, into {caption}.",
+    "Render the objects of [ref#1] inside the setting of {caption}.",
+    "Create the setting of {caption}, but with the objects of [ref#1].",
+    "Make an image of the objects of [ref#1] in the setting of {caption}.",
+    "Carry the objects of [ref#1] over to {caption}.",
+    "Paint the shapes of [ref#1] into the setting of {caption}.",
+    "Relocate the objects of [ref#1] into {caption}.",
+    "Set the objects of [ref#1] in the setting of {caption}.",
+    "Objects: [ref#1]. Setting: {caption}.",
+)
+_REFERENCE_OBJECTS_UNSEEN = (
+    "Lift every shape out of [ref#1] and drop it into the world of {caption}.",
+    "The things in [ref#1], relocated to the surroundings described by {caption}.",
+    "Reuse the items of [ref#1]; all else comes from {caption}.",
+    "Let the pieces of [ref#1] inhabit {caption} instead of its own.",
+    "Same things as [ref#1], new home: {caption}.",
+)
+# The captioned scene's objects in the reference's style (its background).
+_REFERENCE_STYLE = (
+    "Draw {caption}, in the style of [ref#1].",
+    "Paint {caption} with the style of [ref#1].",
+    "Render {caption} styled like [ref#1].",
+    "Generate {caption} in the style of [ref#1].",
+    "Restyle {caption} after [ref#1].",
+    "Make {caption} look like the style of [ref#1].",
+    "Copy the style of [ref#1] onto {caption}.",
+    "Apply the style of [ref#1] to {caption}.",
+    "Create {caption} with the style of [ref#1] instead of its own.",
+    "Give {caption} the style of [ref#1].",
+    "Style from [ref#1], content from {caption}.",
+    "Use the style of [ref#1] for {caption}.",
+    "Redraw {caption} in [ref#1] style.",
+    "Show {caption}, restyled like [ref#1].",
+    "In the style of [ref#1], draw {caption}.",
+    "Convert {caption} into the style of [ref#1].",
+    "Re-render {caption} using the style of [ref#1].",
+    "Produce {caption} styled after [ref#1].",
+    "Style: [ref#1]. Content: {caption}.",
+    "Match the style of [ref#1] while drawing {caption}.",
+    "Transfer the style of [ref#1] to {caption}.",
+)
+_REFERENCE_STYLE_UNSEEN = (
+    "Give {caption} the look of [ref#1].",
+    "{caption}, dressed in the aesthetic of [ref#1].",
+    "Borrow the visual manner of [ref#1] for {caption}.",
+    "Imagine {caption} as if made in the fashion of [ref#1].",
+    "Take the look and feel of [ref#1] for a picture of {caption}.",
+)
 
 _EDIT = (
     # recolour: {object}, {colour}
@@ -1107,6 +1180,45 @@ def _role_transfer(
     return instruction, shapes_world.render(scene, w.resolution), meta
 
 
+def _reference_part(part: str) -> Callable[..., Built]:
+    """A transfer whose reference gives `part` ("objects" or "style") and a
+    caption the rest: reference_objects draws the reference's objects on the
+    captioned scene's background, reference_style the captioned scene's
+    objects on the reference's. The caption names both, and the two share
+    one draw of scenes, so the raw texts ("{caption} [ref#1]") and items
+    say nothing of which part to take; `swapped` scores the other part."""
+    if part not in ("objects", "style"):
+        raise ValueError(f"a reference gives 'objects' or 'style', got {part!r}")
+
+    def build(rng: np.random.Generator, w: World, templates) -> Built:
+        content, style_scene, scene = _transfer_scenes(rng, w)
+        reference, described = (
+            (content, style_scene) if part == "objects" else (style_scene, content)
+        )
+        caption = shapes_world.describe(described, rng, w.grammar, background=True)[0]
+        text, template = _pick(rng, templates, caption=caption)
+        context = (
+            ContextItem(
+                "[ref#1]",
+                _choice(rng, _NEUTRAL_TEXTS),
+                shapes_world.render(reference, w.resolution),
+            ),
+        )
+        meta = {
+            **_transfer_meta(scene, content, template),
+            "swapped": _transfer_conditions(
+                Scene(style_scene.objects, content.background)
+            ),
+        }
+        return (
+            MultiModalInstruction(text, context),
+            shapes_world.render(scene, w.resolution),
+            meta,
+        )
+
+    return build
+
+
 def _edit_options(scene: Scene, obj: Obj) -> dict[str, list]:
     """Feasible edits of `obj`: new colours, new positions, and removal."""
     taken = {o.position for o in scene.objects}
@@ -1491,6 +1603,19 @@ def _tasks() -> dict[str, Task]:
             _ROLE_TRANSFER,
             _ROLE_TRANSFER_UNSEEN,
             opt_in=True,
+        ),
+        *(
+            Task(
+                f"reference_{part}",
+                _reference_part(part),
+                templates,
+                unseen,
+                opt_in=True,
+            )
+            for part, templates, unseen in (
+                ("objects", _REFERENCE_OBJECTS, _REFERENCE_OBJECTS_UNSEEN),
+                ("style", _REFERENCE_STYLE, _REFERENCE_STYLE_UNSEEN),
+            )
         ),
         Task("edit", _edit, _EDIT, _EDIT_UNSEEN),
         Task(

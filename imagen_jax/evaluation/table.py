@@ -66,6 +66,8 @@ COLUMNS = {
     "many steps again",
     "c_roles_rev": "(c) with role transfer, no instructions, text LR x0.1, then "
     "from it x1 as many steps again",
+    "a_parts": "(a) with the reference-part tasks",
+    "c_parts": "(c) with the reference-part tasks, no instructions",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

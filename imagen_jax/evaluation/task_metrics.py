@@ -567,9 +567,10 @@ def score_generation(image: np.ndarray, example: TaskExample) -> dict[str, Any]:
     """SC (least satisfied condition), PQ, O = sqrt(SC * PQ), each condition's
     grade (`per_condition`) and what of it holds (`attributes`, keyed
     "condition/attribute", see `condition_attributes`). An example whose meta
-    has `swapped` conditions (role_transfer) also gets `swapped`, the SC of
-    the target with the roles the other way round, and its SC under the key
-    of the marker that held the content (`sc/content_ref1`, `sc/content_ref2`)."""
+    has `swapped` conditions (role_transfer, reference_objects/_style) also
+    gets `swapped`, the SC of the target with the roles the other way round,
+    and role_transfer its SC under the key of the marker that held the
+    content (`sc/content_ref1`, `sc/content_ref2`)."""
     objects, background = _parse(image)
     r = image.shape[0]
     conditions = example.meta["conditions"]
@@ -593,11 +594,12 @@ def score_generation(image: np.ndarray, example: TaskExample) -> dict[str, Any]:
         "per_condition": per_condition,
         "attributes": attributes,
     }
-    if "swapped" in example.meta:  # role_transfer: the roles read the other way
+    if "swapped" in example.meta:  # the roles or parts read the other way
         swapped = example.meta["swapped"].values()
         score["swapped"] = min(
             grade_condition(c, objects, background, r) for c in swapped
         )
+    if "content_ref" in example.meta:
         # SC by the marker that held the content (averaged over those examples).
         score[f"sc/content_{example.meta['content_ref'][1:-1].replace('#', '')}"] = sc
     return score

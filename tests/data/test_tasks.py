@@ -40,6 +40,8 @@ def test_catalogue_names():
         "style_transfer",
         "role_transfer",
         "role_transfer_told",
+        "reference_objects",
+        "reference_style",
         "edit",
         "segmentation",
         "detection",
@@ -60,6 +62,8 @@ def test_catalogue_names():
     assert set(tasks.TRAIN_TASKS) | set(tasks.ZERO_SHOT_TASKS) == set(ALL) - {
         "role_transfer",  # opt-in: trained and scored only when named
         "role_transfer_told",
+        "reference_objects",
+        "reference_style",
     }
 
 
@@ -682,10 +686,71 @@ def test_background_weight_tasks_weigh_the_background_of_their_examples():
         pipeline.TaskSource(cfg, "train")
 
 
+def test_reference_part_is_told_by_the_instruction_words_alone():
+    # reference_objects: the reference's objects on the caption's background;
+    # reference_style: the caption's objects on the reference's background.
+    # Their raw texts and items are alike in kind; their instruction words
+    # differ as sets, so a reader of words (no word order) tells them apart.
+    from imagen_jax.evaluation import task_metrics
+
+    for name in ("reference_objects", "reference_style"):
+        assert name in tasks.OPT_IN_TASKS
+        assert name not in tasks.TRAIN_TASKS + tuple(tasks.MIXTURE)
+        for i in range(12):
+            ex = tasks.make_example(name, i, 0, R, world="simple")
+            raw = tasks.make_example(
+                name, i, 0, R, world="simple", plain=True, plain_items=True
+            )
+            (item,) = ex.instruction.context
+            assert item.marker == "[ref#1]" and item.text in tasks._NEUTRAL_TEXTS
+            assert ex.instruction.input_image is None
+            scene, content = ex.meta["scene"], ex.meta["input_scene"]
+            swap = ex.meta["swapped"]
+            # The parts the other way round: the style scene's objects on the
+            # content's background, which differs from the target's.
+            assert swap["style"].background == content.background
+            assert scene.background != content.background
+            style_scene = shapes_world.Scene(swap["content"].objects, scene.background)
+            reference = content if name == "reference_objects" else style_scene
+            described = style_scene if name == "reference_objects" else content
+            np.testing.assert_array_equal(item.image, shapes_world.render(reference, R))
+            np.testing.assert_array_equal(ex.target, shapes_world.render(scene, R))
+            assert scene.objects == content.objects
+            # The caption names the described scene's background (the part
+            # the reference does not give, in reference_objects).
+            phrase = shapes_world.background_phrase(described.background)
+            assert described.background.palette in ex.instruction.text, phrase
+            # Raw: the caption and the marker, nothing of the part to take.
+            assert raw.instruction.text.endswith(" [ref#1]")
+            assert raw.instruction.context[0].text == ""
+            score = task_metrics.score_generation(ex.target, ex)
+            assert (score["sc"], score["swapped"]) == (1.0, 0.0)
+    words = {
+        name: {
+            w.lower()
+            for t in task.templates
+            for w in re.findall(r"[A-Za-z]+", re.sub(r"\{[^}]*\}", "", t))
+        }
+        for name, task in tasks.TASKS.items()
+        if name.startswith("reference_")
+    }
+    assert "style" in words["reference_style"] - words["reference_objects"]
+    assert {"objects", "shapes", "setting"} <= (
+        words["reference_objects"] - words["reference_style"]
+    )
+    same = {
+        tasks.plain_templates(tasks.TASKS[n].templates)
+        for n in ("reference_objects", "reference_style")
+    }
+    assert same == {("{caption} [ref#1]",)}
+    with pytest.raises(ValueError, match="'objects' or 'style'"):
+        tasks._reference_part("subject")
+
+
 def test_role_transfer_gives_the_roles_by_the_instruction_alone():
     from imagen_jax.evaluation import evaluate
 
-    assert tasks.OPT_IN_TASKS == ("role_transfer", "role_transfer_told")
+    assert {"role_transfer", "role_transfer_told"} <= set(tasks.OPT_IN_TASKS)
     assert "role_transfer" not in tasks.TRAIN_TASKS + tuple(tasks.MIXTURE)
     roles, texts = set(), set()
     for i in range(16):

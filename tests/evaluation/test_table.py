@@ -193,6 +193,41 @@ def test_the_readme_command_trains_row_a():
     assert '"${MODEL[@]}"' in script[script.index("launch.eval") :]
 
 
+def test_the_parts_columns_differ_in_the_instructions_only():
+    """(a) and (c) on "parts": the text start of "classify", RECIPE (no
+    text-only pass), the same steps; (c) plain. The mixture is "classify"
+    with the two reference-part tasks, whose raw texts are alike."""
+    from experiments import stage2_shapes
+    from imagen_jax.data import tasks
+
+    rows = {row["name"]: row for row in stage2_shapes.table()}
+    a, c = rows["cpu_parts_a"], rows["cpu_parts_c"]
+    assert c["arg"] == a["arg"] + ",plain"
+    assert a["arg"] == "simple,mix=parts,words"
+    for row in (a, c):
+        assert (row["init_from"], row["steps"], row["minutes"]) == (
+            rows["cpu_instruct"]["init_from"],
+            stage2_shapes.ROLES_STEPS,
+            0,
+        )
+        assert row["config"] == {
+            **stage2_shapes.RECIPE,
+            "evals.tasks.text_only": False,
+        }
+        assert row["row"] in table.COLUMNS
+    parts = stage2_shapes.MIXTURES["parts"]
+    extra = {
+        n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
+    }
+    assert set(extra) == {"reference_objects", "reference_style"}
+    assert set(extra) <= set(tasks.OPT_IN_TASKS)
+    for name, weight in stage2_shapes.MIXTURES["classify"].items():
+        assert parts[name] == weight
+    cfg = stage2_shapes.get_config(a["arg"])
+    assert dict(cfg.data.mixture) == parts and not cfg.data.plain_text
+    assert stage2_shapes.get_config(c["arg"]).data.plain_text
+
+
 def test_the_role_columns_differ_in_the_instructions_only():
     """(a) and (c) on "roles": same start, fields and minutes; (c) plain; both
     score role transfer, which only a model trained on it is asked."""
