@@ -454,8 +454,9 @@ ROLES_REV_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 1.0}
 # moves (a) - (c) by a few hundredths. "a_parts" and "c_parts" train on
 # "parts", whose two reference tasks (c) can only guess, from the text start
 # of "classify" with RECIPE (the text encoder at the full LR, with which (a)
-# learns segmentation's words), for ROLES_STEPS, which a pair side by side
-# reaches in about 70 minutes (session 61).
+# learns segmentation's words), for ROLES_STEPS (a pair side by side: 42
+# minutes each at 1.09 steps/s, session 61, AMD EPYC); "a_parts_long" and
+# "c_parts_long" continue them to twice that.
 PARTS_ARGS = (("a", "simple,mix=parts,words"), ("c", "simple,mix=parts,words,plain"))
 PARTS_RECIPE = {**RECIPE, "evals.tasks.text_only": False}
 
@@ -590,6 +591,19 @@ def table() -> list[dict]:
                 "minutes": 0,
                 "steps": ROLES_STEPS,
                 **start,
+                "config": PARTS_RECIPE,
+            }
+            for row, arg in PARTS_ARGS
+        ),
+        # ... continued to twice ROLES_STEPS
+        *(
+            {
+                "row": f"{row}_parts_long",
+                "name": f"cpu_parts_{row}_long",
+                "arg": arg,
+                "minutes": 0,
+                "steps": 2 * ROLES_STEPS,
+                "resume": f"cpu_parts_{row}",
                 "config": PARTS_RECIPE,
             }
             for row, arg in PARTS_ARGS

@@ -68,6 +68,9 @@ COLUMNS = {
     "from it x1 as many steps again",
     "a_parts": "(a) with the reference-part tasks",
     "c_parts": "(c) with the reference-part tasks, no instructions",
+    "a_parts_long": "(a) with the reference-part tasks, twice the steps",
+    "c_parts_long": "(c) with the reference-part tasks, no instructions, twice "
+    "the steps",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

@@ -215,6 +215,13 @@ def test_the_parts_columns_differ_in_the_instructions_only():
             "evals.tasks.text_only": False,
         }
         assert row["row"] in table.COLUMNS
+        long = rows[row["name"] + "_long"]  # continued to twice the steps
+        assert (long["resume"], long["arg"], long["config"]) == (
+            row["name"],
+            row["arg"],
+            row["config"],
+        )
+        assert long["steps"] == 2 * row["steps"] and long["row"] in table.COLUMNS
     parts = stage2_shapes.MIXTURES["parts"]
     extra = {
         n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
