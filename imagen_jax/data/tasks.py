@@ -27,7 +27,8 @@ Tasks (DESIGN §1b):
   oracle of the roles, which tells whether a model that is given them can
   use them.
 - reference_objects, reference_style (opt-in): one reference image (its
-  objects on its background, item text "an image") and a caption of another
+  objects on its background, item text "an image"; also the input image)
+  and a caption of another
   scene that names its objects and its background; the instruction alone
   says which part the reference gives: its objects, in the caption's setting
   (reference_objects), or its style, the caption's objects on it
@@ -1186,7 +1187,11 @@ def _reference_part(part: str) -> Callable[..., Built]:
     captioned scene's background, reference_style the captioned scene's
     objects on the reference's. The caption names both, and the two share
     one draw of scenes, so the raw texts ("{caption} [ref#1]") and items
-    say nothing of which part to take; `swapped` scores the other part."""
+    say nothing of which part to take; `swapped` scores the other part. The
+    reference is also the input image, as style transfer's content is: the
+    part kept is then in place pixel for pixel (through the context memory
+    alone, neither (a) nor (c) drew the reference's objects after 2717 steps
+    of "parts", session 61)."""
     if part not in ("objects", "style"):
         raise ValueError(f"a reference gives 'objects' or 'style', got {part!r}")
 
@@ -1197,21 +1202,16 @@ def _reference_part(part: str) -> Callable[..., Built]:
         )
         caption = shapes_world.describe(described, rng, w.grammar, background=True)[0]
         text, template = _pick(rng, templates, caption=caption)
-        context = (
-            ContextItem(
-                "[ref#1]",
-                _choice(rng, _NEUTRAL_TEXTS),
-                shapes_world.render(reference, w.resolution),
-            ),
-        )
+        image = shapes_world.render(reference, w.resolution)
+        context = (ContextItem("[ref#1]", _choice(rng, _NEUTRAL_TEXTS), image),)
         meta = {
-            **_transfer_meta(scene, content, template),
+            **_transfer_meta(scene, reference, template),
             "swapped": _transfer_conditions(
                 Scene(style_scene.objects, content.background)
             ),
         }
         return (
-            MultiModalInstruction(text, context),
+            MultiModalInstruction(text, context, input_image=image),
             shapes_world.render(scene, w.resolution),
             meta,
         )

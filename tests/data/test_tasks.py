@@ -703,23 +703,26 @@ def test_reference_part_is_told_by_the_instruction_words_alone():
             )
             (item,) = ex.instruction.context
             assert item.marker == "[ref#1]" and item.text in tasks._NEUTRAL_TEXTS
-            assert ex.instruction.input_image is None
-            scene, content = ex.meta["scene"], ex.meta["input_scene"]
-            swap = ex.meta["swapped"]
-            # The parts the other way round: the style scene's objects on the
-            # content's background, which differs from the target's.
-            assert swap["style"].background == content.background
-            assert scene.background != content.background
-            style_scene = shapes_world.Scene(swap["content"].objects, scene.background)
-            reference = content if name == "reference_objects" else style_scene
-            described = style_scene if name == "reference_objects" else content
+            np.testing.assert_array_equal(ex.instruction.input_image, item.image)
+            scene, reference = ex.meta["scene"], ex.meta["input_scene"]
             np.testing.assert_array_equal(item.image, shapes_world.render(reference, R))
             np.testing.assert_array_equal(ex.target, shapes_world.render(scene, R))
-            assert scene.objects == content.objects
-            # The caption names the described scene's background (the part
-            # the reference does not give, in reference_objects).
-            phrase = shapes_world.background_phrase(described.background)
-            assert described.background.palette in ex.instruction.text, phrase
+            # The parts the other way round (`swapped`): the other scene's
+            # objects on the other background, which differs from the target's.
+            swap = ex.meta["swapped"]
+            assert swap["style"].background != scene.background
+            if name == "reference_objects":  # its objects, the text's setting
+                assert scene.objects == reference.objects
+                assert swap["style"].background == reference.background
+                described = shapes_world.Scene(
+                    swap["content"].objects, scene.background
+                )
+            else:  # its background, the text's objects
+                assert scene.background == reference.background
+                assert swap["content"].objects == reference.objects
+                described = shapes_world.Scene(scene.objects, swap["style"].background)
+            # The caption names the described scene's background too.
+            assert described.background.palette in ex.instruction.text
             # Raw: the caption and the marker, nothing of the part to take.
             assert raw.instruction.text.endswith(" [ref#1]")
             assert raw.instruction.context[0].text == ""
