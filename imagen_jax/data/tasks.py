@@ -28,11 +28,10 @@ Tasks (DESIGN §1b):
   use them.
 - reference_objects, reference_style (opt-in): one reference image (its
   objects on its background, item text "an image"; also the input image)
-  and a caption of another
-  scene that names its objects and its background; the instruction alone
-  says which part the reference gives: its objects, in the caption's setting
-  (reference_objects), or its style, the caption's objects on it
-  (reference_style). The two tasks' raw texts ("{caption} [ref#1]") and
+  and a caption of another scene that names its objects and its background;
+  the instruction alone says which part the reference gives: its objects,
+  in the caption's setting (reference_objects), or its style, the caption's
+  objects on it (reference_style). The two tasks' raw texts ("{caption} [ref#1]") and
   items are alike in kind, so without the instruction words either target is
   as likely; their templates tell them apart by words, not by word order.
 - edit: recolour / move / remove one object of the input image.
