@@ -28,9 +28,9 @@ flags.DEFINE_string(
 flags.DEFINE_list(
     "only",
     [],
-    "Train (with --train) only these models (run names, or columns such as b) "
-    "and the runs they start from; the others are left out unless trained or "
-    "carried.",
+    "Train (with --train) and evaluate only these models (run names, or "
+    "columns such as b) and the runs they start from; the others are left out "
+    "unless carried or trained and already evaluated.",
 )
 flags.mark_flags_as_required(["experiment"])
 FLAGS = flags.FLAGS

@@ -248,7 +248,9 @@ def run(
     the table (named on the console) instead of stopping it. A model not
     trained whose record is in the `carry` directory is taken from it. With
     `only` (`select`), the other models are left out when they are neither
-    trained nor carried, whatever `train_missing` says.
+    trained nor carried, whatever `train_missing` says, and are not evaluated
+    here: one trained but not evaluated at its latest step is left out too, so
+    jobs with different `only` can run side by side.
 
     Raises:
       FileNotFoundError: a model is not trained and neither `train_missing`
@@ -309,6 +311,14 @@ def run(
         latest = max(_saved_steps(workdir), default=0)
         if not scored or max(r["checkpoint_step"] for r in scored) < latest:
             # not evaluated, or at an earlier step than it has now
+            if row["name"] not in chosen:
+                # another `--only` job may be scoring it right now
+                print(
+                    f"== leaving out {row['name']}: not evaluated at step "
+                    f"{latest} (name it in --only to evaluate it)",
+                    flush=True,
+                )
+                continue
             print(f"== evaluating {row['name']} at step {latest}", flush=True)
             sweep.evaluate(config, workdir)
             scored = _own_rows(sweep.load_rows(path), config)

@@ -433,6 +433,16 @@ def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeyp
     assert "skipping cpu_instruct:" in capsys.readouterr().out
     assert (runs / "table" / "models" / "cpu_plain.json").exists()
 
+    # A trained model not named is not evaluated (another job may be scoring
+    # it): with its evaluation gone, it is left out.
+    os.remove(runs / "cpu_plain" / "eval" / "results.json")
+    monkeypatch.setattr(table, "_trained", lambda workdir, steps=0: True)
+    monkeypatch.setattr(table, "_check_same_model", lambda *_: None)
+    evaluated.clear()
+    results = table.run(stage2_shapes.get_config, rows, str(runs), only=["t2i"])
+    assert evaluated == [] and results == []
+    assert "leaving out cpu_plain: not evaluated" in capsys.readouterr().out
+
 
 def test_a_run_directory_of_another_model_is_refused(tmp_path, monkeypatch):
     import json
