@@ -461,6 +461,35 @@ PARTS_ARGS = (("a", "simple,mix=parts,words"), ("c", "simple,mix=parts,words,pla
 PARTS_RECIPE = {**RECIPE, "evals.tasks.text_only": False}
 
 
+def _pair(kind, args, init_from, recipe, budget, long_steps) -> list[dict]:
+    """Table columns "{row}_{kind}" for each (row, arg) of `args`, trained
+    from `init_from` with `recipe` for `budget`, and "{row}_{kind}_long", each
+    resuming its column's run to `long_steps`."""
+    runs = [
+        {
+            "row": f"{row}_{kind}",
+            "name": f"cpu_{kind}_{row}",
+            "arg": arg,
+            **budget,
+            "init_from": init_from,
+            "config": recipe,
+        }
+        for row, arg in args
+    ]
+    return runs + [
+        {
+            "row": f"{run['row']}_long",
+            "name": f"{run['name']}_long",
+            "arg": run["arg"],
+            "minutes": 0,
+            "steps": long_steps,
+            "resume": run["name"],
+            "config": recipe,
+        }
+        for run in runs
+    ]
+
+
 def table() -> list[dict]:
     """The paper's Table 4 in miniature on the CPU world (`launch.table`).
 
@@ -518,58 +547,29 @@ def table() -> list[dict]:
             "minutes": T2I_MINUTES,
             "config": POSITION,
         },
-        *(
-            {
-                "row": f"{row}_roles{suffix}",
-                "name": f"cpu_roles{suffix}_{row}",
-                "arg": arg,
-                **budget,
-                "init_from": "cpu_t2i_pos",
-                "config": recipe,
-            }
-            for suffix, budget, recipe in (
-                ("", {"minutes": ROLES_MINUTES}, ROLES_RECIPE),
-                ("03", {"minutes": 0, "steps": ROLES_STEPS}, ROLES03_RECIPE),
-            )
-            for row, arg in ROLES_ARGS
+        *_pair(
+            "roles",
+            ROLES_ARGS,
+            "cpu_t2i_pos",
+            ROLES_RECIPE,
+            {"minutes": ROLES_MINUTES},
+            2 * ROLES_STEPS,
         ),
-        *(
-            {
-                "row": f"{row}_roles{suffix}_long",
-                "name": f"cpu_roles{suffix}_{row}_long",
-                "arg": arg,
-                "minutes": 0,
-                "steps": 2 * ROLES_STEPS,
-                "resume": f"cpu_roles{suffix}_{row}",
-                "config": recipe,
-            }
-            for suffix, recipe in (("", ROLES_RECIPE), ("03", ROLES03_RECIPE))
-            for row, arg in ROLES_ARGS
+        *_pair(
+            "roles03",
+            ROLES_ARGS,
+            "cpu_t2i_pos",
+            ROLES03_RECIPE,
+            {"minutes": 0, "steps": ROLES_STEPS},
+            2 * ROLES_STEPS,
         ),
-        *(
-            {
-                "row": f"{row}_roles_sched",
-                "name": f"cpu_roles_sched_{row}",
-                "arg": arg,
-                "minutes": 0,
-                "steps": 2 * ROLES_STEPS,
-                "init_from": "cpu_t2i_pos",
-                "config": ROLES_SCHED_RECIPE,
-            }
-            for row, arg in ROLES_ARGS
-        ),
-        # the schedule's pair continued to three times ROLES_STEPS
-        *(
-            {
-                "row": f"{row}_roles_sched_long",
-                "name": f"cpu_roles_sched_{row}_long",
-                "arg": arg,
-                "minutes": 0,
-                "steps": 3 * ROLES_STEPS,
-                "resume": f"cpu_roles_sched_{row}",
-                "config": ROLES_SCHED_RECIPE,
-            }
-            for row, arg in ROLES_ARGS
+        *_pair(
+            "roles_sched",
+            ROLES_ARGS,
+            "cpu_t2i_pos",
+            ROLES_SCHED_RECIPE,
+            {"minutes": 0, "steps": 2 * ROLES_STEPS},
+            3 * ROLES_STEPS,
         ),
         *(
             {
@@ -583,30 +583,13 @@ def table() -> list[dict]:
             }
             for row, arg in ROLES_ARGS
         ),
-        *(
-            {
-                "row": f"{row}_parts",
-                "name": f"cpu_parts_{row}",
-                "arg": arg,
-                "minutes": 0,
-                "steps": ROLES_STEPS,
-                **start,
-                "config": PARTS_RECIPE,
-            }
-            for row, arg in PARTS_ARGS
-        ),
-        # ... continued to twice ROLES_STEPS
-        *(
-            {
-                "row": f"{row}_parts_long",
-                "name": f"cpu_parts_{row}_long",
-                "arg": arg,
-                "minutes": 0,
-                "steps": 2 * ROLES_STEPS,
-                "resume": f"cpu_parts_{row}",
-                "config": PARTS_RECIPE,
-            }
-            for row, arg in PARTS_ARGS
+        *_pair(
+            "parts",
+            PARTS_ARGS,
+            "cpu_t2i",
+            PARTS_RECIPE,
+            {"minutes": 0, "steps": ROLES_STEPS},
+            2 * ROLES_STEPS,
         ),
         {
             "row": "stage1",
