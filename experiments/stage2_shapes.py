@@ -456,15 +456,17 @@ ROLES_REV_RECIPE = {**ROLES_RECIPE, "optim.text_lr_scale": 1.0}
 # of "classify" with RECIPE (the text encoder at the full LR, with which (a)
 # learns segmentation's words), for ROLES_STEPS (a pair side by side: 42
 # minutes each at 1.09 steps/s, session 61, AMD EPYC); "a_parts_long" and
-# "c_parts_long" continue them to twice that.
+# "c_parts_long" continue them to twice that, "a_parts_long3" and
+# "c_parts_long3" to three times.
 PARTS_ARGS = (("a", "simple,mix=parts,words"), ("c", "simple,mix=parts,words,plain"))
 PARTS_RECIPE = {**RECIPE, "evals.tasks.text_only": False}
 
 
-def _pair(kind, args, init_from, recipe, budget, long_steps) -> list[dict]:
+def _pair(kind, args, init_from, recipe, budget, *longer) -> list[dict]:
     """Table columns "{row}_{kind}" for each (row, arg) of `args`, trained
-    from `init_from` with `recipe` for `budget`, and "{row}_{kind}_long", each
-    resuming its column's run to `long_steps`."""
+    from `init_from` with `recipe` for `budget`, then each continued in turn
+    to the step counts `longer`: "{row}_{kind}_long" resumes the column's
+    run, "{row}_{kind}_long3", "_long4", ... the one before."""
     runs = [
         {
             "row": f"{row}_{kind}",
@@ -476,18 +478,23 @@ def _pair(kind, args, init_from, recipe, budget, long_steps) -> list[dict]:
         }
         for row, arg in args
     ]
-    return runs + [
-        {
-            "row": f"{run['row']}_long",
-            "name": f"{run['name']}_long",
-            "arg": run["arg"],
-            "minutes": 0,
-            "steps": long_steps,
-            "resume": run["name"],
-            "config": recipe,
-        }
-        for run in runs
-    ]
+    rows, last = list(runs), runs
+    for i, steps in enumerate(longer):
+        suffix = "_long" if i == 0 else f"_long{i + 2}"
+        last = [
+            {
+                "row": f"{run['row']}{suffix}",
+                "name": f"{run['name']}{suffix}",
+                "arg": run["arg"],
+                "minutes": 0,
+                "steps": steps,
+                "resume": prev["name"],
+                "config": recipe,
+            }
+            for run, prev in zip(runs, last)
+        ]
+        rows += last
+    return rows
 
 
 def table() -> list[dict]:
@@ -590,6 +597,7 @@ def table() -> list[dict]:
             PARTS_RECIPE,
             {"minutes": 0, "steps": ROLES_STEPS},
             2 * ROLES_STEPS,
+            3 * ROLES_STEPS,
         ),
         {
             "row": "stage1",

@@ -71,6 +71,9 @@ COLUMNS = {
     "a_parts_long": "(a) with the reference-part tasks, twice the steps",
     "c_parts_long": "(c) with the reference-part tasks, no instructions, twice "
     "the steps",
+    "a_parts_long3": "(a) with the reference-part tasks, three times the steps",
+    "c_parts_long3": "(c) with the reference-part tasks, no instructions, "
+    "three times the steps",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

@@ -222,6 +222,9 @@ def test_the_parts_columns_differ_in_the_instructions_only():
             row["config"],
         )
         assert long["steps"] == 2 * row["steps"] and long["row"] in table.COLUMNS
+        long3 = rows[row["name"] + "_long3"]  # and on to three times
+        assert (long3["resume"], long3["config"]) == (long["name"], row["config"])
+        assert long3["steps"] == 3 * row["steps"] and long3["row"] in table.COLUMNS
     parts = stage2_shapes.MIXTURES["parts"]
     extra = {
         n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
