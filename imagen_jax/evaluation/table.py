@@ -74,6 +74,10 @@ COLUMNS = {
     "a_parts_long3": "(a) with the reference-part tasks, three times the steps",
     "c_parts_long3": "(c) with the reference-part tasks, no instructions, "
     "three times the steps",
+    "a_parts_focus": "(a) with the reference-part tasks, twice the steps, then "
+    "more on a mixture with 37.5% of them",
+    "c_parts_focus": "(c) with the reference-part tasks, no instructions, twice "
+    "the steps, then more on a mixture with 37.5% of them",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

@@ -225,6 +225,12 @@ def test_the_parts_columns_differ_in_the_instructions_only():
         long3 = rows[row["name"] + "_long3"]  # and on to three times
         assert (long3["resume"], long3["config"]) == (long["name"], row["config"])
         assert long3["steps"] == 3 * row["steps"] and long3["row"] in table.COLUMNS
+        # and anew from twice the steps, on the mixture with more of the parts
+        focus = rows[row["name"].replace("parts", "parts_focus")]
+        assert focus["init_from"] == long["name"] and focus["row"] in table.COLUMNS
+        assert focus["arg"] == row["arg"].replace("mix=parts", "mix=parts_focus")
+        assert focus["config"] == row["config"]
+        assert focus["steps"] == stage2_shapes.PARTS_FOCUS_STEPS
     parts = stage2_shapes.MIXTURES["parts"]
     extra = {
         n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
@@ -235,6 +241,11 @@ def test_the_parts_columns_differ_in_the_instructions_only():
         assert parts[name] == weight
     cfg = stage2_shapes.get_config(a["arg"])
     assert dict(cfg.data.mixture) == parts and not cfg.data.plain_text
+    focus = stage2_shapes.MIXTURES["parts_focus"]
+    assert {n: w for n, w in focus.items() if n not in extra} == {
+        n: w for n, w in parts.items() if n not in extra
+    }
+    assert sum(focus[n] for n in extra) / sum(focus.values()) == pytest.approx(0.375)
     assert stage2_shapes.get_config(c["arg"]).data.plain_text
 
 
