@@ -472,7 +472,8 @@ PARTS_ARGS = (("a", "simple,mix=parts,words"), ("c", "simple,mix=parts,words,pla
 PARTS_RECIPE = {**RECIPE, "evals.tasks.text_only": False}
 # "a_parts_focus" and "c_parts_focus" start anew from the weights of
 # "a_parts_long" / "c_parts_long" (5434 steps) and train ROLES_STEPS more on
-# "parts_focus".
+# "parts_focus" (session 62: (a) reads the part, O 0.87 / 0.78 against (c)'s
+# 0.32 / 0.38, and leads in domain 0.843 against 0.733; zero-shot level).
 PARTS_FOCUS_STEPS = ROLES_STEPS
 
 
