@@ -475,20 +475,27 @@ PARTS_RECIPE = {**RECIPE, "evals.tasks.text_only": False}
 # "parts_focus" (session 62: (a) reads the part, O 0.87 / 0.78 against (c)'s
 # 0.32 / 0.38, and leads in domain 0.843 against 0.733; zero-shot level).
 PARTS_FOCUS_STEPS = ROLES_STEPS
+PARTS_FOCUS_ARGS = tuple(
+    (row, arg.replace("mix=parts", "mix=parts_focus")) for row, arg in PARTS_ARGS
+)
+# "a_parts_focus_long" and "c_parts_focus_long" continue the pair to twice
+# PARTS_FOCUS_STEPS, for (a)'s subject (0.74) and style generation (0.89)
+# against the specialists (b).
 
 
 def _pair(kind, args, init_from, recipe, budget, *longer) -> list[dict]:
     """Table columns "{row}_{kind}" for each (row, arg) of `args`, trained
-    from `init_from` with `recipe` for `budget`, then each continued in turn
-    to the step counts `longer`: "{row}_{kind}_long" resumes the column's
-    run, "{row}_{kind}_long3", "_long4", ... the one before."""
+    from `init_from` (its "{row}" filled in) with `recipe` for `budget`,
+    then each continued in turn to the step counts `longer`:
+    "{row}_{kind}_long" resumes the column's run, "{row}_{kind}_long3",
+    "_long4", ... the one before."""
     runs = [
         {
             "row": f"{row}_{kind}",
             "name": f"cpu_{kind}_{row}",
             "arg": arg,
             **budget,
-            "init_from": init_from,
+            "init_from": init_from.format(row=row),
             "config": recipe,
         }
         for row, arg in args
@@ -614,17 +621,13 @@ def table() -> list[dict]:
             2 * ROLES_STEPS,
             3 * ROLES_STEPS,
         ),
-        *(
-            {
-                "row": f"{row}_parts_focus",
-                "name": f"cpu_parts_focus_{row}",
-                "arg": arg.replace("mix=parts", "mix=parts_focus"),
-                "minutes": 0,
-                "steps": PARTS_FOCUS_STEPS,
-                "init_from": f"cpu_parts_{row}_long",
-                "config": PARTS_RECIPE,
-            }
-            for row, arg in PARTS_ARGS
+        *_pair(
+            "parts_focus",
+            PARTS_FOCUS_ARGS,
+            "cpu_parts_{row}_long",
+            PARTS_RECIPE,
+            {"minutes": 0, "steps": PARTS_FOCUS_STEPS},
+            2 * PARTS_FOCUS_STEPS,
         ),
         {
             "row": "stage1",

@@ -38,7 +38,10 @@ Tasks (DESIGN §1b):
 - segmentation, detection, depth_estimation, classification (InstructCV):
   the input image goes through `input_image`; targets from `controls`.
 - Zero-shot combinations, held out of training (`zero_shot=True`):
-  subject+style, control+subject, control+style, multi_subject.
+  subject+style, control+subject, control+style, multi_subject; and, opt-in,
+  subject+reference_style: subject+style whose style image is reference_style's
+  reference (an image of objects on a background, also the input image), so
+  that only the words say it gives its style and not its objects.
 
 Every task has >= 20 training templates and a disjoint set of >= 5 unseen
 paraphrases (`unseen=True`) for robustness evaluation. A template's `{fields}`
@@ -1363,7 +1366,16 @@ def _name_answers(template: str, answers: tuple[str, str]) -> str:
     return _ANSWER_WORD.sub(swap, template)
 
 
-def _subject_style(rng: np.random.Generator, w: World, templates) -> Built:
+def _subject_style(
+    rng: np.random.Generator, w: World, templates, reference: bool = False
+) -> Built:
+    """The subject of [ref#1] placed as the text says, in the style (the
+    background) of [ref#2]. With `reference` (subject+reference_style), [ref#2]
+    is "an image" whose objects the target leaves out and it is also the
+    input image, as reference_style's reference is: an input image gives its
+    objects in style_transfer, edit and reference_objects and only its style
+    in reference_style, so the instruction's words alone say that it gives
+    its style here; `swapped` scores the reference's objects copied."""
     subjects = _sample_subjects(rng, w, 1)
     refs = _subject_references(rng, w, subjects[0], "[ref#1]", int(rng.integers(1, 3)))
     style_scene = _random_scene(rng, w)
@@ -1380,12 +1392,16 @@ def _subject_style(rng: np.random.Generator, w: World, templates) -> Built:
         "template": template,
         "subjects": (subjects[0][0],),
     }
-    context = (*refs, _style_item(rng, "[ref#2]", style_scene, w.resolution))
-    return (
-        MultiModalInstruction(text, context),
-        shapes_world.render(scene, w.resolution),
-        meta,
-    )
+    if not reference:
+        context = (*refs, _style_item(rng, "[ref#2]", style_scene, w.resolution))
+        instruction = MultiModalInstruction(text, context)
+        return instruction, shapes_world.render(scene, w.resolution), meta
+    image = shapes_world.render(style_scene, w.resolution)
+    context = (*refs, ContextItem("[ref#2]", _choice(rng, _NEUTRAL_TEXTS), image))
+    meta["input_scene"] = style_scene
+    meta["swapped"] = {"content": _transfer_conditions(style_scene)["content"]}
+    instruction = MultiModalInstruction(text, context, input_image=image)
+    return instruction, shapes_world.render(scene, w.resolution), meta
 
 
 def _control_subject(rng: np.random.Generator, w: World, templates) -> Built:
@@ -1492,6 +1508,9 @@ class Task:
       opt_in: whether the task is left out of the defaults (`TRAIN_TASKS`:
         the default mixture, the word pieces' texts, the evaluation): trained
         when a mixture names it, scored when `evals.tasks.names` does.
+      composes: of an opt-in zero-shot combination, the tasks it combines:
+        it is scored when the model's mixture names them all (or when
+        `evals.tasks.names` names it).
     """
 
     name: str
@@ -1500,6 +1519,7 @@ class Task:
     unseen_templates: tuple[str, ...]
     zero_shot: bool = False
     opt_in: bool = False
+    composes: tuple[str, ...] = ()
 
     def make(
         self,
@@ -1654,6 +1674,15 @@ def _tasks() -> dict[str, Task]:
         Task(
             "multi_subject", _multi_subject, _MULTI_SUBJECT, _MULTI_SUBJECT_UNSEEN, True
         ),
+        Task(
+            "subject+reference_style",
+            functools.partial(_subject_style, reference=True),
+            _SUBJECT_STYLE,
+            _SUBJECT_STYLE_UNSEEN,
+            zero_shot=True,
+            opt_in=True,
+            composes=("subject", "reference_style"),
+        ),
     ]
     return {task.name: task for task in tasks}
 
@@ -1662,8 +1691,17 @@ TASKS: Mapping[str, Task] = types.MappingProxyType(_tasks())
 TRAIN_TASKS = tuple(
     name for name, task in TASKS.items() if not (task.zero_shot or task.opt_in)
 )
-OPT_IN_TASKS = tuple(name for name, task in TASKS.items() if task.opt_in)
-ZERO_SHOT_TASKS = tuple(name for name, task in TASKS.items() if task.zero_shot)
+OPT_IN_TASKS = tuple(
+    name for name, task in TASKS.items() if task.opt_in and not task.zero_shot
+)
+ZERO_SHOT_TASKS = tuple(
+    name for name, task in TASKS.items() if task.zero_shot and not task.opt_in
+)
+# Zero-shot combinations scored only for a model that trained the tasks they
+# compose (`Task.composes`).
+OPT_IN_ZERO_SHOT_TASKS = tuple(
+    name for name, task in TASKS.items() if task.zero_shot and task.opt_in
+)
 # InstructCV tasks: scored by their own metrics, not by the oracle.
 VISION_TASKS = ("segmentation", "detection", "depth_estimation", "classification")
 

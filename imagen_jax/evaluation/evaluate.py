@@ -467,7 +467,8 @@ def _runs(eval_cfg, tasks, trained=()) -> list[tuple[list[str], bool, str, bool]
     """(task names, unseen phrasing, row suffix, text only) of each pass.
 
     The opt-in tasks are scored when `eval_cfg.names` names them or, with no
-    names, when they are among the `trained` ones (the model's mixture). The
+    names, when they are among the `trained` ones (the model's mixture), and
+    an opt-in zero-shot combination when the tasks it composes are. The
     text-only pass samples the same examples with their context items and
     input image dropped: the baseline a task's SC must beat.
     """
@@ -478,6 +479,11 @@ def _runs(eval_cfg, tasks, trained=()) -> list[tuple[list[str], bool, str, bool]
     keep = lambda names: [n for n in names if not wanted or n in wanted]  # noqa: E731
     train, zero = keep(tasks.TRAIN_TASKS), keep(tasks.ZERO_SHOT_TASKS)
     train += [n for n in tasks.OPT_IN_TASKS if n in (wanted or set(trained))]
+    zero += [
+        n
+        for n in tasks.OPT_IN_ZERO_SHOT_TASKS
+        if n in wanted or not wanted and set(tasks.TASKS[n].composes) <= set(trained)
+    ]
     runs = [(train, False, "", False), (zero, False, "", False)]
     if eval_cfg.robustness:
         runs.append((train, True, "/unseen_paraphrase", False))
@@ -498,8 +504,8 @@ def _examples_per_task(eval_cfg, tasks) -> dict[str, int]:
     standard error can reach 0.05 (0.025 at 96)."""
     zero_shot = eval_cfg.get("zero_shot_per_task") or eval_cfg.per_task
     return {
-        name: zero_shot if name in tasks.ZERO_SHOT_TASKS else eval_cfg.per_task
-        for name in tasks.TASKS
+        name: zero_shot if task.zero_shot else eval_cfg.per_task
+        for name, task in tasks.TASKS.items()
     }
 
 

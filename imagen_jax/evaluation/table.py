@@ -78,6 +78,10 @@ COLUMNS = {
     "more on a mixture with 37.5% of them",
     "c_parts_focus": "(c) with the reference-part tasks, no instructions, twice "
     "the steps, then more on a mixture with 37.5% of them",
+    "a_parts_focus_long": "(a) with the reference-part tasks, twice the steps, "
+    "then twice as many more on a mixture with 37.5% of them",
+    "c_parts_focus_long": "(c) with the reference-part tasks, no instructions, "
+    "twice the steps, then twice as many more on a mixture with 37.5% of them",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

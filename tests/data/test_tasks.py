@@ -51,6 +51,7 @@ def test_catalogue_names():
         "control+subject",
         "control+style",
         "multi_subject",
+        "subject+reference_style",
     }
     assert set(tasks.ZERO_SHOT_TASKS) == {
         "subject+style",
@@ -64,6 +65,7 @@ def test_catalogue_names():
         "role_transfer_told",
         "reference_objects",
         "reference_style",
+        "subject+reference_style",  # opt-in zero-shot: scored when composed
     }
 
 
@@ -107,7 +109,7 @@ def test_examples_are_deterministic_and_valid(name):
             _same(
                 ex, tasks.make_example(name, index, seed=3, resolution=R, unseen=unseen)
             )
-            assert ex.task == name and ex.zero_shot == (name in tasks.ZERO_SHOT_TASKS)
+            assert ex.task == name and ex.zero_shot == tasks.TASKS[name].zero_shot
             assert ex.target.shape == (R, R, 3) and ex.target.dtype == np.uint8
             instructions.validate(
                 ex.instruction, max_context=tasks.MAX_CONTEXT, resolution=R
@@ -748,6 +750,48 @@ def test_reference_part_is_told_by_the_instruction_words_alone():
     assert same == {("{caption} [ref#1]",)}
     with pytest.raises(ValueError, match="'objects' or 'style'"):
         tasks._reference_part("subject")
+
+
+def test_subject_reference_style_takes_the_style_by_the_words_alone():
+    # subject+style with reference_style's reference as the style image: an
+    # image of objects on a background, with a neutral text, that is also the
+    # input image. Same words and raw text as subject+style.
+    from imagen_jax.evaluation import task_metrics
+
+    name = "subject+reference_style"
+    task = tasks.TASKS[name]
+    assert name in tasks.OPT_IN_ZERO_SHOT_TASKS
+    assert name not in tasks.ZERO_SHOT_TASKS + tasks.OPT_IN_TASKS
+    assert set(task.composes) == {"subject", "reference_style"}
+    assert task.templates == tasks.TASKS["subject+style"].templates
+    styled = tasks.make_example("subject+style", 0, 0, R, world="simple")
+    assert styled.instruction.input_image is None
+    for i in range(12):
+        ex = tasks.make_example(name, i, 0, R, world="simple")
+        raw = tasks.make_example(name, i, 0, R, world="simple", plain=True)
+        assert ex.zero_shot
+        *refs, item = ex.instruction.context
+        assert [r.marker for r in refs] == ["[ref#1]"] * len(refs)
+        assert item.marker == "[ref#2]" and item.text in tasks._NEUTRAL_TEXTS
+        np.testing.assert_array_equal(ex.instruction.input_image, item.image)
+        np.testing.assert_array_equal(
+            ex.target, shapes_world.render(ex.meta["scene"], R)
+        )
+        assert raw.instruction.text.endswith("[ref#1] [ref#2]")
+        # The reference: its background, and objects the target leaves out
+        # (`swapped` scores them copied).
+        assert ex.meta["scene"].background == ex.meta["input_scene"].background
+        (swap,) = ex.meta["swapped"].values()
+        assert (
+            swap.objects == ex.meta["input_scene"].objects != ex.meta["scene"].objects
+        )
+        np.testing.assert_array_equal(
+            item.image, shapes_world.render(ex.meta["input_scene"], R)
+        )
+        score = task_metrics.score_generation(ex.target, ex)
+        assert score["sc"] == 1.0 and score["swapped"] < 1.0
+        copied = task_metrics.score_generation(item.image, ex)
+        assert copied["sc"] < 1.0 and copied["swapped"] == 1.0
 
 
 def test_role_transfer_gives_the_roles_by_the_instruction_alone():

@@ -51,13 +51,26 @@ def test_opt_in_tasks_are_scored_when_trained_or_named():
     assert first(named) == ["subject"]
 
 
+def test_opt_in_zero_shot_tasks_are_scored_when_their_parts_are_trained():
+    zero = lambda *a: evaluate._runs(*a)[1][0]  # noqa: E731
+    combo = "subject+reference_style"
+    assert zero(_cfg(), tasks) == list(tasks.ZERO_SHOT_TASKS)
+    assert combo not in zero(_cfg(), tasks, {"subject": 1.0, "reference_objects": 1})
+    parts = {"subject": 0.5, "reference_objects": 0.2, "reference_style": 0.3}
+    assert zero(_cfg(), tasks, parts) == [*tasks.ZERO_SHOT_TASKS, combo]
+    assert zero(_cfg(names=[combo]), tasks) == [combo]
+    # Never trained: not among the in-domain tasks, whatever is named.
+    assert combo not in evaluate._runs(_cfg(names=[combo]), tasks, parts)[0][0]
+
+
 def test_zero_shot_tasks_can_take_more_examples():
     counts = evaluate._examples_per_task(_cfg(per_task=24), tasks)
     assert set(counts) == set(tasks.TASKS) and set(counts.values()) == {24}
     counts = evaluate._examples_per_task(
         _cfg(per_task=24, zero_shot_per_task=96), tasks
     )
-    assert {counts[n] for n in tasks.ZERO_SHOT_TASKS} == {96}
+    zero_shot = tasks.ZERO_SHOT_TASKS + tasks.OPT_IN_ZERO_SHOT_TASKS
+    assert {counts[n] for n in zero_shot} == {96}
     assert {counts[n] for n in tasks.TRAIN_TASKS} == {24}
 
 

@@ -231,6 +231,13 @@ def test_the_parts_columns_differ_in_the_instructions_only():
         assert focus["arg"] == row["arg"].replace("mix=parts", "mix=parts_focus")
         assert focus["config"] == row["config"]
         assert focus["steps"] == stage2_shapes.PARTS_FOCUS_STEPS
+        focus_long = rows[focus["name"] + "_long"]  # continued to twice that
+        assert (focus_long["resume"], focus_long["arg"]) == (
+            focus["name"],
+            focus["arg"],
+        )
+        assert focus_long["steps"] == 2 * focus["steps"]
+        assert focus_long["row"] in table.COLUMNS
     parts = stage2_shapes.MIXTURES["parts"]
     extra = {
         n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
