@@ -480,7 +480,8 @@ PARTS_FOCUS_ARGS = tuple(
 )
 # "a_parts_focus_long" and "c_parts_focus_long" continue the pair to twice
 # PARTS_FOCUS_STEPS, for (a)'s subject (0.74) and style generation (0.89)
-# against the specialists (b).
+# against the specialists (b); "_long3" to three times (session 63: at twice,
+# the four specialist tasks 0.953 against (b)'s 0.982).
 
 
 def _pair(kind, args, init_from, recipe, budget, *longer) -> list[dict]:
@@ -628,6 +629,7 @@ def table() -> list[dict]:
             PARTS_RECIPE,
             {"minutes": 0, "steps": PARTS_FOCUS_STEPS},
             2 * PARTS_FOCUS_STEPS,
+            3 * PARTS_FOCUS_STEPS,
         ),
         {
             "row": "stage1",

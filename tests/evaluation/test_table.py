@@ -238,6 +238,10 @@ def test_the_parts_columns_differ_in_the_instructions_only():
         )
         assert focus_long["steps"] == 2 * focus["steps"]
         assert focus_long["row"] in table.COLUMNS
+        focus_long3 = rows[focus["name"] + "_long3"]  # and on to three times
+        assert focus_long3["resume"] == focus_long["name"]
+        assert focus_long3["steps"] == 3 * focus["steps"]
+        assert focus_long3["row"] in table.COLUMNS
     parts = stage2_shapes.MIXTURES["parts"]
     extra = {
         n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
