@@ -266,7 +266,9 @@ def run(
     `only` (`select`), the other models are left out when they are neither
     trained nor carried, whatever `train_missing` says, and are not evaluated
     here: one trained but not evaluated at its latest step is left out too, so
-    jobs with different `only` can run side by side.
+    jobs with different `only` can run side by side. Every model's rows are
+    read when the trainings are done, so one that another job scored again
+    meanwhile enters the table and its record with its new rows.
 
     Raises:
       FileNotFoundError: a model is not trained and neither `train_missing`
@@ -277,7 +279,11 @@ def run(
     from imagen_jax.evaluation import sweep
 
     chosen = {r["name"] for r in select(rows, only)}
-    results, steps = [], {}  # steps: run name -> the step it was trained to
+    steps = {}  # run name -> the step it was trained to
+    # Per column in table order: carried rows, or (row, eval path, config) of
+    # a model scored here, whose rows are read once every training is done:
+    # another job may score it again while this one trains.
+    columns: list = []
     for row in rows:
         workdir = os.path.join(runs, row["name"])
         config = _config(get_config, row, runs)
@@ -292,7 +298,7 @@ def run(
             if found:
                 steps[row["name"]] = max(found)
             if row["row"] in COLUMNS:
-                results.extend(carried["rows"])
+                columns.append(carried["rows"])
             continue
         if not trained:
             if (skip_missing and not train_missing) or row["name"] not in chosen:
@@ -337,7 +343,14 @@ def run(
                 continue
             print(f"== evaluating {row['name']} at step {latest}", flush=True)
             sweep.evaluate(config, workdir)
-            scored = _own_rows(sweep.load_rows(path), config)
+        columns.append((row, path, config))
+    results = []
+    for column in columns:
+        if isinstance(column, list):  # carried
+            results.extend(column)
+            continue
+        row, path, config = column
+        scored = _own_rows(sweep.load_rows(path), config)
         step = max((r["checkpoint_step"] for r in scored), default=0)
         images = step * config.data.batch_size
         compute = {"minutes_after_start": _minutes_after_start(rows, row)}

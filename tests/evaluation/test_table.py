@@ -469,6 +469,48 @@ def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeyp
     assert "leaving out cpu_plain: not evaluated" in capsys.readouterr().out
 
 
+def test_the_table_reads_the_scores_after_its_trainings(tmp_path, monkeypatch):
+    """A model scored again by another job while this one trains shows its
+    new rows in this job's table and record, not those read before."""
+    import json
+
+    from experiments import stage2_shapes
+    from imagen_jax import train
+    from imagen_jax.evaluation import sweep
+
+    names = ("cpu_t2i", "cpu_instruct", "cpu_plain")
+    rows = [r for r in stage2_shapes.table() if r["name"] in names]
+    runs = tmp_path / "runs"
+
+    def scores(name, value):
+        os.makedirs(runs / name / "eval", exist_ok=True)
+        row = {"task": "subject", "metric": "o", "value": value, "checkpoint_step": 0}
+        with open(runs / name / "eval" / "results.json", "w") as f:
+            json.dump([row], f)
+
+    scores("cpu_instruct", 0.1)  # (a) trained and scored before
+    monkeypatch.setattr(
+        table, "_trained", lambda workdir, steps=0: not workdir.endswith("cpu_plain")
+    )
+    monkeypatch.setattr(table, "_check_same_model", lambda *_: None)
+    # While (c) trains, another job scores (a) again.
+    monkeypatch.setattr(
+        train, "train_and_evaluate", lambda *_, **__: scores("cpu_instruct", 0.9)
+    )
+    monkeypatch.setattr(
+        sweep, "evaluate", lambda config, workdir: scores("cpu_plain", 0.5)
+    )
+    results = table.run(
+        stage2_shapes.get_config, rows, str(runs), train_missing=True, only=["c"]
+    )
+    assert {r["model"]: r["value"] for r in results} == {
+        "cpu_instruct": 0.9,
+        "cpu_plain": 0.5,
+    }
+    with open(runs / "table" / "models" / "cpu_instruct.json") as f:
+        assert [r["value"] for r in json.load(f)["rows"]] == [0.9]
+
+
 def test_a_run_directory_of_another_model_is_refused(tmp_path, monkeypatch):
     import json
 
