@@ -482,6 +482,21 @@ PARTS_FOCUS_ARGS = tuple(
 # PARTS_FOCUS_STEPS, for (a)'s subject (0.74) and style generation (0.89)
 # against the specialists (b); "_long3" to three times (session 63: at twice,
 # the four specialist tasks 0.953 against (b)'s 0.982).
+# The mixtures and steps that "a_parts_focus_long3" trained on after the text
+# start. Column "b_parts_steps" trains each specialist from that same start
+# for its task's share of them (`task_steps`): (b)'s columns "b" and
+# "b_steps" start from an earlier text start (session 38's).
+PARTS_FOCUS_LEGS = (("parts", 2 * ROLES_STEPS), ("parts_focus", 3 * PARTS_FOCUS_STEPS))
+
+
+def task_steps(task: str, legs) -> int:
+    """The steps that a run over `legs`, (mixture name, steps) in turn, spends
+    on `task`: each leg's steps times the task's share of its mixture."""
+    spent = 0.0
+    for name, steps in legs:
+        mixture = MIXTURES[name]
+        spent += steps * mixture.get(task, 0.0) / sum(mixture.values())
+    return round(spent)
 
 
 def _pair(kind, args, init_from, recipe, budget, *longer) -> list[dict]:
@@ -670,7 +685,6 @@ def table() -> list[dict]:
             )
         ),
     ]
-    mixture = MIXTURES[MATCHED_MIXTURE]
     for task in ("subject", "style_generation", "mask_to_image", "segmentation"):
         arg = f"simple,task={task},words"
         rows.append(
@@ -682,15 +696,25 @@ def table() -> list[dict]:
                 **start,
             }
         )
-        share = mixture[task] / sum(mixture.values())
         rows.append(
             {
                 "row": "b_steps",
                 "name": f"cpu_matched_{task}",
                 "arg": arg,
                 "minutes": 0,
-                "steps": round(MATCHED_STEPS * share),
+                "steps": task_steps(task, ((MATCHED_MIXTURE, MATCHED_STEPS),)),
                 **start,
+            }
+        )
+        rows.append(
+            {
+                "row": "b_parts_steps",
+                "name": f"cpu_parts_matched_{task}",
+                "arg": arg,
+                "minutes": 0,
+                "steps": task_steps(task, PARTS_FOCUS_LEGS),
+                "init_from": "cpu_t2i",
+                "config": PARTS_RECIPE,
             }
         )
     return rows

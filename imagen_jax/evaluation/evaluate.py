@@ -185,8 +185,15 @@ def standard_error(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
+# Metrics whose rows keep each example's value (`per_example`, in the
+# examples' order): the headline scores, which two models scored on the same
+# examples compare pair by pair (`table.differences`).
+PER_EXAMPLE_METRICS = ("o", "score")
+
+
 def _mean_rows(task: str, values: dict[str, list[float]]) -> list[dict]:
-    """Each metric's mean over the examples, with its standard error `se`."""
+    """Each metric's mean over the examples, with its standard error `se`,
+    and for `PER_EXAMPLE_METRICS` the examples' values."""
     return [
         {
             "task": task,
@@ -194,6 +201,7 @@ def _mean_rows(task: str, values: dict[str, list[float]]) -> list[dict]:
             "value": float(np.mean(v)),
             "n": len(v),
             "se": standard_error(v),
+            **({"per_example": list(v)} if k in PER_EXAMPLE_METRICS else {}),
         }
         for k, v in values.items()
     ]

@@ -33,6 +33,7 @@ import shutil
 from collections.abc import Callable, Sequence
 
 import ml_collections
+import numpy as np
 
 from imagen_jax import checkpointing, config_utils, preemption
 from imagen_jax.evaluation import report
@@ -43,6 +44,7 @@ COLUMNS = {
     "a": "(a) instruction-tuned",
     "b": "(b) single-task",
     "b_steps": "(b) single-task, (a)'s steps per task",
+    "b_parts_steps": "(b) single-task, the parts_focus (a)'s steps per task",
     "c": "(c) multi-task, no instructions",
     "c_raw": "(c) multi-task, no instructions, items without their texts",
     "a_roles": "(a) with role transfer",
@@ -95,7 +97,7 @@ COLUMNS = {
 }
 # The single-task columns: scored on their own tasks only, so the averages
 # over all tasks leave them out.
-SINGLE = ("b", "b_steps")
+SINGLE = ("b", "b_steps", "b_parts_steps")
 
 
 def _config(get_config: Callable, row: dict, runs: str) -> ml_collections.ConfigDict:
@@ -417,6 +419,42 @@ def _carried(carry: str | None, row: dict) -> dict | None:
     return record
 
 
+def _headline(results: Sequence[dict]) -> dict[tuple[str, str], dict]:
+    """{(task, column): row} of each column's headline score per task: O for
+    the generation tasks, the task's own score for the vision tasks."""
+    return {
+        (r["task"], r["row"]): r
+        for r in results
+        if r["metric"] in ("o", "score") and _table_row(r["task"])
+    }
+
+
+def _groups(names: Sequence[str], columns: Sequence[str]) -> dict[str, list[str]]:
+    """The averages' tasks: in-domain generation, its unseen phrasings,
+    zero-shot, and the tasks of the specialists (tasks a column of `SINGLE`
+    has, `columns` being {(task, column)})."""
+    from imagen_jax.data import tasks as catalogue
+
+    generation = [t for t in names if t.split("/")[0] not in catalogue.VISION_TASKS]
+    return {
+        "average/in_domain": [t for t in generation if "/" not in t],
+        "average/unseen_paraphrase": [
+            t for t in generation if t.endswith("/unseen_paraphrase")
+        ],
+        "average/zero_shot": [t for t in names if t.startswith("zero_shot/")],
+        "average/specialist_tasks": [
+            t for t in names if "/" not in t and any((t, c) in columns for c in SINGLE)
+        ],
+    }
+
+
+def _task_names(headline) -> list[str]:
+    return sorted(
+        dict.fromkeys(t for t, _ in headline),
+        key=lambda t: (t.startswith("zero_shot/"), t),
+    )
+
+
 def markdown(results: Sequence[dict]) -> str:
     """Per task the headline score of each column: O for generation tasks, the
     task's own score for the vision tasks, each followed by the same on the
@@ -424,33 +462,17 @@ def markdown(results: Sequence[dict]) -> str:
     averages, computed here over the tasks each column has: in-domain
     generation O, the same on unseen phrasings, zero-shot O, and all columns
     on the specialists' tasks, each with its standard error ("0.92 ±0.02")
-    when every task's record has one; and each column's training compute
-    after the shared start (minutes, steps)."""
-    from imagen_jax.data import tasks as catalogue
+    when every task's record has one; each column's training compute
+    after the shared start (minutes, steps); and the paired differences
+    (`differences`)."""
     from imagen_jax.evaluation import evaluate
 
-    headline, errors = {}, {}
-    for r in results:
-        if r["metric"] in ("o", "score") and _table_row(r["task"]):
-            headline[(r["task"], r["row"])] = r["value"]
-            errors[(r["task"], r["row"])] = r.get("se")
+    found = _headline(results)
+    headline = {k: r["value"] for k, r in found.items()}
+    errors = {k: r.get("se") for k, r in found.items()}
     columns = [c for c in COLUMNS if any(row == c for _, row in headline)]
-    names = sorted(
-        dict.fromkeys(t for t, _ in headline),
-        key=lambda t: (t.startswith("zero_shot/"), t),
-    )
-    special = [
-        t for t in names if "/" not in t and any((t, c) in headline for c in SINGLE)
-    ]
-    generation = [t for t in names if t.split("/")[0] not in catalogue.VISION_TASKS]
-    groups = {
-        "average/in_domain": [t for t in generation if "/" not in t],
-        "average/unseen_paraphrase": [
-            t for t in generation if t.endswith("/unseen_paraphrase")
-        ],
-        "average/zero_shot": [t for t in names if t.startswith("zero_shot/")],
-        "average/specialist_tasks": special,
-    }
+    names = _task_names(headline)
+    groups = _groups(names, headline)
     for group, members in groups.items():
         for c in columns:
             have = [(t, c) for t in members if (t, c) in headline]
@@ -478,7 +500,80 @@ def markdown(results: Sequence[dict]) -> str:
         lines.append(
             "| training after the start: min (steps) | " + " | ".join(compute) + " |"
         )
+    paired = differences(results)
+    if paired:
+        shown = list(groups)
+        lines += [
+            "",
+            "| paired difference, the same examples | "
+            + " | ".join(g.split("/")[1] for g in shown)
+            + " |",
+            "|---|" + "---|" * len(shown),
+        ]
+        cells = {(d["first"], d["second"], d["task"]): d for d in paired}
+        for first, second in dict.fromkeys((d["first"], d["second"]) for d in paired):
+            text = []
+            for g in shown:
+                d = cells.get((first, second, g))
+                text.append("" if d is None else f"{d['value']:+.3f} ±{d['se']:.3f}")
+            lines.append(f"| {first} - {second} | " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _pairs(columns: Sequence[str]) -> list[tuple[str, str]]:
+    """The column pairs `differences` compares: each (a) column with the (c)
+    column of the same name after the letter, then with each single-task
+    column."""
+    a_columns = [c for c in columns if c == "a" or c.startswith("a_")]
+    pairs = [(a, "c" + a[1:]) for a in a_columns if "c" + a[1:] in columns]
+    return pairs + [(a, b) for a in a_columns for b in columns if b in SINGLE]
+
+
+def differences(results: Sequence[dict]) -> list[dict]:
+    """Per pair of columns (`_pairs`) and average, the difference of the two
+    columns' averages over the tasks both have, with the standard error of the
+    examples' paired differences: both columns score the same examples from
+    the same sampler noise, so a hard example is hard for both and the
+    pair's difference varies less than each score. A column's tasks are drawn
+    apart, so the tasks' errors add in quadrature (`mean_standard_error`). An
+    average is left out where a task of it lacks either column's examples'
+    values (`evaluate.PER_EXAMPLE_METRICS`; records written before them) or
+    their counts differ. The (a)-(b) pairs: the specialist tasks only."""
+    from imagen_jax.evaluation import evaluate
+
+    found = _headline(results)
+    columns = [c for c in COLUMNS if any(row == c for _, row in found)]
+    groups = _groups(_task_names(found), found)
+    out = []
+    for first, second in _pairs(columns):
+        for group, members in groups.items():
+            if second in SINGLE and group != "average/specialist_tasks":
+                continue
+            shared = [
+                t for t in members if (t, first) in found and (t, second) in found
+            ]
+            per_task = []
+            for t in shared:
+                x = found[(t, first)].get("per_example")
+                y = found[(t, second)].get("per_example")
+                if x is None or y is None or len(x) != len(y):
+                    per_task = []
+                    break
+                d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
+                per_task.append((float(d.mean()), evaluate.standard_error(d)))
+            if not per_task:
+                continue
+            out.append(
+                {
+                    "first": first,
+                    "second": second,
+                    "task": group,
+                    "value": sum(v for v, _ in per_task) / len(per_task),
+                    "se": evaluate.mean_standard_error([e for _, e in per_task]),
+                    "n": len(per_task),
+                }
+            )
+    return out
 
 
 def _table_row(task: str) -> bool:
@@ -518,3 +613,5 @@ def write(results: Sequence[dict], out_dir: str) -> None:
         json.dump(list(results), f, indent=2)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown(results))
+    with open(os.path.join(out_dir, "differences.json"), "w") as f:
+        json.dump(differences(results), f, indent=2)

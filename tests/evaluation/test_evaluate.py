@@ -210,6 +210,9 @@ def test_each_mean_carries_its_standard_error_and_so_do_the_averages():
     # sample deviation sqrt(1/3), over sqrt(4)
     assert rows[0]["se"] == pytest.approx(np.sqrt(1 / 3) / 2)
     assert evaluate._mean_rows("edit", {"o": [0.5]})[0]["se"] == 0.0
+    # the headline keeps its examples' values, in order, for paired comparisons
+    o, sc = evaluate._mean_rows("edit", {"o": [0.5, 0.25], "sc": [1.0, 0.0]})
+    assert o["per_example"] == [0.5, 0.25] and "per_example" not in sc
     base = {"metric": "o", "n": 4}
     summary = evaluate.summary_rows(
         [

@@ -612,6 +612,37 @@ def test_step_matched_specialists_get_their_tasks_share_of_a_steps():
         assert config.train.time_budget_minutes == 0.0
 
 
+def test_parts_matched_specialists_get_their_tasks_share_of_the_parts_a_steps():
+    from experiments import stage2_shapes
+
+    rows = {row["name"]: row for row in stage2_shapes.table()}
+    long3 = rows["cpu_parts_focus_a_long3"]
+    # the legs are the mixtures and steps of the parts_focus (a) that they match
+    ((first, first_steps), (focus, focus_steps)) = stage2_shapes.PARTS_FOCUS_LEGS
+    start = rows[rows["cpu_parts_focus_a"]["init_from"]]
+    assert (first, first_steps) == ("parts", start["steps"])
+    assert focus == "parts_focus" and focus_steps == long3["steps"]
+    assert f"mix={focus}" in long3["arg"]
+    matched = [r for r in rows.values() if r["row"] == "b_parts_steps"]
+    assert {r["arg"] for r in matched} == {
+        r["arg"] for r in rows.values() if r["row"] == "b"
+    }
+    assert "b_parts_steps" in table.SINGLE and "b_parts_steps" in table.COLUMNS
+    for row in matched:
+        task = row["arg"].split("task=")[1].split(",")[0]
+        spent = sum(
+            steps
+            * stage2_shapes.MIXTURES[m][task]
+            / sum(stage2_shapes.MIXTURES[m].values())
+            for m, steps in stage2_shapes.PARTS_FOCUS_LEGS
+        )
+        assert abs(row["steps"] - spent) <= 0.5
+        # from the parts columns' own start, with their recipe
+        assert row["init_from"] == rows["cpu_parts_a"]["init_from"]
+        assert row["config"] == rows["cpu_parts_a"]["config"]
+    assert rows["cpu_parts_matched_subject"]["steps"] == 1565
+
+
 def test_a_continued_run_starts_from_a_copy_of_its_runs_checkpoints(
     tmp_path, capsys, monkeypatch
 ):
@@ -687,6 +718,55 @@ def test_the_averages_state_their_standard_error_when_every_task_has_one():
     }
     assert cells["average/in_domain"] == ["0.70 ±0.03", "0.20 |"]  # 0.05 / 2
     assert cells["subject"] == ["0.80", "0.20 |"]  # a task's own row: no error
+
+
+def test_paired_differences_rest_on_the_same_examples():
+    """(a) - (c) per average is the difference of the averages, its error
+    that of the examples' differences: scores that rise and fall together on
+    the same examples differ by less than either varies."""
+    import numpy as np
+
+    def scored(row, task, metric, values):
+        return {
+            **_row(row, task, metric, float(np.mean(values))),
+            "per_example": values,
+        }
+
+    a_subject, c_subject = [1.0, 0.0, 1.0, 0.5], [0.75, 0.0, 0.75, 0.25]
+    results = [
+        scored("a_long", "subject", "o", a_subject),
+        scored("a_long", "edit", "o", [0.5, 0.5, 1.0, 0.0]),
+        scored("a_long", "segmentation", "score", [1.0, 1.0, 0.5, 1.0]),
+        scored("a_long", "zero_shot/multi_subject", "o", [0.0, 1.0, 0.0, 0.0]),
+        scored("c_long", "subject", "o", c_subject),
+        scored("c_long", "edit", "o", [0.5, 0.0, 1.0, 0.0]),
+        scored("c_long", "segmentation", "score", [0.0, 1.0, 0.5, 0.0]),
+        _row("c_long", "zero_shot/multi_subject", "o", 0.0),  # no examples' values
+        scored("b", "subject", "o", [1.0, 1.0, 1.0, 0.5]),
+        scored("b", "segmentation", "score", [1.0, 1.0, 1.0, 1.0]),
+        scored("a", "subject", "o", [1.0, 1.0]),  # no (c) column "c"
+    ]
+    got = {(d["first"], d["second"], d["task"]): d for d in table.differences(results)}
+    in_domain = got[("a_long", "c_long", "average/in_domain")]
+    # subject +0.1875 (each example +0.25 or 0: se 0.0625), edit +0.125
+    assert in_domain["value"] == pytest.approx((0.1875 + 0.125) / 2)
+    se_subject = np.std(np.subtract(a_subject, c_subject), ddof=1) / 2
+    se_edit = np.std([0.0, 0.5, 0.0, 0.0], ddof=1) / 2
+    assert in_domain["se"] == pytest.approx(np.hypot(se_subject, se_edit) / 2)
+    assert se_subject < np.std(a_subject, ddof=1) / 2  # less than unpaired
+    # a task without the examples' values leaves its average out
+    assert ("a_long", "c_long", "average/zero_shot") not in got
+    # (a) against a specialist column: its tasks only
+    special = got[("a_long", "b", "average/specialist_tasks")]
+    assert special["value"] == pytest.approx(((0.625 - 0.875) + (0.875 - 1.0)) / 2)
+    assert [k for k in got if k[1] == "b" and k[0] == "a_long"] == [
+        ("a_long", "b", "average/specialist_tasks")
+    ]
+    assert ("a_long", "b", "average/in_domain") not in got
+    # shown in the table's markdown, below the columns
+    text = table.markdown(results)
+    line = next(x for x in text.splitlines() if x.startswith("| a_long - c_long |"))
+    assert f"{in_domain['value']:+.3f} ±{in_domain['se']:.3f}" in line
 
 
 def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
