@@ -481,7 +481,9 @@ PARTS_FOCUS_ARGS = tuple(
 # "a_parts_focus_long" and "c_parts_focus_long" continue the pair to twice
 # PARTS_FOCUS_STEPS, for (a)'s subject (0.74) and style generation (0.89)
 # against the specialists (b); "_long3" to three times (session 63: at twice,
-# the four specialist tasks 0.953 against (b)'s 0.982).
+# the four specialist tasks 0.953 against (b)'s 0.982); "_long4" to four
+# times (session 64: at three times, zero-shot +0.016 ±0.015 where it was
+# +0.039 ±0.016 at twice, the paired errors of `table.differences`).
 # The mixtures and steps that "a_parts_focus_long3" trained on after the text
 # start. Column "b_parts_steps" trains each specialist from that same start
 # for its task's share of them (`task_steps`): (b)'s columns "b" and
@@ -645,6 +647,7 @@ def table() -> list[dict]:
             {"minutes": 0, "steps": PARTS_FOCUS_STEPS},
             2 * PARTS_FOCUS_STEPS,
             3 * PARTS_FOCUS_STEPS,
+            4 * PARTS_FOCUS_STEPS,
         ),
         {
             "row": "stage1",

@@ -89,6 +89,11 @@ COLUMNS = {
     "c_parts_focus_long3": "(c) with the reference-part tasks, no instructions, "
     "twice the steps, then three times as many more on a mixture with 37.5% of "
     "them",
+    "a_parts_focus_long4": "(a) with the reference-part tasks, twice the steps, "
+    "then four times as many more on a mixture with 37.5% of them",
+    "c_parts_focus_long4": "(c) with the reference-part tasks, no instructions, "
+    "twice the steps, then four times as many more on a mixture with 37.5% of "
+    "them",
     "a_stage1": "(a) after stage 1",
     "a_long": "(a) instruction-tuned, twice the steps",
     "c_long": "(c) multi-task, no instructions, twice the steps",

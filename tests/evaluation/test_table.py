@@ -242,6 +242,10 @@ def test_the_parts_columns_differ_in_the_instructions_only():
         assert focus_long3["resume"] == focus_long["name"]
         assert focus_long3["steps"] == 3 * focus["steps"]
         assert focus_long3["row"] in table.COLUMNS
+        focus_long4 = rows[focus["name"] + "_long4"]  # and on to four times
+        assert focus_long4["resume"] == focus_long3["name"]
+        assert focus_long4["steps"] == 4 * focus["steps"]
+        assert focus_long4["row"] in table.COLUMNS
     parts = stage2_shapes.MIXTURES["parts"]
     extra = {
         n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
