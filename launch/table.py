@@ -32,6 +32,11 @@ flags.DEFINE_list(
     "columns such as b) and the runs they start from; the others are left out "
     "unless carried or trained and already evaluated.",
 )
+flags.DEFINE_bool(
+    "evaluate",
+    True,
+    "Score the models and write the table; --noevaluate only trains them.",
+)
 flags.mark_flags_as_required(["experiment"])
 FLAGS = flags.FLAGS
 
@@ -50,7 +55,11 @@ def _table():
         skip_missing=FLAGS.skip_missing,
         carry=FLAGS.carry,
         only=FLAGS.only,
+        evaluate=FLAGS.evaluate,
     )
+    if not FLAGS.evaluate:
+        print("trained; score them with the same command without --noevaluate")
+        return
     print(table.markdown(results))
     print(f"results: {FLAGS.runs}/table/results.json")
 

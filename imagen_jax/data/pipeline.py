@@ -72,6 +72,15 @@ class TaskSource:
                 f"config.data.mixture names unknown tasks {unknown}; "
                 f"known: {sorted(tasks.TASKS)}"
             )
+        # A zero-shot combination trained beside other tasks would still be
+        # scored and averaged as zero-shot; alone it is an oracle probe.
+        held_out = sorted(n for n in weights if tasks.TASKS[n].zero_shot)
+        if split == "train" and held_out and len(held_out) < len(weights):
+            raise ValueError(
+                f"config.data.mixture trains the zero-shot combinations {held_out} "
+                "beside other tasks, so their scores would not be zero-shot; leave "
+                "them out, or train them alone (an oracle, option task=NAME)"
+            )
         self._names = sorted(weights)
         # A named task the mixture leaves out has no examples to move (a
         # specialist of another task keeps the recipe's fields).

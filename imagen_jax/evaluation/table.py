@@ -264,8 +264,11 @@ def run(
     skip_missing: bool = False,
     carry: str | None = None,
     only: Sequence[str] = (),
+    evaluate: bool = True,
 ) -> list[dict]:
-    """Trains (if asked) and evaluates each model, then writes the table.
+    """Trains (if asked) and evaluates each model, then writes the table;
+    without `evaluate`, only trains (returning no rows, writing no table), so
+    a chain of runs can train now and be scored later.
 
     With `skip_missing` a model not trained (module docstring) is left out of
     the table (named on the console) instead of stopping it. A model not
@@ -323,6 +326,7 @@ def run(
                 f"{row['steps']} steps" if row.get("steps") else f"{row['minutes']} min"
             )
             print(f"== training {row['name']} ({budget})", flush=True)
+            _build_vocabulary(config)
             if row.get("resume") and not _saved_steps(workdir):
                 _copy_checkpoints(os.path.join(runs, row["resume"]), workdir)
             try:  # a preempted training leaves preemption.MARKER in workdir
@@ -333,8 +337,8 @@ def run(
                     "is evaluated); run the same command again to go on"
                 ) from None
         steps[row["name"]] = max(_saved_steps(workdir), default=0)
-        if row["row"] not in COLUMNS:
-            continue  # a starting point, not a column
+        if row["row"] not in COLUMNS or not evaluate:
+            continue  # a starting point, not a column; or training only
         path = os.path.join(workdir, "eval", "results.json")
         scored = _own_rows(sweep.load_rows(path), config)
         latest = max(_saved_steps(workdir), default=0)
@@ -349,8 +353,11 @@ def run(
                 )
                 continue
             print(f"== evaluating {row['name']} at step {latest}", flush=True)
+            _build_vocabulary(config)
             sweep.evaluate(config, workdir)
         columns.append((row, path, config))
+    if not evaluate:
+        return []
     results = []
     for column in columns:
         if isinstance(column, list):  # carried
@@ -371,6 +378,21 @@ def run(
         print(f"  {row['name']}: step {step}, {images} training images", flush=True)
     write(results, os.path.join(runs, "table"))
     return results
+
+
+def _build_vocabulary(config: ml_collections.ConfigDict) -> None:
+    """Builds the task world's word pieces (`vocabulary.build`, deterministic,
+    seconds) when a training reads them and they are not yet there, as on a
+    new machine; another missing vocabulary is left to the tokenizer's error."""
+    from imagen_jax.data import vocabulary
+
+    path = config.text.get("vocab_path", "")
+    if config.text.get("tokenizer") != "sentencepiece" or os.path.exists(path):
+        return
+    world = config.data.get("variant", "")
+    if path == vocabulary.path_for(os.path.dirname(path), world):
+        print(f"== building the {world} world's word pieces into {path}", flush=True)
+        vocabulary.build(os.path.dirname(path), world)
 
 
 def _copy_checkpoints(source: str, workdir: str) -> None:

@@ -863,3 +863,18 @@ def test_role_transfer_gives_the_roles_by_the_instruction_alone():
     assert "role_transfer" not in evaluate._runs(cfg, tasks)[0][0]
     cfg.names = ("role_transfer", "subject")
     assert evaluate._runs(cfg, tasks)[0][0] == ["subject", "role_transfer"]
+
+
+def test_a_training_mixture_keeps_zero_shot_combinations_out_or_alone():
+    from imagen_jax.data import pipeline
+
+    cfg = _simple_data_config("subject", num_examples=10)
+    cfg.mixture = {"subject": 1.0, "style_generation": 1.0, "subject+style": 0.1}
+    with pytest.raises(
+        ValueError, match=r"zero-shot combinations \['subject\+style'\]"
+    ):
+        pipeline.TaskSource(cfg, "train")
+    # Scoring draws from any mixture; alone, a combination is an oracle probe.
+    assert pipeline.TaskSource(cfg, "test")[0].task in cfg.mixture
+    cfg.mixture = {"subject+style": 1.0, "control+style": 1.0}
+    assert pipeline.TaskSource(cfg, "train")[0].task in cfg.mixture

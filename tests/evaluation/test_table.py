@@ -428,6 +428,7 @@ def test_models_of_earlier_sessions_are_carried_by_their_records(tmp_path, capsy
 def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeypatch):
     from experiments import stage2_shapes
     from imagen_jax import train
+    from imagen_jax.data import vocabulary
     from imagen_jax.evaluation import sweep
 
     rows = stage2_shapes.table()
@@ -453,11 +454,40 @@ def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeyp
             f.write("[]")
 
     monkeypatch.setattr(sweep, "evaluate", evaluate)
+    built = []
+    monkeypatch.setattr(
+        vocabulary, "build", lambda data_dir, world: built.append((data_dir, world))
+    )
+    monkeypatch.chdir(tmp_path)  # a new machine: no data/vocab
+    # (stage 1's rows name their experiment file relative to the checkout)
+    rows = [r for r in rows if not r.get("experiment")]
     runs = tmp_path / "runs"
+    # Training only: nothing is scored and no table is written.
+    assert (
+        table.run(
+            stage2_shapes.get_config,
+            rows,
+            str(runs),
+            train_missing=True,
+            only=["c"],
+            evaluate=False,
+        )
+        == []
+    )
+    assert trained == [str(runs / "cpu_t2i"), str(runs / "cpu_plain")]
+    assert evaluated == [] and not (runs / "table").exists()
+    # The world's word pieces are built before a training that reads them
+    # (the stub writes no file, so before each).
+    assert built == [(os.path.join("data", "vocab"), "simple")] * 2
+    # ... and not again once they are there.
+    (tmp_path / "data" / "vocab").mkdir(parents=True)
+    (tmp_path / "data" / "vocab" / "shapes_simple.model").write_bytes(b"")
+    trained.clear()
     table.run(stage2_shapes.get_config, rows, str(runs), train_missing=True, only=["c"])
+    assert len(built) == 2
+    assert trained == [str(runs / "cpu_t2i"), str(runs / "cpu_plain")]
     # Only (c)'s start and then (c) were trained, and (c) evaluated; (a) and
     # the rest were left out.
-    assert trained == [str(runs / "cpu_t2i"), str(runs / "cpu_plain")]
     assert evaluated == [str(runs / "cpu_plain")]
     assert "skipping cpu_instruct:" in capsys.readouterr().out
     assert (runs / "table" / "models" / "cpu_plain.json").exists()
