@@ -490,6 +490,21 @@ PARTS_FOCUS_ARGS = tuple(
 # "b_steps" start from an earlier text start (session 38's).
 PARTS_FOCUS_LEGS = (("parts", 2 * ROLES_STEPS), ("parts_focus", 3 * PARTS_FOCUS_STEPS))
 
+# (a)'s zero-shot mean stopped rising after 10868 steps while (c)'s rose on,
+# so the lead it had there was gone by 16302 (session 64). On the roles
+# mixture, the text encoder at a tenth of the LR after its first steps kept
+# (a) ahead zero-shot (sessions 58 and 60). "a_parts_focus_sched" and
+# "c_parts_focus_sched" train the parts_focus pair again from the same
+# 5434-step starts with the text encoder at the full LR for the first leg
+# (PARTS_FOCUS_STEPS, where (a) learned to read the parts; the same updates
+# as "a_parts_focus") and at a tenth of it after, with the same legs:
+# "_long" to twice, "_long3" and "_long4" to three and four times.
+PARTS_SCHED_RECIPE = {
+    **PARTS_RECIPE,
+    "optim.text_lr_scale": 0.1,
+    "optim.text_full_lr_steps": PARTS_FOCUS_STEPS,
+}
+
 
 def task_steps(task: str, legs) -> int:
     """The steps that a run over `legs`, (mixture name, steps) in turn, spends
@@ -644,6 +659,16 @@ def table() -> list[dict]:
             PARTS_FOCUS_ARGS,
             "cpu_parts_{row}_long",
             PARTS_RECIPE,
+            {"minutes": 0, "steps": PARTS_FOCUS_STEPS},
+            2 * PARTS_FOCUS_STEPS,
+            3 * PARTS_FOCUS_STEPS,
+            4 * PARTS_FOCUS_STEPS,
+        ),
+        *_pair(
+            "parts_focus_sched",
+            PARTS_FOCUS_ARGS,
+            "cpu_parts_{row}_long",
+            PARTS_SCHED_RECIPE,
             {"minutes": 0, "steps": PARTS_FOCUS_STEPS},
             2 * PARTS_FOCUS_STEPS,
             3 * PARTS_FOCUS_STEPS,

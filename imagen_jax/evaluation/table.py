@@ -100,6 +100,16 @@ COLUMNS = {
     "a_long3": "(a) instruction-tuned, three times the steps",
     "c_long3": "(c) multi-task, no instructions, three times the steps",
 }
+# The parts_focus pair again, the text encoder at a tenth of the LR after
+# the first leg (`stage2_shapes.PARTS_SCHED_RECIPE`).
+COLUMNS.update(
+    {
+        f"{row}_parts_focus_sched{suffix}": f"{COLUMNS[f'{row}_parts_focus{suffix}']}"
+        ", the text encoder at a tenth of the LR after the first leg"
+        for row in ("a", "c")
+        for suffix in ("", "_long", "_long3", "_long4")
+    }
+)
 # The single-task columns: scored on their own tasks only, so the averages
 # over all tasks leave them out.
 SINGLE = ("b", "b_steps", "b_parts_steps")

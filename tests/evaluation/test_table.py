@@ -246,6 +246,22 @@ def test_the_parts_columns_differ_in_the_instructions_only():
         assert focus_long4["resume"] == focus_long3["name"]
         assert focus_long4["steps"] == 4 * focus["steps"]
         assert focus_long4["row"] in table.COLUMNS
+        # and the focus legs again, the text encoder at a tenth of the LR
+        # after the first of them
+        sched = rows[focus["name"].replace("parts_focus", "parts_focus_sched")]
+        assert {
+            k: v for k, v in sched.items() if k not in ("row", "name", "config")
+        } == {k: v for k, v in focus.items() if k not in ("row", "name", "config")}
+        assert sched["config"] == {
+            **focus["config"],
+            "optim.text_lr_scale": 0.1,
+            "optim.text_full_lr_steps": focus["steps"],
+        }
+        for times, suffix in ((2, "_long"), (3, "_long3"), (4, "_long4")):
+            later = rows[sched["name"] + suffix]
+            assert later["steps"] == times * focus["steps"]
+            assert later["config"] == sched["config"] and later["row"] in table.COLUMNS
+        assert rows[sched["name"] + "_long4"]["resume"] == sched["name"] + "_long3"
     parts = stage2_shapes.MIXTURES["parts"]
     extra = {
         n: w for n, w in parts.items() if n not in stage2_shapes.MIXTURES["classify"]
