@@ -1,6 +1,6 @@
 """The paper's Table 4 in miniature: `python -m launch.table --experiment
 experiments/stage2_shapes.py --runs runs [--train | --skip_missing]
-[--carry docs/results/table] [--only b]`.
+[--carry docs/results/table] [--only b] [--noevaluate]`.
 
 Evaluates every model of the experiment's `table()` (training the missing
 ones with --train, leaving them out with --skip_missing, taking them from
