@@ -29,8 +29,9 @@ flags.DEFINE_list(
     "only",
     [],
     "Train (with --train) and evaluate only these models (run names, or "
-    "columns such as b) and the runs they start from; the others are left out "
-    "unless carried or trained and already evaluated.",
+    "columns such as b), training the runs they start from without scoring "
+    "them; the others are left out unless carried or trained and already "
+    "evaluated.",
 )
 flags.DEFINE_bool(
     "evaluate",

@@ -284,9 +284,10 @@ def run(
     the table (named on the console) instead of stopping it. A model not
     trained whose record is in the `carry` directory is taken from it. With
     `only` (`select`), the other models are left out when they are neither
-    trained nor carried, whatever `train_missing` says, and are not evaluated
-    here: one trained but not evaluated at its latest step is left out too, so
-    jobs with different `only` can run side by side. Every model's rows are
+    trained nor carried, whatever `train_missing` says; only the named ones
+    are evaluated here, their starts are trained only. One trained but not
+    evaluated at its latest step and not named is left out too, so jobs with
+    different `only` can run side by side. Every model's rows are
     read when the trainings are done, so one that another job scored again
     meanwhile enters the table and its record with its new rows.
 
@@ -299,6 +300,11 @@ def run(
     from imagen_jax.evaluation import sweep
 
     chosen = {r["name"] for r in select(rows, only)}
+    # Scored here: the rows named in `only` (all when it is empty), not the
+    # starts they bring along, which are trained only.
+    named = {
+        r["name"] for r in rows if not only or r["name"] in only or r["row"] in only
+    }
     steps = {}  # run name -> the step it was trained to
     # Per column in table order: carried rows, or (row, eval path, config) of
     # a model scored here, whose rows are read once every training is done:
@@ -354,8 +360,8 @@ def run(
         latest = max(_saved_steps(workdir), default=0)
         if not scored or max(r["checkpoint_step"] for r in scored) < latest:
             # not evaluated, or at an earlier step than it has now
-            if row["name"] not in chosen:
-                # another `--only` job may be scoring it right now
+            if row["name"] not in named:
+                # a start only, or another `--only` job may be scoring it now
                 print(
                     f"== leaving out {row['name']}: not evaluated at step "
                     f"{latest} (name it in --only to evaluate it)",

@@ -465,7 +465,7 @@ def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeyp
 
     def evaluate(config, workdir):  # no rows: the stub trained nothing
         evaluated.append(workdir)
-        os.makedirs(os.path.join(workdir, "eval"))
+        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
             f.write("[]")
 
@@ -517,6 +517,19 @@ def test_only_some_models_and_their_starts_are_trained(tmp_path, capsys, monkeyp
     results = table.run(stage2_shapes.get_config, rows, str(runs), only=["t2i"])
     assert evaluated == [] and results == []
     assert "leaving out cpu_plain: not evaluated" in capsys.readouterr().out
+
+    # A named model is scored; the column it starts from is trained along but
+    # not scored (nor carried into the table) unless it is named too.
+    parts = ["cpu_t2i", "cpu_parts_a", "cpu_parts_a_long"]
+    parts = [r for r in stage2_shapes.table() if r["name"] in parts]
+    table.run(stage2_shapes.get_config, parts, str(runs), only=["a_parts_long"])
+    assert evaluated == [str(runs / "cpu_parts_a_long")]
+    assert "leaving out cpu_parts_a: not evaluated" in capsys.readouterr().out
+    evaluated.clear()
+    table.run(
+        stage2_shapes.get_config, parts, str(runs), only=["a_parts", "a_parts_long"]
+    )
+    assert evaluated == [str(runs / "cpu_parts_a"), str(runs / "cpu_parts_a_long")]
 
 
 def test_the_table_reads_the_scores_after_its_trainings(tmp_path, monkeypatch):
