@@ -8,6 +8,8 @@ earlier sessions' records with --carry) and writes RUNS/table/results.json,
 results.md and one record per evaluated model in RUNS/table/models/.
 """
 
+import os
+
 from absl import flags
 
 from imagen_jax import config_utils
@@ -48,7 +50,7 @@ def _table():
     module = config_utils.load_experiment(FLAGS.experiment)
     if not hasattr(module, "table"):
         raise ValueError(f"{FLAGS.experiment} defines no table()")
-    results = table.run(
+    table.run(  # writes RUNS/table/
         module.get_config,
         module.table(),
         FLAGS.runs,
@@ -61,7 +63,8 @@ def _table():
     if not FLAGS.evaluate:
         print("trained; score them with the same command without --noevaluate")
         return
-    print(table.markdown(results))
+    with open(os.path.join(FLAGS.runs, "table", "results.md")) as f:
+        print(f.read())
     print(f"results: {FLAGS.runs}/table/results.json")
 
 

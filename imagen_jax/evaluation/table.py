@@ -498,7 +498,7 @@ def _task_names(headline) -> list[str]:
     )
 
 
-def markdown(results: Sequence[dict]) -> str:
+def markdown(results: Sequence[dict], paired: Sequence[dict] | None = None) -> str:
     """Per task the headline score of each column: O for generation tasks, the
     task's own score for the vision tasks, each followed by the same on the
     task's unseen phrasings; the (b) columns show each task's specialist. Then the
@@ -507,7 +507,7 @@ def markdown(results: Sequence[dict]) -> str:
     on the specialists' tasks, each with its standard error ("0.92 ±0.02")
     when every task's record has one; each column's training compute
     after the shared start (minutes, steps); and the paired differences
-    (`differences`)."""
+    (`differences`, or `paired` when they are computed already)."""
     from imagen_jax.evaluation import evaluate
 
     found = _headline(results)
@@ -543,7 +543,8 @@ def markdown(results: Sequence[dict]) -> str:
         lines.append(
             "| training after the start: min (steps) | " + " | ".join(compute) + " |"
         )
-    paired = differences(results)
+    if paired is None:
+        paired = differences(results)
     if paired:
         shown = list(groups)
         lines += [
@@ -650,11 +651,16 @@ def _compute(results: Sequence[dict], column: str) -> str:
     return f"{text} ({span})"
 
 
-def write(results: Sequence[dict], out_dir: str) -> None:
+def write(results: Sequence[dict], out_dir: str) -> str:
+    """Writes the rows, the table (`markdown`) and the paired differences to
+    `out_dir`; returns the table."""
     os.makedirs(out_dir, exist_ok=True)
+    paired = differences(results)
+    text = markdown(results, paired)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(list(results), f, indent=2)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown(results))
+        f.write(text)
     with open(os.path.join(out_dir, "differences.json"), "w") as f:
-        json.dump(differences(results), f, indent=2)
+        json.dump(paired, f, indent=2)
+    return text

@@ -783,10 +783,12 @@ def test_the_averages_state_their_standard_error_when_every_task_has_one():
     assert cells["subject"] == ["0.80", "0.20 |"]  # a task's own row: no error
 
 
-def test_paired_differences_rest_on_the_same_examples():
+def test_paired_differences_rest_on_the_same_examples(tmp_path):
     """(a) - (c) per average is the difference of the averages, its error
     that of the examples' differences: scores that rise and fall together on
     the same examples differ by less than either varies."""
+    import json
+
     import numpy as np
 
     def scored(row, task, metric, values):
@@ -830,6 +832,11 @@ def test_paired_differences_rest_on_the_same_examples():
     text = table.markdown(results)
     line = next(x for x in text.splitlines() if x.startswith("| a_long - c_long |"))
     assert f"{in_domain['value']:+.3f} ±{in_domain['se']:.3f}" in line
+    # written beside the table it shows (computed once for both)
+    assert table.write(results, str(tmp_path / "out")) == text
+    assert (tmp_path / "out" / "results.md").read_text() == text
+    stored = json.loads((tmp_path / "out" / "differences.json").read_text())
+    assert stored == json.loads(json.dumps(table.differences(results)))
 
 
 def test_a_preempted_model_stops_the_table_and_an_earlier_evaluation_is_redone(
