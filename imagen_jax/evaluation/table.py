@@ -164,6 +164,11 @@ def _steps_before(rows: Sequence[dict], row: dict, steps: dict) -> int | None:
     return total
 
 
+def _named(row: dict, only: Sequence[str]) -> bool:
+    """Whether `only` names the row, by run name or by column."""
+    return row["name"] in only or row["row"] in only
+
+
 def select(rows: Sequence[dict], only: Sequence[str]) -> list[dict]:
     """The rows named in `only` (by run name or column, e.g. "b") and the runs
     they start from, in table order; all rows when `only` is empty."""
@@ -178,7 +183,7 @@ def select(rows: Sequence[dict], only: Sequence[str]) -> list[dict]:
         )
     wanted = set()
     for row in rows:
-        if row["name"] in only or row["row"] in only:
+        if _named(row, only):
             while row is not None and row["name"] not in wanted:
                 wanted.add(row["name"])
                 row = by_name.get(_parent(row))
@@ -302,9 +307,7 @@ def run(
     chosen = {r["name"] for r in select(rows, only)}
     # Scored here: the rows named in `only` (all when it is empty), not the
     # starts they bring along, which are trained only.
-    named = {
-        r["name"] for r in rows if not only or r["name"] in only or r["row"] in only
-    }
+    named = {r["name"] for r in rows if not only or _named(r, only)}
     steps = {}  # run name -> the step it was trained to
     # Per column in table order: carried rows, or (row, eval path, config) of
     # a model scored here, whose rows are read once every training is done:
