@@ -191,20 +191,45 @@ def standard_error(values: Sequence[float]) -> float:
 PER_EXAMPLE_METRICS = ("o", "score")
 
 
-def _mean_rows(task: str, values: dict[str, list[float]]) -> list[dict]:
+def by_template(values: Sequence[float], templates: Sequence[str]) -> list[dict]:
+    """The mean of `values` over the examples of each template (`templates`,
+    the examples' own, in the same order), lowest first: which phrasings of a
+    task the model fails, where its row's mean only says that some do."""
+    groups: dict[str, list[float]] = {}
+    for value, template in zip(values, templates, strict=True):
+        groups.setdefault(template, []).append(float(value))
+    out = [
+        {"template": t, "value": float(np.mean(v)), "n": len(v)}
+        for t, v in groups.items()
+    ]
+    return sorted(out, key=lambda r: (r["value"], r["template"]))
+
+
+def _mean_rows(
+    task: str,
+    values: dict[str, list[float]],
+    templates: Sequence[str] | None = None,
+) -> list[dict]:
     """Each metric's mean over the examples, with its standard error `se`,
-    and for `PER_EXAMPLE_METRICS` the examples' values."""
-    return [
-        {
+    and for `PER_EXAMPLE_METRICS` the examples' values and, given the
+    examples' `templates` (more than one), their means per template
+    (`by_template`)."""
+    split = templates is not None and len(set(templates)) > 1
+    rows = []
+    for k, v in values.items():
+        row = {
             "task": task,
             "metric": k,
             "value": float(np.mean(v)),
             "n": len(v),
             "se": standard_error(v),
-            **({"per_example": list(v)} if k in PER_EXAMPLE_METRICS else {}),
         }
-        for k, v in values.items()
-    ]
+        if k in PER_EXAMPLE_METRICS:
+            row["per_example"] = list(v)
+            if split:
+                row["by_template"] = by_template(v, templates)
+        rows.append(row)
+    return rows
 
 
 def _task_rows(name, examples, images, suffix=""):
@@ -222,7 +247,8 @@ def _task_rows(name, examples, images, suffix=""):
         for k, v in flat.items():
             values.setdefault(k, []).append(float(v))
     task = ("zero_shot/" if examples[0].zero_shot else "") + name + suffix
-    return _mean_rows(task, values)
+    templates = [e.meta.get("template") for e in examples]
+    return _mean_rows(task, values, None if None in templates else templates)
 
 
 def _task_grid(examples, images, path: str, count: int = 8) -> None:

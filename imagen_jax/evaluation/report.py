@@ -11,7 +11,9 @@
 - `report.html`: the headline table, the plots and each setting's sample
   grids (links relative to `out_dir`), then every row.
 When the rows hold the reference sampler setting (DDIM-50) and fewer steps,
-`results.md` also gets the fewer-steps verdict (`steps_study`).
+`results.md` also gets the fewer-steps verdict (`steps_study`); when they
+score unseen paraphrases per template, those scores (`phrasings`), as
+`report.html` does.
 """
 
 from __future__ import annotations
@@ -275,12 +277,64 @@ def steps_study_markdown(study: dict) -> str:
     return text
 
 
+UNSEEN = "/unseen_paraphrase"
+
+
+def phrasings(rows: Sequence[dict]) -> tuple[str, list[str], list[list[str]]] | None:
+    """(title, header, lines): the unseen paraphrases' headline score per
+    template (`by_template`), lowest first, beside the task's seen score, at
+    the first setting that scored them: which phrasings a task's unseen mean
+    lost. None when no row has them."""
+    unseen = [r for r in _complete(rows) if r["task"].endswith(UNSEEN)]
+    unseen = [r for r in unseen if r.get("by_template")]
+    if not unseen:
+        return None
+    first = _setting_key(unseen[0])
+    seen = {
+        (r["task"], r["metric"]): r["value"]
+        for r in _complete(rows)
+        if _setting_key(r) == first
+    }
+    lines = []
+    for r in unseen:
+        if _setting_key(r) != first:
+            continue
+        task = r["task"][: -len(UNSEEN)]
+        base = _fmt(seen.get((task, r["metric"])))
+        for t in r["by_template"]:
+            line = [task, r["metric"], base, t["template"], _fmt(t["value"])]
+            lines.append([*line, str(t["n"])])
+    header = ["task", "metric", "seen", "unseen template", "value", "n"]
+    settings = ", ".join(f"{k} {v}" for k, v in zip(_setting_names(), first))
+    return f"Unseen phrasings by template ({settings})", header, lines
+
+
+_PHRASINGS_NOTE = (
+    "Each unseen paraphrase's examples scored on their own, lowest first; "
+    "`seen` is the task's score on its training phrasings."
+)
+
+
+def phrasings_markdown(rows: Sequence[dict]) -> str | None:
+    """`phrasings` as a markdown section, or None."""
+    found = phrasings(rows)
+    if found is None:
+        return None
+    title, header, lines = found
+    return f"## {title}\n\n{_PHRASINGS_NOTE}\n\n" + _markdown(header, lines)
+
+
 def write_markdown(rows: Sequence[dict], out_dir: str) -> str:
-    """`results.md`: the headline table, then every row; returns its path."""
+    """`results.md`: the headline table, the fewer-steps verdict and the
+    unseen phrasings by template where the rows have them, then every row;
+    returns its path."""
     text = "## Headline scores\n\n" + headline_markdown(rows)
     study = steps_study(rows)
     if study is not None:
         text += "\n" + steps_study_markdown(study)
+    phrasings = phrasings_markdown(rows)
+    if phrasings is not None:
+        text += "\n" + phrasings
     text += "\n## Every row\n\n" + markdown_rows(rows)
     path = os.path.join(out_dir, "results.md")
     with open(path + ".tmp", "w") as f:
@@ -400,6 +454,17 @@ _STYLE = (
 )
 
 
+def _phrasings_html(rows: Sequence[dict]) -> str:
+    found = phrasings(rows)
+    if found is None:
+        return ""
+    title, header, lines = found
+    return (
+        f"<h2>{html.escape(title)}</h2><p>{html.escape(_PHRASINGS_NOTE)}</p>"
+        + _html_table(header, lines)
+    )
+
+
 def write_html(rows: Sequence[dict], out_dir: str, plots: Sequence[str]) -> str:
     """`report.html`; returns its path."""
     cols = ["task", "metric", "value", "n", *SETTINGS]
@@ -412,7 +477,7 @@ def write_html(rows: Sequence[dict], out_dir: str, plots: Sequence[str]) -> str:
         f"</title><style>{_STYLE}</style></head><body>"
         f"<h1>Evaluation</h1><h2>Headline scores</h2>{_html_table(*pivot(rows))}"
         f"<h2>Plots</h2>{images or '<p>no setting varies: nothing to plot</p>'}"
-        f"<h2>Sample grids</h2>{_grids_html(rows, out_dir)}"
+        f"<h2>Sample grids</h2>{_grids_html(rows, out_dir)}{_phrasings_html(rows)}"
         f"<h2>Every row</h2><details><summary>{len(rows)} rows</summary>"
         f"{_html_table(cols, every)}</details></body></html>\n"
     )

@@ -205,6 +205,32 @@ def test_fill_confusion_counts_wanted_against_drawn():
     }
 
 
+def test_headline_scores_split_by_template_lowest_first():
+    templates = [
+        "Segment the {object}.",
+        "Isolate the {object}.",
+        "Segment the {object}.",
+    ]
+    o, sc = evaluate._mean_rows(
+        "segmentation/unseen_paraphrase",
+        {"o": [1.0, 0.0, 0.5], "sc": [1.0, 0.0, 1.0]},
+        templates,
+    )
+    assert o["by_template"] == [
+        {"template": "Isolate the {object}.", "value": 0.0, "n": 1},
+        {"template": "Segment the {object}.", "value": 0.75, "n": 2},
+    ]
+    assert "by_template" not in sc  # the headline scores only, as per_example
+    # one template, or none known: nothing to split
+    assert (
+        "by_template"
+        not in evaluate._mean_rows("edit", {"o": [1.0, 0.0]}, ["a", "a"])[0]
+    )
+    assert "by_template" not in evaluate._mean_rows("edit", {"o": [1.0, 0.0]})[0]
+    with pytest.raises(ValueError):  # one template per example
+        evaluate.by_template([1.0, 0.0], ["a"])
+
+
 def test_each_mean_carries_its_standard_error_and_so_do_the_averages():
     rows = evaluate._mean_rows("subject", {"o": [0.0, 1.0, 1.0, 0.0]})
     # sample deviation sqrt(1/3), over sqrt(4)

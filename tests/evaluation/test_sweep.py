@@ -200,6 +200,33 @@ def test_steps_study_picks_the_fewest_steps_within_noise(tmp_path):
         assert "Fewest steps within noise: **ddim, 10 steps**" in f.read()
 
 
+def test_results_md_lists_the_unseen_phrasings_by_template(tmp_path):
+    cell = {**_steps_rows({("ddim", 50): 0.5})[0], "metric": "o"}
+    split = [
+        {"template": "Isolate the {object}.", "value": 0.0, "n": 4},
+        {"template": "Label the {object}.", "value": 0.75, "n": 4},
+    ]
+    rows = [
+        {**cell, "task": "segmentation", "value": 0.9},
+        {**cell, "task": "segmentation/unseen_paraphrase", "value": 0.375},
+    ]
+    assert report.phrasings_markdown(rows) is None  # no row has them
+    rows[1]["by_template"] = split
+    # another setting's split is not listed beside the first one's
+    other = {**rows[1], "guidance": 5.0, "by_template": split[:1]}
+    text = report.phrasings_markdown([*rows, other])
+    lines = [line for line in text.splitlines() if line.startswith("| segmentation")]
+    assert lines == [
+        "| segmentation | o | 0.900 | Isolate the {object}. | 0.000 | 4 |",
+        "| segmentation | o | 0.900 | Label the {object}. | 0.750 | 4 |",
+    ]
+    paths = report.write(rows, str(tmp_path))
+    with open(paths["markdown"]) as f:
+        assert "## Unseen phrasings by template (checkpoint_step 5," in f.read()
+    with open(paths["html"]) as f:
+        assert "<td>Isolate the {object}.</td><td>0.000</td>" in f.read()
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A smoke text-to-image run with checkpoints at steps 2 and 4, written as
