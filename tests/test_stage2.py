@@ -83,6 +83,10 @@ def test_stage2_trains_on_the_mixture_and_scores_every_task(stage2_run):
     assert ("segmentation", "iou") in metrics and ("text_to_image", "o") in metrics
     for name in ("subject", "mask_to_image", "zero_shot/subject+style"):
         assert (name, "x0_error") in metrics and (name, "x0_error/text_only") in metrics
+    # the headline scores split by the examples' templates, every example counted
+    split = [r for r in rows if r["task"].endswith("/unseen_paraphrase")]
+    split = [r for r in split if "by_template" in r]
+    assert split and all(sum(t["n"] for t in r["by_template"]) == r["n"] for r in split)
 
 
 def test_x0_error_pairs_the_noise_and_drops_only_the_conditions(stage2_run):

@@ -598,6 +598,12 @@ def tasks_eval(loaded, eval_cfg, sample_cfg, out_dir, samples=None) -> list[dict
             shown = [k for k in ("o", "sc", "pq", "score") if k in head]
             shown += sorted(k for k in head if k.startswith(("sc/", "x0_error")))
             print(f"  {label}: " + "  ".join(_figure(k, head[k]) for k in shown))
+            split = [r["by_template"] for r in task_rows if r.get("by_template")]
+            if unseen and split:  # the phrasing that lost the most
+                low = split[0][0]
+                print(
+                    f"    lowest: {low['value']:.2f} over {low['n']}: {low['template']}"
+                )
     scored = "role_transfer" in runs[0][0]  # named, or trained on
     if scored and loaded.model.conditioning.instruction:  # items to probe
         probe = _role_probe_rows(loaded)
