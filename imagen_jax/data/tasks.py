@@ -1798,6 +1798,12 @@ def answer_names(option: str) -> tuple[str, ...] | None:
 MAX_QUERY_OBJECTS = 3
 
 
+def _forced(templates: Sequence[str], template: str) -> tuple[str, ...]:
+    """`templates` with each of `template`'s fields replaced by it."""
+    fields = template_fields(template)
+    return tuple(template if template_fields(t) == fields else t for t in templates)
+
+
 def make_example(
     task_name: str,
     index: int,
@@ -1810,6 +1816,7 @@ def make_example(
     query_objects: int = 0,
     answers: Sequence[str] | None = None,
     plain_items: bool = False,
+    template: str | None = None,
 ) -> TaskExample:
     """Example number `index` of a task; a pure function of its arguments.
 
@@ -1830,8 +1837,19 @@ def make_example(
         `controls.ANSWER_COLOURS` (`World.answers`); None keeps the world's.
       plain_items: the context items without their own texts (markers and
         images only): with `plain`, the raw conditions and captions.
+      template: phrase it with this template in place of every template of
+        the same fields, so that the draws, and with them the scene,
+        conditions and target, stay those of the example phrased as usual.
+        An example whose fields differ keeps one of its own templates
+        (`meta["template"]` says which).
     """
     task = get_task(task_name)
+    if template is not None:
+        task = dataclasses.replace(
+            task,
+            templates=_forced(task.templates, template),
+            unseen_templates=_forced(task.unseen_templates, template),
+        )
     if index < 0 or seed < 0:
         raise ValueError(f"index and seed must be >= 0, got index={index}, seed={seed}")
     spec = get_world(world, resolution)

@@ -410,6 +410,37 @@ def test_plain_examples_keep_the_conditions_without_instruction_words():
         )
 
 
+def test_a_forced_template_phrases_the_same_example():
+    """`make_example(template=)`: the example as usual, every template of the
+    same fields read as that one, so only the words change."""
+    for name in ("subject+style", "sketch_to_image", "segmentation"):
+        template = tasks.get_task(name).unseen_templates[0]
+        for index in range(6):
+            usual = tasks.make_example(name, index, 1, R, world="simple")
+            forced = tasks.make_example(
+                name, index, 1, R, world="simple", template=template
+            )
+            np.testing.assert_array_equal(forced.target, usual.target)
+            assert [c.image.tobytes() for c in forced.instruction.context] == [
+                c.image.tobytes() for c in usual.instruction.context
+            ]
+            assert forced.meta["template"] == template
+    # edit's templates differ in their fields: an example whose fields the
+    # template lacks keeps its own
+    template = "Get rid of the {object}."
+    kept = set()
+    for index in range(12):
+        usual = tasks.make_example("edit", index, 1, R, world="simple")
+        forced = tasks.make_example(
+            "edit", index, 1, R, world="simple", template=template
+        )
+        np.testing.assert_array_equal(forced.target, usual.target)
+        same = tasks.template_fields(usual.meta["template"]) == {"object"}
+        assert (forced.meta["template"] == template) == same
+        kept.add(same)
+    assert kept == {True, False}
+
+
 def test_plain_items_drop_the_context_texts_and_keep_the_rest():
     dropped = 0
     for name in ALL:
