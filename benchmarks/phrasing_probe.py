@@ -37,55 +37,12 @@ flags.DEFINE_string("out", None, "Also write the JSON record to this file.")
 FLAGS = flags.FLAGS
 
 
-def phrased(loaded, name: str, template: str, count: int, seed: int):
-    """Examples 0..count-1 of task `name` as the evaluator makes them, each
-    phrased by `template` (`tasks.make_example(template=)`)."""
-    from imagen_jax.data import tasks
-
-    d = loaded.config.data
-    examples = [
-        tasks.make_example(
-            name,
-            i,
-            seed,
-            d.resolution,
-            world=d.variant,
-            query_objects=d.get("query_objects", 0),
-            answers=tasks.answer_names(d.get("answers", "")),
-            template=template,
-        )
-        for i in range(count)
-    ]
-    kept = [e.meta["template"] for e in examples if e.meta["template"] != template]
-    if kept:
-        raise ValueError(
-            f"{len(kept)} of {name}'s examples have other fields than {template!r} "
-            f"(e.g. {kept[0]!r}): their scenes cannot be phrased by it"
-        )
-    return examples
-
-
-def paired(values: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
-    """template -> (mean, standard error) of its per-example difference from
-    the mean over the templates of the same example."""
-    import numpy as np
-
-    from imagen_jax.evaluation import evaluate
-
-    table = np.array(list(values.values()))  # [templates, examples]
-    diff = table - table.mean(axis=0, keepdims=True)
-    return {
-        t: (float(d.mean()), evaluate.standard_error(d))
-        for t, d in zip(values, diff, strict=True)
-    }
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # progress and figures, not INFO lines
     from imagen_jax import inference, machine
     from imagen_jax.data import tasks
-    from imagen_jax.evaluation import evaluate
+    from imagen_jax.evaluation import evaluate, phrasings
 
     loaded = inference.load(FLAGS.workdir)
     d, sample = loaded.config.data, loaded.config.sample
@@ -102,7 +59,9 @@ def main(argv):
     generate = evaluate.generate_fn(loaded, sample.sampler)
     values, rows = {}, []
     for k, template in enumerate(templates):
-        examples = phrased(loaded, FLAGS.task, template, FLAGS.examples, FLAGS.seed)
+        examples = phrasings.phrased(
+            loaded, FLAGS.task, template, FLAGS.examples, FLAGS.seed
+        )
         batch = evaluate._instruction_arrays(loaded, [e.instruction for e in examples])
         images = evaluate._generate_tasks(
             loaded, generate, batch, sample, batch_size, seed=77, label=f"template {k}"
@@ -124,7 +83,7 @@ def main(argv):
             }
         )
         print(f"{head['value']:.3f} ±{head['se']:.3f}  {template}", flush=True)
-    differences = paired(values)
+    differences = phrasings.paired(values)
     for row in rows:
         row["vs_mean"], row["vs_mean_se"] = differences[row["template"]]
     record = {
